@@ -1,0 +1,657 @@
+"""Recording sessions: set up a private instance, copy its ring buffer out, undo it all.
+
+The session plans every tracefs write first (``plan``: pure, printable by --dry-run),
+then applies them one by one, pushing each undo right after its write succeeds.  The
+capture itself moves whole ring-buffer pages with ``os.splice`` from
+per_cpu/cpuN/trace_pipe_raw into per-CPU spool files (no decoding, no copy through
+Python: this is what keeps it lossless at ~1 M events/s on 2 CPUs), then the spool
+files become a trace.dat (tracedat.py).
+
+Signals: SIGINT/SIGTERM/SIGHUP/SIGPIPE end a recording cleanly (what was captured is
+kept); during setup they unwind what was done.  Kernel I/O goes through tracefs.py only.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .errors import (FtslabError, OutputError, TracefsUnavailable, UsageError, BadInput)
+from .filters import FilterExpr, comm_filter, parse_filter, string_literal
+from .tracefs import (INSTANCE_PREFIX, CpuStats, Instance, Tracefs, online_cpus,
+                      read_text_file)
+from .undo import STOP_SIGNALS, UndoStack, signals_deferred
+
+__all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
+           "parse_event_spec", "stop_signals_raise", "RecordResult", "record",
+           "run_session", "RunResult", "print_dry_run", "request_stop"]
+
+DEFAULT_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:mm_page_alloc",
+                  "kmem:kfree", "kmem:kmem_cache_free", "kmem:mm_page_free")
+_PIPE_BYTES = 1 << 20
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived (BaseException: no `except Exception` may swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_stop_requested: list[int] = []
+
+
+def _raise_on_signal(signum, frame):
+    _stop_requested.append(signum)
+    raise Interrupted(signum)
+
+
+def _flag_on_signal(signum, frame):
+    _stop_requested.append(signum)
+
+
+def request_stop(reason: int = signal.SIGPIPE) -> None:
+    """Ask a running capture loop to end (e.g. its consumer closed the pipe)."""
+    _stop_requested.append(reason)
+
+
+def stop_signals_raise(raise_: bool) -> None:
+    """Stop signals either raise Interrupted (setup) or only set a flag (capture loop)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, _raise_on_signal if raise_ else _flag_on_signal)
+
+
+def parse_event_spec(spec: str) -> tuple[str, str]:
+    sysname, sep, name = spec.partition(":")
+    if not sep:
+        sysname, name = "kmem", spec
+    if not (sysname.replace("_", "").isalnum() and name.replace("_", "").isalnum()):
+        raise UsageError(f"invalid event {spec!r}: expected SYSTEM:EVENT, e.g. kmem:kmalloc")
+    return sysname, name
+
+
+@dataclass
+class RecordOptions:
+    events: tuple[str, ...] = DEFAULT_EVENTS
+    duration: float | None = None
+    output: Path = Path("ftslab.dat")
+    pids: tuple[int, ...] = ()
+    comm: str | None = None
+    buffer_kb: int = 8192
+    command: tuple[str, ...] = ()
+    system_wide: bool = False
+    filters: tuple[str, ...] = ()
+    min_size: int | None = None
+    cache: str | None = None
+    status: bool = True
+
+
+@dataclass
+class Step:
+    """One planned tracefs change."""
+
+    what: str
+    path: str
+    """Relative to the tracefs root."""
+    value: str | None
+    """What is written (None: mkdir)."""
+    undo_value: str | None = None
+    """What undoes it (None with value None: rmdir)."""
+
+
+@dataclass
+class RecordResult:
+    output: Path
+    events_estimate: int
+    lost: int
+    duration: float
+    bytes_written: int
+    stats: list[CpuStats]
+    interrupted_by: str | None
+    child_status: int | None
+
+
+class Session:
+    """One ftslab session: an instance named for this process and everything done in it."""
+
+    def __init__(self, tracefs: Tracefs, warn: Callable[[str], None], name: str | None = None):
+        self.tracefs = tracefs
+        self.warn = warn
+        self.name = name or f"{INSTANCE_PREFIX}{os.getpid()}"
+        self.undo = UndoStack(warn)
+        self.instance: Instance | None = None
+        self.cpus = online_cpus()
+        self.formats: dict[tuple[str, str], str] = {}
+
+    # -- planning (pure apart from reading format files) ------------------------
+    def resolve_events(self, specs) -> list[tuple[str, str]]:
+        out = []
+        for spec in specs:
+            sysname, name = parse_event_spec(spec)
+            text = self.tracefs.event_format(sysname, name)
+            self.formats[(sysname, name)] = text
+            out.append((sysname, name))
+        return out
+
+    def plan(self, opts: RecordOptions, child_pid: int | None = None) -> list[Step]:
+        from .formats import parse_format
+        events = self.resolve_events(opts.events)
+        inst = f"instances/{self.name}"
+        steps = [Step("create private instance", inst, None, None),
+                 Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
+                 Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb", str(opts.buffer_kb))]
+        pids = list(opts.pids)
+        if child_pid is not None:
+            pids.append(child_pid)
+        if pids:
+            expanded = []
+            for pid in pids:
+                expanded.extend(_threads_of(pid) or [pid])
+            steps.append(Step("follow children of traced tasks", f"{inst}/options/event-fork",
+                              "1", "0"))
+            steps.append(Step("trace only these tasks", f"{inst}/set_event_pid",
+                              " ".join(str(p) for p in sorted(set(expanded))), ""))
+        user_filters: list[FilterExpr] = [parse_filter(f) for f in opts.filters]
+        if opts.comm:
+            user_filters.append(comm_filter(opts.comm))
+        for sysname, name in events:
+            fmt = parse_format(self.formats[(sysname, name)], sysname)
+            parts = []
+            for fx in user_filters:
+                if fx.applies_to(fmt):
+                    parts.append(fx.text)
+                elif fx.fields - {"comm"}:
+                    # a filter naming fields this event lacks cannot apply to it
+                    if opts.filters:
+                        self.warn(f"filter {fx.text!r} does not apply to {sysname}:{name} "
+                                  "(it lacks a field); that event is not filtered by it")
+            names = {f.name for f in fmt.fields}
+            if opts.min_size is not None and "bytes_req" in names:
+                parts.append(f"bytes_req >= {int(opts.min_size)}")
+            if opts.cache is not None and "name" in names:
+                parts.append(f"name == {string_literal(opts.cache, '--cache')}")
+            if parts:
+                expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
+                steps.append(Step(f"kernel-side filter for {sysname}:{name}",
+                                  f"{inst}/events/{sysname}/{name}/filter", expr, "0"))
+        for sysname, name in events:
+            steps.append(Step(f"enable {sysname}:{name}",
+                              f"{inst}/events/{sysname}/{name}/enable", "1", "0"))
+        return steps
+
+    # -- applying ----------------------------------------------------------------
+    def apply(self, steps: list[Step]) -> None:
+        for step in steps:
+            with signals_deferred():
+                if step.value is None:
+                    self.instance = self.tracefs.instance_create(self.name)
+                    inst = self.instance
+                    self.undo.push(f"rmdir {inst.path}", inst.destroy)
+                    continue
+                rel = step.path[len(f"instances/{self.name}/"):]
+                self.instance.write(rel, step.value)
+                if step.undo_value is not None:
+                    inst, undo_value = self.instance, step.undo_value
+                    self.undo.push(f"write {undo_value!r} to {step.path}",
+                                   lambda r=rel, v=undo_value, i=inst: i.exists() and i.write(r, v))
+
+    def close(self) -> list[str]:
+        return self.undo.unwind()
+
+
+def _threads_of(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def report_stale(tracefs: Tracefs, warn: Callable[[str], None]) -> None:
+    for name, pid in tracefs.stale_instances():
+        warn(f"stale tracefs instance {name} left by dead ftslab process {pid} "
+             "(remove it with: ftslab reset)")
+
+
+class _Spooler:
+    """Moves whole pages from each CPU's trace_pipe_raw into a spool file, by splice."""
+
+    def __init__(self, instance: Instance, cpus: list[int], spool_dir: Path, page_size: int):
+        self.page_size = page_size
+        self.cpus = cpus
+        self.fds: dict[int, int] = {}
+        self.pipes: dict[int, tuple[int, int]] = {}
+        self.files: dict[int, int] = {}
+        self.paths: dict[int, Path] = {}
+        self.bytes: dict[int, int] = {c: 0 for c in cpus}
+        self.can_splice = hasattr(os, "splice")
+        for c in cpus:
+            self.fds[c] = instance.raw_open(c)
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) if hasattr(os, "pipe2") else os.pipe()
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+            except OSError:
+                pass  # a smaller pipe only means more splice calls
+            self.pipes[c] = (r, w)
+            p = spool_dir / f"cpu{c}.raw"
+            self.paths[c] = p
+            self.files[c] = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    def pump(self, cpu: int) -> int:
+        """Move what whole pages are ready; returns bytes moved."""
+        moved = 0
+        src = self.fds[cpu]
+        r, w = self.pipes[cpu]
+        out = self.files[cpu]
+        while True:
+            if self.can_splice:
+                try:
+                    n = os.splice(src, w, _PIPE_BYTES, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                        self.can_splice = False  # fall back to read()
+                        continue
+                    raise
+                if n <= 0:
+                    break
+                left = n
+                while left:
+                    try:
+                        k = os.splice(r, out, left, flags=os.SPLICE_F_MOVE)
+                    except OSError as exc:
+                        raise OutputError(f"cannot write spool file {self.paths[cpu]}: "
+                                          f"{exc.strerror}") from None
+                    left -= k
+                moved += n
+            else:
+                try:
+                    b = os.read(src, self.page_size)
+                except BlockingIOError:
+                    break
+                if not b:
+                    break
+                self._write_page(cpu, b)
+                moved += len(b)
+        self.bytes[cpu] += moved
+        return moved
+
+    def _write_page(self, cpu: int, b: bytes) -> None:
+        if len(b) < self.page_size:
+            b = b + bytes(self.page_size - len(b))
+        try:
+            self._write_all(self.files[cpu], b)
+        except OSError as exc:
+            raise OutputError(f"cannot write spool file {self.paths[cpu]}: {exc.strerror}") from None
+
+    def flush(self, cpu: int) -> int:
+        """After tracing stopped: take the last, partly filled pages with read()."""
+        moved = self.pump(cpu)
+        src = self.fds[cpu]
+        while True:
+            try:
+                b = os.read(src, self.page_size)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not b:
+                break
+            self._write_page(cpu, b)
+            moved += self.page_size
+            self.bytes[cpu] += self.page_size
+        return moved
+
+    def close(self) -> None:
+        for fd in list(self.fds.values()) + [x for p in self.pipes.values() for x in p] + \
+                list(self.files.values()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        self.pipes.clear()
+        self.files.clear()
+
+
+def _fmt_rate(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[str], None],
+                  reader: str) -> None:
+    """Print every tracefs write a session would make, without making any."""
+    session = Session(tracefs, warn)
+    steps = session.plan(opts, child_pid=0 if opts.command and not opts.system_wide else None)
+    for st in steps:
+        if st.path.endswith("set_event_pid") and opts.command:
+            st.value = st.value.replace("0", "$COMMAND_PID")
+        if st.value is None:
+            out(f"mkdir {tracefs.root / st.path}    # {st.what}")
+        else:
+            out(f"echo {st.value!r} > {tracefs.root / st.path}    # {st.what}")
+    out(f"echo '1' > {tracefs.root}/instances/{session.name}/tracing_on    # start")
+    out(f"# then: {reader}; on exit every write above is undone in reverse order "
+        "and the instance removed")
+
+
+@dataclass
+class RunResult:
+    session: Session
+    stats: list[CpuStats]
+    interrupted_by: str | None
+    duration: float
+    child_status: int | None
+    started: bool
+
+
+def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
+                status: Callable[[str, bool], None], make_reader, meta: dict) -> RunResult:
+    """Set up the instance, run the command if any, pump ``make_reader(instance, cpus)``
+    until the end condition, then stop tracing, flush the reader and undo everything."""
+    report_stale(tracefs, warn)
+    session = Session(tracefs, warn)
+    child: _GatedChild | None = None
+    reader = None
+    stats: list[CpuStats] = []
+    interrupted_by = None
+    t_start = time.monotonic()
+    _stop_requested.clear()
+    stop_signals_raise(True)
+    try:
+        try:
+            if opts.command:
+                child = _GatedChild(list(opts.command))
+                meta["command"] = list(opts.command)
+                meta["child_pid"] = child.pid
+            steps = session.plan(opts, child_pid=(child.pid if child and not opts.system_wide
+                                                  else None))
+            meta["tracefs_writes"] = [f"{s.path} <- {s.value}" for s in steps]
+            session.apply(steps)
+            inst = session.instance
+            reader = make_reader(session)
+            with signals_deferred():
+                inst.trace_clear()
+                inst.tracing_on(True)
+                session.undo.push(f"tracing off in {inst.path}",
+                                  lambda i=inst: i.exists() and i.tracing_on(False))
+            t_start = time.monotonic()
+            if child is not None:
+                child.release()  # the command execs now, with tracing on
+            stop_signals_raise(False)
+            if _stop_requested:
+                interrupted_by = signal.Signals(_stop_requested[0]).name
+            else:
+                interrupted_by = _capture_loop(reader, session, opts, child, t_start, status)
+        except Interrupted as exc:
+            interrupted_by = signal.Signals(exc.signum).name
+        finally:
+            stop_signals_raise(False)
+            if child is not None and not child.released:
+                child.abort()  # never let it run untraced
+            duration = time.monotonic() - t_start
+            try:
+                if session.instance is not None and session.instance.exists():
+                    try:
+                        session.instance.tracing_on(False)
+                    except FtslabError as exc:
+                        warn(f"could not stop tracing: {exc}")
+                    if reader is not None:
+                        for c in session.cpus:
+                            try:
+                                reader.flush(c)
+                            except OSError as exc:
+                                warn(f"could not read the last pages of CPU {c}: {exc}")
+                    for c in session.cpus:
+                        try:
+                            stats.append(session.instance.cpu_stats(c))
+                        except FtslabError:
+                            pass
+                elif session.instance is not None:
+                    warn(f"tracefs instance {session.instance.path} vanished while recording; "
+                         "keeping what was captured")
+            finally:
+                if reader is not None:
+                    reader.close()
+                session.close()
+        child_status = child.wait(block=interrupted_by is None) if child is not None else None
+        return RunResult(session, stats, interrupted_by, duration, child_status,
+                         reader is not None)
+    finally:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_DFL if s != signal.SIGINT else signal.default_int_handler)
+
+
+def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
+           status: Callable[[str, bool], None]) -> RecordResult | None:
+    """Run one recording into ``opts.output``.  Returns None if nothing was started."""
+    from .formats import parse_header_page
+    out_path = Path(opts.output)
+    try:
+        out_dir = out_path.resolve().parent
+        if not out_dir.is_dir():
+            raise OutputError(f"cannot write {out_path}: directory {out_dir} does not exist")
+        if out_path.exists() and out_path.is_dir():
+            raise OutputError(f"cannot write {out_path}: it is a directory")
+        spool_dir = Path(os.fspath(out_path) + f".ftslab-spool-{os.getpid()}")
+        spool_dir.mkdir(mode=0o700)
+    except OSError as exc:
+        raise OutputError(f"cannot write next to {out_path}: {exc.strerror}") from None
+    try:
+        header_page_text = tracefs.read("events/header_page")
+        header_event_text = tracefs.read("events/header_event")
+        hp = parse_header_page(header_page_text)
+        page_size = hp.data_offset + hp.data_size
+        meta: dict = {"ftslab_version": __version__, "argv": sys.argv[1:],
+                      "events": list(opts.events), "buffer_kb": opts.buffer_kb,
+                      "kernel": os.uname().release, "slabinfo_start": _read_slabinfo(),
+                      "page_size": os.sysconf("SC_PAGE_SIZE")}
+        spoolers: list[_Spooler] = []
+
+        def make_reader(session):
+            meta["trace_clock"] = session.instance.read("trace_clock").strip()
+            spoolers.append(_Spooler(session.instance, session.cpus, spool_dir, page_size))
+            return spoolers[0]
+
+        run = run_session(tracefs, opts, warn, status, make_reader, meta)
+        if not spoolers:
+            return None
+        spooler = spoolers[0]
+        meta["slabinfo_end"] = _read_slabinfo()
+        meta["duration_s"] = run.duration
+        meta["interrupted_by"] = run.interrupted_by
+        meta["cpu_stats"] = {str(s.cpu): s.text for s in run.stats}
+        meta["stats_lost"] = {str(s.cpu): s.lost for s in run.stats}
+        written = _write_recording(tracefs, run.session, out_path, spooler,
+                                   header_page_text, header_event_text, meta, run.stats)
+        shutil.rmtree(spool_dir, ignore_errors=True)
+        return RecordResult(out_path, sum(s.read + s.entries for s in run.stats),
+                            sum(s.lost for s in run.stats), run.duration, written, run.stats,
+                            run.interrupted_by, run.child_status)
+    finally:
+        if spool_dir.exists() and not any(spool_dir.iterdir()):
+            spool_dir.rmdir()
+
+
+class _GatedChild:
+    """The command to record, forked now but held before exec until tracing is on."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.released = False
+        self.status: int | None = None
+        gate_r, gate_w = os.pipe()
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # child: wait at the gate, then exec; never return into ftslab
+            try:
+                os.close(gate_w)
+                os.close(err_r)
+                for s in STOP_SIGNALS:
+                    signal.signal(s, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                if os.read(gate_r, 1) == b"x":
+                    os._exit(127)  # aborted
+                os.close(gate_r)
+                os.execvp(argv[0], argv)
+            except OSError as exc:
+                try:
+                    os.write(err_w, str(exc.errno).encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(127)
+        os.close(gate_r)
+        os.close(err_w)
+        self.pid = pid
+        self._gate = gate_w
+        self._err = err_r
+
+    def release(self) -> None:
+        os.close(self._gate)
+        self.released = True
+        data = os.read(self._err, 16)  # EOF when exec succeeded (CLOEXEC)
+        os.close(self._err)
+        if data:
+            self.wait(block=True)
+            err = int(data) if data.isdigit() else 0
+            raise UsageError(f"cannot run {self.argv[0]!r}: {os.strerror(err)}")
+
+    def abort(self) -> None:
+        try:
+            os.write(self._gate, b"x")
+            os.close(self._gate)
+            os.close(self._err)
+        except OSError:
+            pass
+        self.wait(block=True)
+
+    def poll(self) -> int | None:
+        return self.wait(block=False)
+
+    def wait(self, block: bool = True) -> int | None:
+        if self.status is not None:
+            return self.status
+        try:
+            pid, st = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            self.status = -1
+            return self.status
+        except Interrupted:
+            return None
+        if pid == 0:
+            return None
+        self.status = os.waitstatus_to_exitcode(st)
+        return self.status
+
+
+def _capture_loop(spooler, session: Session, opts: RecordOptions,
+                  child: "_GatedChild | None", t_start: float,
+                  status: Callable[[str, bool], None]) -> str | None:
+    deadline = t_start + opts.duration if opts.duration else None
+    last_status = 0.0
+    inst = session.instance
+    while True:
+        moved = 0
+        for c in session.cpus:
+            moved += spooler.pump(c)
+        now = time.monotonic()
+        if _stop_requested:
+            return signal.Signals(_stop_requested[0]).name
+        if child is not None and child.poll() is not None:
+            return None
+        if opts.pids and not opts.command and not any(_alive(p) for p in opts.pids):
+            return None
+        if deadline is not None and now >= deadline:
+            return None
+        if not inst.exists():
+            raise TracefsUnavailable(f"tracefs instance {inst.path} was removed while recording")
+        if opts.status and now - last_status >= 1.0:
+            last_status = now
+            stats = [inst.cpu_stats(c) for c in session.cpus]
+            ev = sum(s.read + s.entries for s in stats)
+            lost = sum(s.lost for s in stats)
+            el = now - t_start
+            mb = sum(spooler.bytes.values()) / 1e6
+            status(f"recording {el:5.1f}s  {ev:,} events ({_fmt_rate(ev / el if el else 0)}/s)"
+                   f"  {mb:.1f} MB  lost {lost:,}", False)
+        if moved < 64 * 1024:
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    from .tracefs import pid_alive
+    return pid_alive(pid)
+
+
+def _read_slabinfo() -> str:
+    try:
+        return read_text_file("/proc/slabinfo")
+    except (OSError, FtslabError):
+        return ""
+
+
+def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler: _Spooler,
+                     header_page_text: str, header_event_text: str, meta: dict,
+                     stats: list[CpuStats]) -> int:
+    from .tracedat import TraceDat, write_tracedat
+    event_formats: dict[str, list[str]] = {}
+    for (sysname, _name), text in session.formats.items():
+        event_formats.setdefault(sysname, []).append(text)
+    ftrace_formats = []
+    fdir = tracefs.path("events/ftrace")
+    if fdir.is_dir():
+        for ev in sorted(os.listdir(fdir)):
+            try:
+                ftrace_formats.append(tracefs.read(f"events/ftrace/{ev}/format"))
+            except FtslabError:
+                pass
+    def opt(rel):
+        try:
+            return tracefs.read(rel)
+        except FtslabError:
+            return ""
+    u = os.uname()
+    td = TraceDat(
+        version=7, little_endian=sys.byteorder == "little", long_size=8,
+        page_size=os.sysconf("SC_PAGE_SIZE"), compression="zstd",
+        header_page=header_page_text, header_event=header_event_text,
+        ftrace_formats=ftrace_formats, event_formats=event_formats,
+        kallsyms=_read_kallsyms(), printk_formats=opt("printk_formats"),
+        cmdlines=opt("saved_cmdlines"), cpus=max(session.cpus) + 1,
+        cpu_data={}, buffer_page_size=spooler.page_size, buffer_name="",
+        trace_clock=meta.get("trace_clock", ""),
+        uname=f"{u.sysname} {u.nodename} {u.release} {u.version} {u.machine}",
+        cpustats={s.cpu: s.text for s in stats}, ftslab=meta)
+    tmp = Path(os.fspath(out_path) + ".tmp")
+    try:
+        n = write_tracedat(tmp, td, cpu_sources={c: spooler.paths[c] for c in session.cpus})
+        os.replace(tmp, out_path)
+    except (FtslabError, OSError):
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"could not write {out_path}; the raw pages are kept in "
+                          f"{spooler.paths[session.cpus[0]].parent}") from None
+    return n
+
+
+def _read_kallsyms() -> str:
+    try:
+        return read_text_file("/proc/kallsyms")
+    except (OSError, FtslabError):
+        return ""

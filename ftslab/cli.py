@@ -1,0 +1,331 @@
+"""The ftslab command line: options, option logic, then one call into the engine.
+
+Errors are caught in exactly one place (``main``) and mapped to the exit codes of
+errors.py.  Data goes to stdout; progress, warnings and the summary go to stderr.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_CODES, FtslabError, OutputError, UsageError, EXIT_USAGE
+
+__all__ = ["main", "cli"]
+
+_EXIT_HELP = "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+def _err(msg: str) -> None:
+    click.echo(f"ftslab: {msg}", err=True)
+
+
+class _Status:
+    """One status line on stderr: rewritten in place on a terminal, every 5 s otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.width = 0
+
+    def __call__(self, text: str, final: bool) -> None:
+        if not self.enabled:
+            return
+        import time
+        if self.tty:
+            pad = " " * max(0, self.width - len(text))
+            sys.stderr.write(f"\rftslab: {text}{pad}")
+            self.width = len(text)
+            sys.stderr.flush()
+        elif time.monotonic() - self.last >= 5:
+            self.last = time.monotonic()
+            sys.stderr.write(f"ftslab: {text}\n")
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.width:
+            sys.stderr.write("\n")
+            self.width = 0
+
+
+def _tracefs(path: str | None):
+    from .tracefs import Tracefs
+    return Tracefs.locate(path)
+
+
+def _capture_options(f):
+    opts = [
+        click.option("-e", "--event", "events", multiple=True, metavar="SYS:EVENT",
+                     help="Event to record (repeatable). Default: kmem:kmalloc, "
+                          "kmem:kmem_cache_alloc, kmem:mm_page_alloc and their frees."),
+        click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+                     help="Stop after SECONDS."),
+        click.option("-p", "--pid", "pids", multiple=True, type=click.IntRange(min=1),
+                     help="Record only this process (and children it forks); repeatable."),
+        click.option("--comm", metavar="NAME",
+                     help="Record only tasks whose comm is NAME (kernel-side filter)."),
+        click.option("--min-size", type=click.IntRange(min=0), metavar="BYTES",
+                     help="Only allocations of at least BYTES requested (kernel-side)."),
+        click.option("--cache", metavar="NAME",
+                     help="Only slab events of cache NAME (kernel-side, where the event "
+                          "has a name field)."),
+        click.option("--filter", "filters", multiple=True, metavar="EXPR",
+                     help="Kernel event filter, e.g. 'bytes_req >= 4096'; applied to every "
+                          "event that has the fields it names (repeatable: ANDed)."),
+        click.option("-b", "--buffer-kb", type=click.IntRange(min=4, max=1 << 22),
+                     default=8192, show_default=True, help="Ring buffer per CPU, KiB."),
+        click.option("-a", "--all", "system_wide", is_flag=True,
+                     help="With a COMMAND: record the whole system while it runs."),
+        click.option("--dry-run", is_flag=True,
+                     help="Print every tracefs write that would be made, make none."),
+        click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True,
+                     envvar="FTSLAB_TRACEFS"),
+        click.argument("command", nargs=-1, type=click.UNPROCESSED),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+                    system_wide, command, output=None):
+    from .capture import DEFAULT_EVENTS, RecordOptions
+    if system_wide and not command:
+        raise UsageError("-a/--all goes with a COMMAND (without one, ftslab records the "
+                         "whole system anyway)")
+    if pids and command:
+        raise UsageError("give either -p PID or a COMMAND, not both")
+    return RecordOptions(events=tuple(events) or DEFAULT_EVENTS, duration=duration,
+                         output=Path(output or "ftslab.dat"), pids=tuple(pids), comm=comm,
+                         buffer_kb=buffer_kb, command=tuple(command),
+                         system_wide=system_wide, filters=tuple(filters), min_size=min_size,
+                         cache=cache)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes:\n\n\b\n" + _EXIT_HELP)
+@click.version_option(__version__, prog_name="ftslab")
+def cli():
+    """Who in the kernel allocates memory: kmalloc, slab caches and pages, from ftrace.
+
+    No eBPF, no kernel module: ftslab drives tracefs from user space, in a private
+    instance it removes on exit.  Needs root.
+    """
+
+
+@cli.command(context_settings={"ignore_unknown_options": False},
+             epilog="Examples:\n\n\b\n  ftslab record -o run.dat -- ./workload args\n"
+                    "  ftslab record -d 10 --comm nginx\n  ftslab record -e kmem:kmalloc "
+                    "--min-size 4096 -d 5")
+@click.option("-o", "--output", default="ftslab.dat", show_default=True, metavar="FILE",
+              help="Recording to write (a trace-cmd trace.dat v7 file).")
+@_capture_options
+def record(output, events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+           system_wide, dry_run, tracefs_path, command):
+    """Record allocations into a trace.dat file, until COMMAND exits, -d SECONDS pass or
+    Ctrl-C.
+
+    With a COMMAND, only it and its children are recorded (kernel-side pid filter with
+    event-fork) unless -a is given.
+    """
+    from . import capture
+    opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+                           system_wide, command, output)
+    tfs = _tracefs(tracefs_path)
+    if dry_run:
+        capture.print_dry_run(tfs, opts, _err, click.echo,
+                              "splice per_cpu/cpuN/trace_pipe_raw pages into spool files")
+        return
+    status = _Status(True)
+    try:
+        res = capture.record(tfs, opts, _err, status)
+    finally:
+        status.done()
+    if res is None:
+        return
+    how = f" (stopped by {res.interrupted_by})" if res.interrupted_by else ""
+    _err(f"recorded {res.events_estimate:,} events in {res.duration:.1f}s{how}, "
+         f"lost {res.lost:,}; wrote {res.output} ({res.bytes_written / 1e6:.1f} MB)")
+    if res.lost:
+        _err(f"WARNING: {res.lost:,} events were lost: raise -b (now {buffer_kb} KiB per CPU) "
+             "or narrow the events/filters")
+    if res.child_status not in (None, 0):
+        _err(f"command exited with status {res.child_status}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--by", "by", multiple=True,
+              type=click.Choice(["comm", "pid", "cache", "callsite", "event", "order", "gfp"]),
+              help="Group by these keys (repeatable, combinable).")
+@click.option("--sort", type=click.Choice(["bytes", "count", "waste"]), default="bytes",
+              show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows per table.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--hist", is_flag=True, help="Add a log2 histogram of requested sizes.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 9/10/6) on a truncated recording, lost events or "
+                   "unreadable lines instead of warning.")
+def report(files, by, sort, top, fmt, hist, strict):
+    """Aggregate a recording: by cache, call site, comm, pid, event, page order, gfp.
+
+    FILES: trace.dat files (ftslab's or trace-cmd's), or text traces (what `cat trace`
+    printed).
+    """
+    from .errors import TruncatedRecording, BadInput, EXIT_LOST
+    from .load import load
+    from .report import build_report
+    from . import render
+    for path in files:
+        ds = load(path)
+        if strict:
+            if ds.meta.truncated:
+                raise TruncatedRecording(f"{path} is truncated: {ds.meta.truncated_detail}")
+            if ds.meta.total_lost:
+                e = BadInput(f"{path}: {ds.meta.total_lost} events were lost while recording")
+                e.exit_code = EXIT_LOST
+                raise e
+            if ds.meta.unparsed:
+                raise BadInput(f"{path}: {ds.meta.unparsed} lines/pages could not be decoded")
+        rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist)
+        if len(files) > 1 and fmt == "table":
+            click.echo(f"== {path}")
+        if fmt == "json":
+            click.echo(render.render_json(rep))
+        elif fmt == "csv":
+            click.echo(render.render_csv(rep), nl=False)
+        else:
+            for line in render.render_text(rep):
+                click.echo(line)
+        if fmt != "table":
+            for w in rep.warnings:
+                _err(w)
+
+
+@cli.command(epilog="Examples:\n\n\b\n  ftslab stream --format json -d 5 | jq .bytes_req\n"
+                    "  ftslab stream --format seed -- ./a.out")
+@click.option("--format", "fmt", type=click.Choice(["json", "text", "seed"]), default="text",
+              show_default=True)
+@_capture_options
+def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+           system_wide, dry_run, tracefs_path, command):
+    """Print allocations live, one line per event (json: one object per line)."""
+    from . import capture, render
+    from .kallsyms import Symbolizer
+    from .stream import stream as run_stream
+    from .tracefs import read_text_file
+    opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+                           system_wide, command)
+    opts.status = False
+    tfs = _tracefs(tracefs_path)
+    if dry_run:
+        capture.print_dry_run(tfs, opts, _err, click.echo,
+                              "read and decode per_cpu/cpuN/trace_pipe_raw pages live")
+        return
+    try:
+        sym = Symbolizer(read_text_file("/proc/kallsyms"))
+    except FtslabError:
+        sym = None
+    sym = sym if sym else None
+    out = sys.stdout
+    closed = []
+
+    if fmt == "json":
+        line_of = lambda ev: render.event_to_json(ev, sym)
+    elif fmt == "seed":
+        line_of = render.event_to_seed
+    else:
+        line_of = lambda ev: render.event_to_text(ev, sym)
+
+    def sink(ev):
+        if closed:
+            return
+        line = line_of(ev)
+        if line is None:
+            return
+        try:
+            out.write(line + "\n")
+        except BrokenPipeError:
+            closed.append(True)
+            capture.request_stop()
+
+    def flushing_status(text, final):
+        if not closed:
+            try:
+                out.flush()
+            except BrokenPipeError:
+                closed.append(True)
+                capture.request_stop()
+
+    run, n, lost = run_stream(tfs, opts, _err, flushing_status, sink)
+    try:
+        out.flush()
+    except BrokenPipeError:
+        closed.append(True)
+    if closed:
+        # stdout is gone: keep Python from complaining about it at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    _err(f"streamed {n:,} events in {run.duration:.1f}s, lost {lost:,}"
+         + (" (output closed)" if closed else ""))
+    if lost:
+        _err(f"WARNING: {lost:,} events were lost (stream cannot keep up at this rate: "
+             "use ftslab record, which is lossless)")
+
+
+@cli.command()
+@click.option("--all-ftslab", is_flag=True,
+              help="Also remove instances of ftslab sessions that are still running.")
+@click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
+def reset(all_ftslab, tracefs_path):
+    """Remove tracefs instances left by ftslab sessions that died (e.g. SIGKILL)."""
+    from .tracefs import Instance, pid_alive
+    import re
+    tfs = _tracefs(tracefs_path)
+    removed = 0
+    for name in tfs.instances():
+        m = re.match(r"^ftslab_(\d+)(?:_\w+)?$", name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid_alive(pid) and not all_ftslab:
+            _err(f"keeping {name}: its owner (pid {pid}) is still running")
+            continue
+        Instance(tfs, name).destroy()
+        removed += 1
+        _err(f"removed {name}")
+    _err(f"removed {removed} stale instance(s)")
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="ftslab", standalone_mode=False)
+        return 0
+    except click.exceptions.Abort:
+        _err("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except FtslabError as exc:
+        _err(f"error: {exc}")
+        return exc.exit_code
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Turn a recording on disk (trace.dat v6/v7, or a text trace) into records.
+
+``load(path)`` gives a columnar ``Dataset`` for reports; ``read(path)`` yields typed
+``Event`` objects in time order for scripts.  The only I/O here is reading the input
+file the user named.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import BadInput, FtslabError, ParseError
+from .formats import EventFormat, parse_format, parse_header_event, parse_header_page
+from .kallsyms import Symbolizer
+from .records import Dataset, Event, Loss, Metadata
+from . import ringbuf
+
+__all__ = ["load", "read", "load_tracedat", "formats_of", "parse_cmdlines"]
+
+_MAGIC = b"\x17\x08\x44tracing"
+
+
+def parse_cmdlines(text: str) -> dict[int, str]:
+    out = {}
+    for line in text.splitlines():
+        pid, _, comm = line.strip().partition(" ")
+        if pid.isdigit():
+            out[int(pid)] = comm
+    return out
+
+
+def formats_of(td) -> dict[int, EventFormat]:
+    """Parsed event formats of a TraceDat by event id (unparseable ones skipped)."""
+    out = {}
+    for system, texts in td.event_formats.items():
+        for text in texts:
+            try:
+                fmt = parse_format(text, system)
+            except ParseError:
+                continue
+            out[fmt.id] = fmt
+    return out
+
+
+def _open_kind(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file", hint="record one with: ftslab record") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path} is a directory, not a recording") from None
+    except PermissionError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    if head == _MAGIC:
+        return "tracedat"
+    return "text"
+
+
+def load_tracedat(path: Path):
+    from .tracedat import read_tracedat
+    td = read_tracedat(path)
+    hp = parse_header_page(td.header_page)
+    he = parse_header_event(td.header_event)
+    fmts = formats_of(td)
+    walks = []
+    for cpu, data in sorted(td.cpu_data.items()):
+        walks.append((cpu, data, ringbuf.walk_pages(data, cpu, hp, he, td.buffer_page_size,
+                                                   td.little_endian)))
+    return td, fmts, walks
+
+
+def _meta_from(td, walks) -> Metadata:
+    ft = td.ftslab or {}
+    stats_lost = {int(k): int(v) for k, v in (ft.get("stats_lost") or {}).items()}
+    if not stats_lost and td.cpustats:
+        from .tracefs import parse_cpu_stats
+        stats_lost = {cpu: parse_cpu_stats(cpu, text).lost for cpu, text in td.cpustats.items()}
+    lost = []
+    for cpu, _data, walk in walks:
+        # page flags and per_cpu stats count the same losses: take the larger, never add
+        n = max(walk.missed, stats_lost.get(cpu, 0))
+        if n == 0 and walk.missed_unknown:
+            n = walk.missed_unknown  # at least one event per flagged page
+        if n:
+            lost.append(Loss(cpu, n))
+    bad = sum(w.bad_pages for _c, _d, w in walks)
+    version = f"trace.dat v{td.version}" + (f" ({td.compression})" if td.compression else "")
+    kernel = ft.get("kernel") or (td.uname.split()[2] if len(td.uname.split()) > 2 else td.uname)
+    extra = {k: v for k, v in ft.items() if k not in ("slabinfo_start", "slabinfo_end")}
+    extra.setdefault("page_size", td.page_size)
+    extra["recorded_by"] = "ftslab" if td.ftslab else (td.tracecmd_version or "trace-cmd")
+    return Metadata(source=version, kernel=kernel, cmdlines=parse_cmdlines(td.cmdlines),
+                    lost=lost, truncated=td.truncated, truncated_detail=td.truncated_detail,
+                    slabinfo_start=ft.get("slabinfo_start", ""),
+                    slabinfo_end=ft.get("slabinfo_end", ""), unparsed=bad, extra=extra)
+
+
+def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = None) -> Dataset:
+    """Decode a recording into columns (trace.dat or text trace)."""
+    path = Path(path)
+    kind = _open_kind(path)
+    if kind == "text":
+        from .textparse import parse_text
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                ds = parse_text(f, formats_hint)
+        except UnicodeError as exc:
+            raise BadInput(f"{path} is neither a trace.dat nor a text trace: {exc}") from None
+        if ds.events == 0 and ds.meta.unparsed:
+            raise BadInput(f"{path} is neither a trace.dat file nor a text trace "
+                           f"({ds.meta.unparsed} lines not understood)")
+        return ds
+    td, fmts, walks = load_tracedat(path)
+    parts = [ringbuf.decode_columns(data, walk, fmts) for _cpu, data, walk in walks]
+    columns = ringbuf.merge_columns(parts)
+    meta = _meta_from(td, walks)
+    sym = Symbolizer(td.kallsyms) if td.kallsyms else None
+    return Dataset(meta=meta, columns=columns,
+                   formats={(f.system, f.name): f for f in fmts.values()},
+                   symbolize=sym if sym else None)
+
+
+def read(path: str | os.PathLike) -> Iterator[Event]:
+    """Yield every event of a recording as a typed ``Event``, in timestamp order."""
+    path = Path(path)
+    if _open_kind(path) == "text":
+        from .textparse import parse_lines
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from parse_lines(f)
+        return
+    td, fmts, walks = load_tracedat(path)
+    cmd = parse_cmdlines(td.cmdlines)
+    comm_of = lambda pid: cmd.get(pid, "<...>")
+    iters = [ringbuf.iter_events(data, walk, fmts, comm_of) for _cpu, data, walk in walks]
+    yield from heapq.merge(*iters, key=lambda e: e.ts)

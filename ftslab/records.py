@@ -1,0 +1,113 @@
+"""Typed records: what every decoder produces and every report consumes.
+
+Two shapes of the same data:
+- ``Event``: one decoded kernel event, frozen, for the Python API and ``stream``.
+- ``EventColumns``: all events of one type as numpy columns, for fast reports.
+A ``Dataset`` is a whole decoded recording (binary or text) in columnar form plus
+the metadata captured with it.  This module does no I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["Event", "EventColumns", "Dataset", "Metadata", "Loss"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One kernel event."""
+
+    ts: int
+    """Timestamp in nanoseconds of the trace clock (text input: microsecond resolution)."""
+    cpu: int
+    """CPU the event was recorded on."""
+    pid: int
+    """Thread id (common_pid) that was running."""
+    comm: str
+    """Command name of ``pid`` (from saved_cmdlines / the text line), ``"<...>"`` if unknown."""
+    system: str
+    """Event system, e.g. ``"kmem"`` or a kprobe group."""
+    name: str
+    """Event name, e.g. ``"kmalloc"``."""
+    fields: Mapping[str, int | str]
+    """The event's own fields by their kernel names (no ``common_*``).  Integers for
+    numeric fields (bytes for sizes, raw flag words), ``str`` for strings; ``call_site``
+    is kept as an integer address when decoded from binary, and as the kernel's
+    ``sym+0xoff/0xsize`` text when parsed from a text trace."""
+
+
+@dataclass
+class EventColumns:
+    """All events of one type, column by column (same row order in every column)."""
+
+    system: str
+    name: str
+    ts: np.ndarray
+    """uint64 nanoseconds."""
+    cpu: np.ndarray
+    """int32 CPU numbers."""
+    pid: np.ndarray
+    """int32 thread ids."""
+    fields: dict[str, np.ndarray]
+    """Field name -> column.  Integer fields are int64/uint64 arrays; string fields are
+    object arrays of ``str``."""
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Events the kernel could not deliver, per CPU."""
+
+    cpu: int
+    lost: int
+    """Events lost (missed-events page flags plus per_cpu stats overrun/dropped)."""
+
+
+@dataclass
+class Metadata:
+    """What was captured about the system alongside the events."""
+
+    source: str = ""
+    """What was read: ``"trace.dat v7"``, ``"text"``, ..."""
+    kernel: str = ""
+    """``uname -r`` style release (or the full uname line) of the traced kernel."""
+    cmdlines: dict[int, str] = field(default_factory=dict)
+    """pid -> comm, from saved_cmdlines (binary) or the lines themselves (text)."""
+    lost: list[Loss] = field(default_factory=list)
+    truncated: bool = False
+    """The input ended early; what was readable was decoded."""
+    truncated_detail: str = ""
+    slabinfo_start: str = ""
+    """/proc/slabinfo text when recording started ("" if unknown)."""
+    slabinfo_end: str = ""
+    """/proc/slabinfo text when recording ended ("" if unknown)."""
+    unparsed: int = 0
+    """Lines or events that could not be decoded (counted, never guessed)."""
+    extra: dict = field(default_factory=dict)
+    """Anything else worth keeping (command line, duration, cpustats text, ...)."""
+
+    @property
+    def total_lost(self) -> int:
+        return sum(x.lost for x in self.lost)
+
+
+@dataclass
+class Dataset:
+    """A decoded recording."""
+
+    meta: Metadata
+    columns: dict[tuple[str, str], EventColumns]
+    """(system, name) -> columns."""
+    formats: dict = field(default_factory=dict)
+    """(system, name) -> formats.EventFormat, when the input carried format files."""
+    symbolize: object = None
+    """callable(int address) -> "sym+0xoff" or None; None when no kallsyms were captured."""
+
+    @property
+    def events(self) -> int:
+        return sum(len(c) for c in self.columns.values())

@@ -1,0 +1,324 @@
+"""Decode ftrace ring-buffer pages (what per_cpu/cpuN/trace_pipe_raw gives) into events.
+
+The page and event-header layouts come from ``events/header_page`` and
+``events/header_event`` (formats.HeaderPage / HeaderEvent); each event's fields from its
+``format`` file (formats.EventFormat).  Pure functions over bytes: no file is opened here.
+
+Two outputs from one walk over the pages:
+- ``decode_columns``: numpy columns per event type (fast; reports use it);
+- ``iter_events``: ``records.Event`` objects in time order (API and ``stream``).
+
+Layout facts used (kernel/trace/ring_buffer.c, stable since 2.6.3x; 5.10 made
+TIME_STAMP absolute):
+- page: u64 timestamp, long commit (bytes of data; bit 31 = events were missed before
+  this page, bit 30 = their count is stored after the data), then data.
+- event header: u32 with type_len (low 5 bits on little-endian) and time_delta (27 bits).
+  type_len 1..28: data of type_len*4 bytes follows; 0: a u32 length (counting itself)
+  then data; 29 padding (time_delta 0: rest of page unused); 30 time extend
+  (delta = array[0] << 27 | time_delta); 31 absolute time stamp (same encoding,
+  top 5 bits kept from the running time).
+"""
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+
+from .errors import ParseError
+from .formats import EventFormat, Field, HeaderEvent, HeaderPage
+from .records import Event, EventColumns
+
+__all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
+           "MISSED_EVENTS", "MISSED_STORED"]
+
+MISSED_EVENTS = 1 << 31
+MISSED_STORED = 1 << 30
+_TS_MSB = 0xF8 << 56       # bits an absolute TIME_STAMP event does not carry
+_MAX_STRING = 256          # longest string field we gather in columns (cache names are < 64)
+
+
+@dataclass
+class PageWalk:
+    """Where the data events of one CPU's pages are, without decoding their fields."""
+
+    cpu: int
+    ts: list = field(default_factory=list)
+    """Absolute timestamps (ns) of data events."""
+    off: list = field(default_factory=list)
+    """Byte offsets of each event's payload (common_type first) in the CPU's data."""
+    ids: list = field(default_factory=list)
+    """Event type id (common_type) of each event."""
+    lens: list = field(default_factory=list)
+    """Payload length of each event in bytes."""
+    pages: int = 0
+    missed: int = 0
+    """Events the kernel said were lost (counted where the page stores the number)."""
+    missed_unknown: int = 0
+    """Pages flagged 'events missed' without a stored count."""
+    bad_pages: int = 0
+    """Pages whose header or events did not make sense (skipped, counted)."""
+
+
+def _check_layout(hp: HeaderPage, he: HeaderEvent) -> None:
+    if hp.timestamp_size != 8 or hp.commit_size not in (4, 8) or hp.data_offset <= 0:
+        raise ParseError(f"unsupported ring-buffer page header layout: {hp}")
+    if he.type_len_bits != 5 or he.time_delta_bits != 27:
+        raise ParseError(f"unsupported ring-buffer event header layout: {he}")
+
+
+def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEvent,
+               page_size: int | None = None, little_endian: bool = True) -> PageWalk:
+    """Walk every page of one CPU's raw data and locate its data events."""
+    _check_layout(hp, he)
+    if not little_endian:
+        raise ParseError("big-endian ring buffers are not supported")
+    psize = page_size or (hp.data_offset + hp.data_size)
+    if psize % 4 or psize <= hp.data_offset:
+        raise ParseError(f"bad ring-buffer page size {psize}")
+    mv = memoryview(data)
+    n_pages = len(mv) // psize
+    usable = n_pages * psize
+    words = mv[:usable].cast("I") if usable else memoryview(b"").cast("I")
+    w = PageWalk(cpu=cpu)
+    ts_out, off_out, id_out, len_out = w.ts, w.off, w.ids, w.lens
+    ts_append, off_append, id_append, len_append = (ts_out.append, off_out.append,
+                                                    id_out.append, len_out.append)
+    pw = psize // 4
+    dw0 = hp.data_offset // 4
+    max_data = psize - hp.data_offset
+    commit_word = hp.commit_offset // 4
+    pad, ext, stamp, dmax = he.padding, he.time_extend, he.time_stamp, he.data_max_type_len
+    for p in range(n_pages):
+        base = p * pw
+        ts = words[base] | (words[base + 1] << 32)
+        commit_raw = words[base + commit_word]
+        flags = commit_raw & (MISSED_EVENTS | MISSED_STORED)
+        commit = commit_raw & ~(MISSED_EVENTS | MISSED_STORED) & 0xFFFFFFFF
+        if commit > max_data or commit % 4:
+            w.bad_pages += 1
+            continue
+        w.pages += 1
+        if flags & MISSED_EVENTS:
+            if flags & MISSED_STORED and commit + 8 <= max_data:
+                i = base + dw0 + commit // 4
+                w.missed += words[i] | (words[i + 1] << 32)
+            else:
+                w.missed_unknown += 1
+        i = base + dw0
+        end = i + commit // 4
+        while i < end:
+            hdr = words[i]
+            tl = hdr & 31
+            if tl and tl <= dmax:
+                ts += hdr >> 5
+                id_append(words[i + 1] & 0xFFFF)
+                ts_append(ts)
+                off_append((i + 1) * 4)
+                len_append(tl * 4)
+                i += 1 + tl
+            elif tl == 0:
+                if i + 1 >= end:
+                    w.bad_pages += 1
+                    break
+                ln = words[i + 1]
+                if ln < 4 or ln % 4 or i + 1 + ln // 4 > end:
+                    w.bad_pages += 1
+                    break
+                ts += hdr >> 5
+                id_append(words[i + 2] & 0xFFFF)
+                ts_append(ts)
+                off_append((i + 2) * 4)
+                len_append(ln - 4)
+                i += 1 + ln // 4
+            elif tl == ext:
+                if i + 1 >= end:
+                    w.bad_pages += 1
+                    break
+                ts += (words[i + 1] << 27) | (hdr >> 5)
+                i += 2
+            elif tl == stamp:
+                if i + 1 >= end:
+                    w.bad_pages += 1
+                    break
+                ts = ((words[i + 1] << 27) | (hdr >> 5)) | (ts & _TS_MSB)
+                i += 2
+            elif tl == pad:
+                if (hdr >> 5) == 0:
+                    break  # the rest of the page is unused
+                if i + 1 >= end:
+                    break
+                ln = words[i + 1]
+                if ln < 4 or ln % 4:
+                    w.bad_pages += 1
+                    break
+                i += 1 + ln // 4
+            else:  # unknown type_len: cannot know the length, skip the page's rest
+                w.bad_pages += 1
+                break
+    return w
+
+
+# -- field extraction ------------------------------------------------------------------
+
+def _int_dtype(size: int, signed: bool):
+    return {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[size] if signed else \
+        {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
+
+
+def _gather_int(buf: np.ndarray, offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
+    if offs.size == 0:
+        return np.zeros(0, dtype=_int_dtype(size, signed))
+    idx = offs[:, None] + np.arange(size, dtype=np.int64)
+    mat = buf[idx]
+    return np.ascontiguousarray(mat).view(np.dtype(_int_dtype(size, signed)).newbyteorder("<")).ravel()
+
+
+def _gather_strings(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Strings at buf[starts:starts+lens] (NUL-terminated within), as an object array."""
+    n = starts.size
+    if n == 0:
+        return np.zeros(0, dtype=object)
+    lens = np.minimum(lens, _MAX_STRING)
+    width = int(lens.max()) if n else 0
+    if width <= 0:
+        return np.full(n, "", dtype=object)
+    idx = starts[:, None] + np.arange(width, dtype=np.int64)
+    np.minimum(idx, buf.size - 1, out=idx)
+    mat = buf[idx]
+    mat[np.arange(width)[None, :] >= lens[:, None]] = 0
+    fixed = np.ascontiguousarray(mat).view(f"S{width}").ravel()  # numpy strips trailing NULs
+    uniq, inv = np.unique(fixed, return_inverse=True)
+    names = np.array([u.split(b"\0", 1)[0].decode("utf-8", "replace") for u in uniq],
+                     dtype=object)
+    return names[inv.ravel()]
+
+
+def _field_column(buf: np.ndarray, offs: np.ndarray, lens: np.ndarray, f: Field) -> np.ndarray:
+    if f.data_loc or f.rel_loc:
+        loc = _gather_int(buf, offs + f.offset, 4, False).astype(np.int64)
+        start = loc & 0xFFFF
+        if f.rel_loc:
+            start = start + f.offset + 4
+        ln = loc >> 16
+        ok = start + ln <= lens
+        ln = np.where(ok, ln, 0)
+        return _gather_strings(buf, offs + np.where(ok, start, 0), ln)
+    if f.array_len is not None:
+        if f.is_string:
+            return _gather_strings(buf, offs + f.offset, np.full(offs.size, f.size, np.int64))
+        return None  # numeric arrays are not needed by any report; left out, not guessed
+    if f.size in (1, 2, 4, 8):
+        return _gather_int(buf, offs + f.offset, f.size, f.signed)
+    return None
+
+
+def decode_columns(data: bytes | memoryview, walk: PageWalk,
+                   formats_by_id: Mapping[int, EventFormat]) -> dict[tuple[str, str], EventColumns]:
+    """Decode the events found by ``walk_pages`` into columns, one set per event type."""
+    out: dict[tuple[str, str], EventColumns] = {}
+    if not walk.ts:
+        return out
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ids = np.asarray(walk.ids, dtype=np.int64)
+    offs = np.asarray(walk.off, dtype=np.int64)
+    lens = np.asarray(walk.lens, dtype=np.int64)
+    ts = np.asarray(walk.ts, dtype=np.uint64)
+    for eid in np.unique(ids):
+        fmt = formats_by_id.get(int(eid))
+        if fmt is None:
+            continue
+        sel = ids == eid
+        o, ln = offs[sel], lens[sel]
+        need = max((f.offset + f.size for f in fmt.fields + fmt.common_fields), default=0)
+        good = ln >= need
+        if not good.all():
+            o, ln = o[good], ln[good]
+            sel_ts = ts[sel][good]
+        else:
+            sel_ts = ts[sel]
+        pidf = fmt.field("common_pid")
+        pid = (_gather_int(buf, o + pidf.offset, pidf.size, True).astype(np.int32)
+               if pidf else np.full(o.size, -1, np.int32))
+        cols = {}
+        for f in fmt.fields:
+            col = _field_column(buf, o, ln, f)
+            if col is not None:
+                cols[f.name] = col
+        out[(fmt.system, fmt.name)] = EventColumns(
+            system=fmt.system, name=fmt.name, ts=sel_ts, cpu=np.full(o.size, walk.cpu, np.int32),
+            pid=pid, fields=cols)
+    return out
+
+
+def merge_columns(parts: Iterable[dict[tuple[str, str], EventColumns]]
+                  ) -> dict[tuple[str, str], EventColumns]:
+    """Concatenate per-CPU columns of the same event type, ordered by timestamp."""
+    acc: dict[tuple[str, str], list[EventColumns]] = {}
+    for part in parts:
+        for key, cols in part.items():
+            acc.setdefault(key, []).append(cols)
+    out = {}
+    for key, lst in acc.items():
+        if len(lst) == 1:
+            out[key] = lst[0]
+            continue
+        ts = np.concatenate([c.ts for c in lst])
+        order = np.argsort(ts, kind="stable")
+        names = set(lst[0].fields)
+        for c in lst[1:]:
+            names &= set(c.fields)
+        out[key] = EventColumns(
+            system=lst[0].system, name=lst[0].name, ts=ts[order],
+            cpu=np.concatenate([c.cpu for c in lst])[order],
+            pid=np.concatenate([c.pid for c in lst])[order],
+            fields={n: np.concatenate([c.fields[n] for c in lst])[order] for n in names})
+    return out
+
+
+# -- one event at a time (stream, API) ------------------------------------------------
+
+_STRUCT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
+           (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
+
+
+def decode_event(payload: bytes | memoryview, fmt: EventFormat) -> tuple[int, dict]:
+    """(pid, fields) of one event's payload."""
+    fields: dict[str, int | str] = {}
+    pidf = fmt.field("common_pid")
+    n = len(payload)
+    pid = struct.unpack_from("<i", payload, pidf.offset)[0] if pidf and pidf.offset + 4 <= n else -1
+    for f in fmt.fields:
+        if f.offset + f.size > n:
+            continue
+        if f.data_loc or f.rel_loc:
+            loc = struct.unpack_from("<I", payload, f.offset)[0]
+            start, ln = loc & 0xFFFF, loc >> 16
+            if f.rel_loc:
+                start += f.offset + 4
+            raw = bytes(payload[start:start + ln]) if start + ln <= n else b""
+            fields[f.name] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif f.array_len is not None:
+            if f.is_string:
+                raw = bytes(payload[f.offset:f.offset + f.size])
+                fields[f.name] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif (f.size, f.signed) in _STRUCT:
+            fields[f.name] = struct.unpack_from("<" + _STRUCT[(f.size, f.signed)],
+                                                payload, f.offset)[0]
+    return pid, fields
+
+
+def iter_events(data: bytes | memoryview, walk: PageWalk, formats_by_id: Mapping[int, EventFormat],
+                comm_of=None) -> Iterator[Event]:
+    """Events of one CPU, in order, as ``Event`` objects."""
+    mv = memoryview(data)
+    comm_of = comm_of or (lambda pid: "<...>")
+    for ts, off, eid, ln in zip(walk.ts, walk.off, walk.ids, walk.lens):
+        fmt = formats_by_id.get(eid)
+        if fmt is None:
+            continue
+        pid, fields = decode_event(mv[off:off + ln], fmt)
+        yield Event(ts=ts, cpu=walk.cpu, pid=pid, comm=comm_of(pid), system=fmt.system,
+                    name=fmt.name, fields=fields)

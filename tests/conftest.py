@@ -1,0 +1,80 @@
+"""Shared fixtures.
+
+Kernel tests need root and a mounted tracefs.  Outside CI they skip when those are
+missing; with FTSLAB_KERNEL_TESTS=1 (set by .ci/run) a missing capability FAILS.
+Every kernel test also checks that nothing of ftslab is left in tracefs afterwards.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TRACEFS = Path(os.environ.get("FTSLAB_TRACEFS", "/sys/kernel/tracing"))
+KERNEL_TESTS = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
+
+
+def _kernel_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not (TRACEFS / "events").is_dir():
+        return f"tracefs not mounted at {TRACEFS}"
+    if not (TRACEFS / "events/kmem/kmalloc").is_dir():
+        return "kernel lacks kmem tracepoints"
+    return None
+
+
+def ftslab_leftovers() -> list[str]:
+    try:
+        names = os.listdir(TRACEFS / "instances")
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith("ftslab_"))
+
+
+@pytest.fixture
+def kernel():
+    """Root + tracefs, or skip (fail under FTSLAB_KERNEL_TESTS=1).  Checks cleanup after."""
+    problem = _kernel_problem()
+    if problem:
+        if KERNEL_TESTS:
+            pytest.fail(f"FTSLAB_KERNEL_TESTS=1 but {problem}")
+        pytest.skip(problem)
+    before = set(ftslab_leftovers())
+    yield TRACEFS
+    left = sorted(set(ftslab_leftovers()) - before)
+    assert not left, f"ftslab left tracefs instances behind: {left}"
+
+
+def need_tool(name: str) -> str:
+    import shutil
+    path = shutil.which(name)
+    if not path:
+        if KERNEL_TESTS:
+            pytest.fail(f"FTSLAB_KERNEL_TESTS=1 but {name} is not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def run_ftslab(*args, check=False, timeout=120, input=None, **kw) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (a separate process)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    cp = subprocess.run([sys.executable, "-m", "ftslab", *map(str, args)], capture_output=True,
+                        text=True, timeout=timeout, env=env, input=input, **kw)
+    if check and cp.returncode != 0:
+        raise AssertionError(f"ftslab {' '.join(map(str, args))} -> {cp.returncode}\n"
+                             f"stdout: {cp.stdout[-2000:]}\nstderr: {cp.stderr[-2000:]}")
+    return cp
+
+
+def popen_ftslab(*args, **kw) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-m", "ftslab", *map(str, args)],
+                            env=env, **kw)
