@@ -73,7 +73,7 @@ class UsageError(FtslabError):
 
 class PermissionDenied(FtslabError):
     exit_code = EXIT_PERMISSION
-    hint = "run as root (CAP_SYS_ADMIN is needed to create tracefs instances)"
+    hint = "run ftslab as root: tracefs instances need CAP_SYS_ADMIN"
 
 
 class TracefsUnavailable(FtslabError):

@@ -6,40 +6,62 @@ adds ``/0xsize`` (size = distance to the next symbol, as the kernel computes it)
 """
 from __future__ import annotations
 
-import bisect
+import numpy as np
 
 __all__ = ["Symbolizer"]
 
 
 class Symbolizer:
     def __init__(self, text: str):
-        entries: dict[int, str] = {}
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            try:
-                addr = int(parts[0], 16)
-            except ValueError:
-                continue
-            if addr == 0:
-                continue  # kptr_restrict hides addresses: nothing to learn
-            # keep the first name at an address (matches kallsyms lookup order closely
-            # enough; aliases at one address are the same code)
-            entries.setdefault(addr, parts[2])
-        self._addrs = sorted(entries)
-        self._names = [entries[a] for a in self._addrs]
+        # /proc/kallsyms has ~100k+ lines; only a few dozen addresses are ever looked up,
+        # so the table is parsed with numpy and names are cut out only on a hit
+        raw = text.encode() if isinstance(text, str) else bytes(text)
+        self._raw = raw
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        nl = np.flatnonzero(buf == 10)
+        starts = np.concatenate(([0], nl + 1))
+        ends = np.concatenate((nl, [buf.size]))
+        keep = ends - starts > 19
+        starts, ends = starts[keep], ends[keep]
+        width = 16
+        ok = np.zeros(starts.size, dtype=bool)
+        if starts.size:
+            ok = buf[np.minimum(starts + width, buf.size - 1)] == 32
+        starts, ends = starts[ok], ends[ok]
+        addrs = np.zeros(starts.size, dtype=np.uint64)
+        if starts.size:
+            digits = buf[starts[:, None] + np.arange(width)]
+            val = np.where(digits <= 57, digits - 48, (digits | 32) - 87).astype(np.uint64)
+            if ((val > 15).any()):
+                good = (val <= 15).all(axis=1)
+                val, starts, ends = val[good], starts[good], ends[good]
+            for j in range(width):
+                addrs = (addrs << np.uint64(4)) | val[:, j] if j else val[:, 0].copy()
+        nz = addrs != 0  # kptr_restrict hides addresses as zeros: nothing to learn
+        addrs, starts, ends = addrs[nz], starts[nz], ends[nz]
+        # first line at an address wins (aliases at one address are the same code)
+        order = np.argsort(addrs, kind="stable")
+        addrs, starts, ends = addrs[order], starts[order], ends[order]
+        first = np.concatenate(([True], addrs[1:] != addrs[:-1])) if addrs.size else addrs
+        self._addrs = addrs[first] if addrs.size else addrs
+        self._starts = starts[first] if addrs.size else starts
+        self._ends = ends[first] if addrs.size else ends
 
     def __bool__(self) -> bool:
-        return bool(self._addrs)
+        return bool(self._addrs.size)
+
+    def _name(self, i: int) -> str:
+        line = self._raw[int(self._starts[i]):int(self._ends[i])].decode("utf-8", "replace")
+        parts = line.split()
+        return parts[2] if len(parts) > 2 else "?"
 
     def lookup(self, addr: int) -> tuple[str, int, int] | None:
         """(name, offset, size) of the symbol containing addr, or None."""
-        i = bisect.bisect_right(self._addrs, int(addr)) - 1
-        if i < 0 or i + 1 >= len(self._addrs):
+        i = int(np.searchsorted(self._addrs, np.uint64(int(addr)), side="right")) - 1
+        if i < 0 or i + 1 >= self._addrs.size:
             return None
-        start = self._addrs[i]
-        return self._names[i], int(addr) - start, self._addrs[i + 1] - start
+        start = int(self._addrs[i])
+        return self._name(i), int(addr) - start, int(self._addrs[i + 1]) - start
 
     def __call__(self, addr: int, full: bool = False) -> str | None:
         hit = self.lookup(addr)

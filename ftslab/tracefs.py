@@ -129,7 +129,7 @@ class Tracefs:
                 if (p / "events").is_dir() or (p / "instances").is_dir():
                     return cls(p)
             except PermissionError:
-                raise PermissionDenied(f"cannot look into {p}") from None
+                raise PermissionDenied(f"permission denied reading {p}") from None
         if os.geteuid() != 0:
             raise PermissionDenied(
                 f"tracefs is not readable at {candidates[0]} by this user")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from toplevel import restore_toplevel, toplevel_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TRACEFS = Path(os.environ.get("FTSLAB_TRACEFS", "/sys/kernel/tracing"))
@@ -37,18 +39,32 @@ def ftslab_leftovers() -> list[str]:
     return sorted(n for n in names if n.startswith("ftslab_"))
 
 
+def run_tracecmd(argv, **kw) -> subprocess.CompletedProcess:
+    """Run trace-cmd and undo what it leaves on the top-level buffer (on this kernel it
+    only works with -k, which keeps its settings: tracing_on=0 and its events on)."""
+    state = toplevel_state()
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, **kw)
+    finally:
+        restore_toplevel(state)
+
+
 @pytest.fixture
 def kernel():
-    """Root + tracefs, or skip (fail under FTSLAB_KERNEL_TESTS=1).  Checks cleanup after."""
+    """Root + tracefs, or skip (fail under FTSLAB_KERNEL_TESTS=1).  Checks afterwards that
+    no ftslab instance is left and that the top-level buffer's settings are unchanged."""
     problem = _kernel_problem()
     if problem:
         if KERNEL_TESTS:
             pytest.fail(f"FTSLAB_KERNEL_TESTS=1 but {problem}")
         pytest.skip(problem)
     before = set(ftslab_leftovers())
+    top = toplevel_state()
     yield TRACEFS
     left = sorted(set(ftslab_leftovers()) - before)
     assert not left, f"ftslab left tracefs instances behind: {left}"
+    changed = {k for k, v in toplevel_state().items() if top.get(k) != v}
+    assert not changed, f"top-level tracing settings changed: {sorted(changed)}"
 
 
 def need_tool(name: str) -> str:

@@ -1,0 +1,978 @@
+"""Aggregations over a decoded recording: who allocates, how much, and what is wasted.
+
+Role: turn a ``records.Dataset`` into ``Table`` objects (plain rows of dicts) that
+``render.py`` prints as text, JSON or CSV.  This module is pure: it opens no file, touches
+no kernel interface and prints nothing.  It never invents a value: a field an event does
+not carry is reported as unknown (``"?"``) or not applicable (``None``), never guessed.
+
+Speed: every per-event step is a numpy operation.  Python loops run only over *distinct*
+values (call sites, pids, caches, gfp words, groups), so a 10 M event recording reports
+in a few seconds.
+
+What the numbers mean
+- **Layers.** ``kmem:kmalloc`` / ``kmem:kmem_cache_alloc`` are slab-layer events;
+  ``kmem:mm_page_alloc`` is the page layer *below* it: the pages backing new slabs and
+  large kmallocs appear there too.  Slab and page bytes therefore overlap; a table that
+  mixes the layers says so in its note.  The default report keeps them apart.
+- **Cache.** ``kmem_cache_alloc`` carries the cache ``name`` on 6.18 but not on 6.1
+  (no ``name`` field: the cache is ``"?"``).  A ``kmalloc`` event names no cache: its
+  cache key is the kmalloc *size class* derived from ``bytes_alloc``, spelled like the
+  kernel's caches (``kmalloc-64``, ``kmalloc-1k``, ... ``kmalloc-8k``).  The kernel's
+  ``kmalloc-cg-*`` / ``kmalloc-rcl-*`` / ``dma-kmalloc-*`` variants of a class cannot be
+  told apart from the event, so they are summed in one class.  Above
+  KMALLOC_MAX_CACHE_SIZE (2 pages) kmalloc goes to the page allocator:
+  ``"(large kmalloc)"``.  Page allocations have no cache (``None``).
+- **Failed allocations** (``pfn == -1``, or ``ptr == NULL``) are counted in ``failed``
+  and contribute neither to ``count`` nor to bytes.
+- **frees / live.** An allocation is *freed* when the next event on the same pointer
+  (slab: ``ptr`` of kfree/kmem_cache_free; pages: ``pfn`` of mm_page_free) is a free,
+  within the recording.  ``live`` = allocations with a real pointer not freed by the end.
+  kmalloc(0) (ZERO_SIZE_PTR) is neither.  Text traces have microsecond timestamps: a
+  free and a re-allocation of the same pointer in the same microsecond can be paired
+  the wrong way round (the per-group totals stay right when both are in one group).
+- Byte sums are exact up to 2**53 bytes (8 PiB) per group (float64 accumulation).
+
+Extending to new event sources (kprobes): add an ``AllocSource`` / ``FreeSource`` to
+``ALLOC_SOURCES`` / ``FREE_SOURCES`` saying which field holds what; nothing else changes.
+"""
+from __future__ import annotations
+
+import math
+import re
+import weakref
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import FtslabError, ParseError, UsageError
+from .records import Dataset, EventColumns
+
+__all__ = [
+    "GROUP_KEYS", "SORT_KEYS", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
+    "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
+    "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
+    "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff", "summary", "build_report", "loss_warning",
+    "kmalloc_size_class", "normalize_call_site",
+]
+
+GROUP_KEYS = ("comm", "pid", "cache", "callsite", "event", "order", "gfp")
+SORT_KEYS = ("bytes", "count", "waste")
+
+UNKNOWN_COMM = "<...>"
+UNKNOWN_CACHE = "?"
+LARGE_KMALLOC = "(large kmalloc)"
+
+
+# ----------------------------------------------------------------------------------------
+# Event sources: the one place that says how to read each event type
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AllocSource:
+    """How to read one allocation event type.  Field names are the kernel's; every one is
+    optional and is read only if the event's columns actually have it."""
+
+    system: str
+    """Event system, an fnmatch pattern (``"kmem"``, ``"ftslab_*"`` for kprobe groups)."""
+    name: str
+    """Event name, an fnmatch pattern."""
+    layer: str
+    """``"slab"`` or ``"page"``: allocations are matched with frees of the same layer."""
+    bytes_req: str | None = None
+    """Field with the requested size in bytes."""
+    bytes_alloc: str | None = None
+    """Field with the size actually handed out, bytes (absent: taken as ``bytes_req``
+    and the table says waste is not measured for this event)."""
+    cache: str | None = None
+    """Field with the cache name (a string)."""
+    size_class: bool = False
+    """The cache key is the kmalloc size class of ``bytes_alloc``."""
+    call_site: str | None = None
+    """Field with the caller address (int) or ``sym+0xoff/0xsize`` text."""
+    ptr: str | None = None
+    """Field matched against a ``FreeSource.ptr`` of the same layer (address or pfn)."""
+    order: str | None = None
+    """Page order field: bytes = page_size << order (pages layer)."""
+    gfp: str | None = None
+    """Field with the gfp_t flag word (int) or its rendered text."""
+    seed_tag: str = ""
+    """Tag of the line in the seed-module format (``kmalloc`` -> ``[kmalloc]: ...``);
+    empty: the event name."""
+
+
+@dataclass(frozen=True)
+class FreeSource:
+    """How to read one free event type."""
+
+    system: str
+    name: str
+    layer: str
+    ptr: str
+    """Field naming what is freed (address or pfn)."""
+
+
+#: First match wins.  Kprobe sources go here too, e.g.
+#: ``AllocSource("ftslab_*", "kmalloc*", "slab", bytes_req="size", call_site="caller")``.
+ALLOC_SOURCES: tuple[AllocSource, ...] = (
+    AllocSource("kmem", "kmalloc", "slab", bytes_req="bytes_req", bytes_alloc="bytes_alloc",
+                size_class=True, call_site="call_site", ptr="ptr", gfp="gfp_flags"),
+    AllocSource("kmem", "kmem_cache_alloc", "slab", bytes_req="bytes_req",
+                bytes_alloc="bytes_alloc", cache="name", call_site="call_site", ptr="ptr",
+                gfp="gfp_flags"),
+    AllocSource("kmem", "mm_page_alloc", "page", order="order", ptr="pfn", gfp="gfp_flags"),
+)
+
+FREE_SOURCES: tuple[FreeSource, ...] = (
+    FreeSource("kmem", "kfree", "slab", "ptr"),
+    # Since 6.x kmem_cache_free() and kfree() accept each other's objects, so both free
+    # kinds match both allocation kinds: they share the "slab" layer.
+    FreeSource("kmem", "kmem_cache_free", "slab", "ptr"),
+    FreeSource("kmem", "mm_page_free", "page", "pfn"),
+    # Folio batches are freed without mm_page_free; the batched event carries the pfn.
+    FreeSource("kmem", "mm_page_free_batched", "page", "pfn"),
+)
+
+
+def _spec_for(specs, system: str, name: str):
+    for src in specs:
+        # A text trace without format files does not show the system ("" here): the
+        # name alone decides, which is why kprobes get names that cannot collide.
+        if (not system or fnmatchcase(system, src.system)) and fnmatchcase(name, src.name):
+            return src
+    return None
+
+
+def alloc_source(system: str, name: str) -> AllocSource | None:
+    """The spec for an allocation event, or None if it is not an allocation."""
+    return _spec_for(ALLOC_SOURCES, system, name)
+
+
+def free_source(system: str, name: str) -> FreeSource | None:
+    """The spec for a free event, or None."""
+    return _spec_for(FREE_SOURCES, system, name)
+
+
+def event_label(system: str, name: str) -> str:
+    """``kmem:kmalloc``; just ``kmalloc`` when the system is unknown (text input)."""
+    return f"{system}:{name}" if system else name
+
+
+# ----------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    """Key of the value in each row dict (also the CSV header and JSON key)."""
+    title: str
+    """Header in the text table."""
+    unit: str = ""
+    """``"bytes"``, ``"count"``, ``"ns"``, ``"%"`` or ``""`` (a label)."""
+
+
+@dataclass
+class Table:
+    name: str
+    """Stable machine name (``"by_cache"``, ``"histogram"``, ...): JSON key."""
+    title: str
+    columns: list[Column]
+    rows: list[dict]
+    """One dict per row, keyed by ``Column.name``; ints are exact, ``None`` = n/a."""
+    note: str = ""
+    bar: str | None = None
+    """Name of a count column the text renderer draws as an ASCII bar (histograms)."""
+
+
+@dataclass
+class Report:
+    summary: dict
+    tables: list[Table]
+    warnings: list[str]
+    """Loss warning first (if any), then truncation, then the rest."""
+    by: tuple[str, ...] = ()
+    sort: str = "bytes"
+    main: str = ""
+    """Name of the main table (its rows are JSON ``rows`` and the CSV output)."""
+
+    def table(self, name: str) -> Table | None:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        return None
+
+
+_KEY_COLUMNS = {
+    "comm": Column("comm", "COMM"),
+    "pid": Column("pid", "PID"),
+    "cache": Column("cache", "CACHE"),
+    "callsite": Column("callsite", "CALL SITE"),
+    "event": Column("event", "EVENT"),
+    "order": Column("order", "ORDER"),
+    "gfp": Column("gfp", "GFP FLAGS"),
+}
+
+_METRIC_COLUMNS = [
+    Column("count", "ALLOCS", "count"),
+    Column("bytes_req", "REQUESTED", "bytes"),
+    Column("bytes_alloc", "ALLOCATED", "bytes"),
+    Column("waste", "WASTE", "bytes"),
+    Column("frees", "FREES", "count"),
+    Column("live", "LIVE", "count"),
+]
+_FAILED_COLUMN = Column("failed", "FAILED", "count")
+
+
+# ----------------------------------------------------------------------------------------
+# Small vectorised helpers
+# ----------------------------------------------------------------------------------------
+
+def _factorize(arr: np.ndarray) -> tuple[np.ndarray, list]:
+    """(codes, uniques): ``uniques[codes] == arr``.  Cheap for few distinct values."""
+    n = arr.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), []
+    if arr.dtype == object:
+        # dict.fromkeys/map run in C: no Python bytecode per event, ~0.6 s per 10 M.
+        uniq = list(dict.fromkeys(arr.tolist()))
+        lut = {v: i for i, v in enumerate(uniq)}
+        codes = np.fromiter(map(lut.__getitem__, arr.tolist()), dtype=np.int64, count=n)
+        return codes, uniq
+    if arr.dtype.kind in "iub" and n > 100_000:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi < 1 << 22:  # pids, orders, sizes: a lookup table beats sorting
+            present = np.bincount(arr, minlength=hi + 1) > 0
+            uniq = np.flatnonzero(present)
+            lut = np.zeros(hi + 1, np.int64)
+            lut[uniq] = np.arange(uniq.shape[0])
+            return lut[arr], uniq.tolist()
+        # Addresses: few distinct values in a huge range.  Learn them from a sample and
+        # add the ones the sample missed; searchsorted is far cheaper than np.unique.
+        uniq = np.unique(arr[:65536])
+        for _ in range(2):
+            idx = np.searchsorted(uniq, arr)
+            np.minimum(idx, uniq.shape[0] - 1, out=idx)
+            missing = uniq[idx] != arr
+            if not missing.any():
+                return idx.astype(np.int64, copy=False), uniq.tolist()
+            extra = arr[missing]
+            if extra.shape[0] > n // 8:
+                break
+            uniq = np.union1d(uniq, np.unique(extra))
+    uniq, codes = np.unique(arr, return_inverse=True)
+    return codes.reshape(-1).astype(np.int64, copy=False), uniq.tolist()
+
+
+def _merge_labels(codes: np.ndarray, labels: list) -> tuple[np.ndarray, list]:
+    """Merge codes whose labels are equal (two pids with one comm, ...)."""
+    uniq = list(dict.fromkeys(labels))
+    if len(uniq) == len(labels):
+        return codes, labels
+    pos = {v: i for i, v in enumerate(uniq)}
+    lut = np.array([pos[v] for v in labels], dtype=np.int64)
+    return lut[codes], uniq
+
+
+def _as_u64(col: np.ndarray) -> np.ndarray:
+    if col.dtype == np.uint64:
+        return col
+    if col.dtype == np.int64:
+        return col.view(np.uint64)  # -1 (failed pfn) becomes 0xffffffffffffffff
+    return col.astype(np.int64).view(np.uint64)
+
+
+def _as_i64(col: np.ndarray) -> np.ndarray:
+    if col.dtype == np.int64:
+        return col
+    return col.astype(np.int64)
+
+
+_NULL_TEXT = {"(null)", "null", "0", "00000000", "0000000000000000", "0x0"}
+
+
+def _ptr_keys(col: np.ndarray) -> np.ndarray:
+    """Pointer/pfn column as uint64 keys comparable across event types."""
+    if col.dtype != object:
+        return _as_u64(col)
+    # Text traces: hashed %p values are hex text, consistent within one boot.
+    codes, uniq = _factorize(col)
+    vals = []
+    for s in uniq:
+        s = str(s).strip()
+        try:
+            vals.append(0 if s in _NULL_TEXT else int(s, 16))
+        except ValueError:
+            vals.append(0)  # unreadable: never matched, never live
+    return np.array(vals, dtype=np.uint64)[codes]
+
+
+_CALL_SITE_SIZE = re.compile(r"^(\S+?\+0x[0-9a-fA-F]+)/0x[0-9a-fA-F]+(.*)$")
+
+
+def normalize_call_site(text: str) -> str:
+    """``alloc_pipe_info+0x2a/0x1c0`` -> ``alloc_pipe_info+0x2a`` (module suffix kept)."""
+    m = _CALL_SITE_SIZE.match(text.strip())
+    return m.group(1) + m.group(2) if m else text.strip()
+
+
+def kmalloc_size_class(bytes_alloc: int, page_size: int = 4096) -> str:
+    """Cache name of a kmalloc size, spelled as the kernel does (mm/slab_common.c
+    kmalloc_info[]: ``kmalloc-96``, ``kmalloc-1k``); beyond KMALLOC_MAX_CACHE_SIZE
+    (2 pages with SLUB) kmalloc uses the page allocator."""
+    if bytes_alloc > 2 * page_size:
+        return LARGE_KMALLOC
+    if bytes_alloc >= 1024 and bytes_alloc % 1024 == 0:
+        return f"kmalloc-{bytes_alloc // 1024}k"
+    return f"kmalloc-{bytes_alloc}"
+
+
+def _label_order(label) -> tuple:
+    """Sort key for mixed labels: numbers numerically, then text, None last."""
+    if label is None:
+        return (2, 0, "")
+    if isinstance(label, (int, float)):
+        return (0, label, "")
+    return (1, 0, str(label))
+
+
+# ----------------------------------------------------------------------------------------
+# Per-event-type frames and the once-per-dataset analysis
+# ----------------------------------------------------------------------------------------
+
+class _Frame:
+    """One allocation event type, read through its AllocSource."""
+
+    def __init__(self, src: AllocSource, cols: EventColumns, page_size: int):
+        self.src = src
+        self.cols = cols
+        self.event = event_label(cols.system, cols.name)
+        f = cols.fields
+        self.n = n = len(cols)
+        self.ts = _as_u64(cols.ts)
+        self.notes: list[str] = []
+        ok = np.ones(n, dtype=bool)
+        if src.layer == "page" and src.order and src.order in f:
+            order = _as_i64(f[src.order])
+            breq = np.left_shift(np.int64(page_size), order)
+            balloc = breq
+        else:
+            breq = _as_i64(f[src.bytes_req]) if src.bytes_req and src.bytes_req in f else None
+            balloc = (_as_i64(f[src.bytes_alloc])
+                      if src.bytes_alloc and src.bytes_alloc in f else None)
+            if breq is None and balloc is None:
+                breq = balloc = np.zeros(n, np.int64)
+                self.notes.append(f"{self.event} carries no size field: bytes not counted")
+            elif balloc is None:
+                balloc = breq
+                self.notes.append(f"{self.event} has no allocated-size field: "
+                                  "its waste is not measured")
+            elif breq is None:
+                breq = balloc
+        self.ptr = None
+        matchable = np.zeros(n, dtype=bool)
+        if src.ptr and src.ptr in f:
+            self.ptr = _ptr_keys(f[src.ptr])
+            if src.layer == "page":
+                # pfn -1 = failed.  The text print fmt shows -1 as pfn=0 (and pfn 0 is
+                # never handed out: it is firmware-reserved on x86, not RAM elsewhere).
+                ok &= (self.ptr != np.uint64(0xFFFFFFFFFFFFFFFF)) & (self.ptr != 0)
+                matchable = ok.copy()
+            else:
+                ok &= self.ptr != 0  # kmalloc() returned NULL
+                # ZERO_OR_NULL_PTR(): <= 16 is kmalloc(0)'s ZERO_SIZE_PTR, not memory.
+                matchable = self.ptr > np.uint64(16)
+        self.ok = ok
+        self.matchable = matchable
+        self.bytes_req = np.where(ok, breq, 0)
+        self.bytes_alloc = np.where(ok, balloc, 0)
+        self.freed = np.zeros(n, dtype=bool)
+        self._keys: dict[str, tuple[np.ndarray, list]] = {}
+
+    def const(self, label) -> tuple[np.ndarray, list]:
+        return np.zeros(self.n, np.int64), [label]
+
+
+class _Analysis:
+    """Everything derived once per Dataset: frames, free matching, key codes.
+    Holds no reference to the Dataset itself (it is cached beside it)."""
+
+    def __init__(self, ds: Dataset):
+        self.page_size = int(ds.meta.extra.get("page_size", 4096) or 4096)
+        self.cmdlines = dict(ds.meta.cmdlines)
+        self.formats = ds.formats
+        self.symbolize = ds.symbolize
+        self.frames: list[_Frame] = []
+        frees: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for (system, name), cols in sorted(ds.columns.items()):
+            src = alloc_source(system, name)
+            if src is not None:
+                self.frames.append(_Frame(src, cols, self.page_size))
+                continue
+            fsrc = free_source(system, name)
+            if fsrc is not None and fsrc.ptr in cols.fields and len(cols):
+                keys = _ptr_keys(cols.fields[fsrc.ptr])
+                frees.setdefault(fsrc.layer, []).append((_as_u64(cols.ts), keys))
+        for layer in {f.src.layer for f in self.frames}:
+            self._match_frees([f for f in self.frames if f.src.layer == layer],
+                              frees.get(layer, []))
+        self._global: dict[str, dict] = {}
+
+    @staticmethod
+    def _match_frees(frames: list[_Frame], frees: list[tuple[np.ndarray, np.ndarray]]):
+        """Mark each allocation whose next event on the same pointer is a free."""
+        frames = [f for f in frames if f.ptr is not None]
+        if not frames or not frees:
+            return
+        ak = np.concatenate([f.ptr[f.matchable] for f in frames])
+        at = np.concatenate([f.ts[f.matchable] for f in frames])
+        fk = np.concatenate([k for _, k in frees])
+        ft = np.concatenate([t for t, _ in frees])
+        keep = fk > np.uint64(16)  # kfree(NULL) is traced too; it frees nothing
+        fk, ft = fk[keep], ft[keep]
+        na = ak.shape[0]
+        if na == 0 or fk.shape[0] == 0:
+            return
+        keys = np.concatenate([ak, fk])
+        ts = np.concatenate([at, ft])
+        kind = np.concatenate([np.zeros(na, np.uint8), np.ones(fk.shape[0], np.uint8)])
+        # Allocation sorts before a free with the same timestamp: an object allocated
+        # and freed within one clock tick (text traces: 1 us) is then seen as freed.
+        if ts.shape[0] and int(ts.max()) < 1 << 62:
+            order = np.lexsort((ts * np.uint64(2) + kind, keys))
+        else:
+            order = np.lexsort((kind, ts, keys))
+        sk = keys[order]
+        skind = kind[order]
+        freed_sorted = np.zeros(order.shape[0], dtype=bool)
+        freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
+        is_alloc = skind == 0
+        freed = np.empty(na, dtype=bool)
+        freed[order[is_alloc]] = freed_sorted[is_alloc]
+        start = 0
+        for f in frames:
+            m = int(f.matchable.sum())
+            f.freed[f.matchable] = freed[start:start + m]
+            start += m
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def local_key(self, frame: _Frame, key: str) -> tuple[np.ndarray, list]:
+        """(codes, labels) of ``key`` for one frame; labels are distinct."""
+        got = frame._keys.get(key)
+        if got is None:
+            got = frame._keys[key] = self._compute_key(frame, key)
+        return got
+
+    def _compute_key(self, fr: _Frame, key: str) -> tuple[np.ndarray, list]:
+        src, f = fr.src, fr.cols.fields
+        if key == "event":
+            return fr.const(fr.event)
+        if key in ("pid", "comm"):
+            codes, pids = _factorize(_as_i64(fr.cols.pid))
+            pids = [int(p) for p in pids]
+            if key == "pid":
+                return codes, pids
+            return _merge_labels(codes, [self.cmdlines.get(p, UNKNOWN_COMM) for p in pids])
+        if key == "cache":
+            if src.cache and src.cache in f:
+                codes, names = _factorize(f[src.cache])
+                return _merge_labels(codes, [str(x) if str(x) else UNKNOWN_CACHE
+                                             for x in names])
+            if src.size_class and src.bytes_alloc and src.bytes_alloc in f:
+                codes, sizes = _factorize(_as_i64(f[src.bytes_alloc]))
+                return _merge_labels(codes, [kmalloc_size_class(int(s), self.page_size)
+                                             for s in sizes])
+            return fr.const(None if src.layer == "page" else UNKNOWN_CACHE)
+        if key == "callsite":
+            if not (src.call_site and src.call_site in f):
+                return fr.const(None)
+            col = f[src.call_site]
+            codes, sites = _factorize(col)
+            if col.dtype == object:
+                labels = [normalize_call_site(str(s)) for s in sites]
+            else:
+                labels = [self._symbol(int(a)) for a in sites]
+            return _merge_labels(codes, labels)
+        if key == "order":
+            if src.layer == "page" and src.order and src.order in f:
+                codes, orders = _factorize(_as_i64(f[src.order]))
+                return codes, [int(o) for o in orders]
+            return fr.const(None)
+        if key == "gfp":
+            if not (src.gfp and src.gfp in f):
+                return fr.const(None)
+            col = f[src.gfp]
+            codes, words = _factorize(col)
+            if col.dtype == object:
+                return _merge_labels(codes, [str(w) for w in words])
+            fmt = self._gfp_formatter(fr.cols.system, fr.cols.name, src.gfp)
+            return _merge_labels(codes, [fmt(int(w)) for w in words])
+        raise UsageError(f"unknown group key {key!r}", f"use one of {', '.join(GROUP_KEYS)}")
+
+    def _symbol(self, addr: int) -> str:
+        addr &= 0xFFFFFFFFFFFFFFFF
+        sym = self.symbolize(addr) if self.symbolize is not None else None
+        return sym if sym else f"0x{addr:x}"
+
+    def _gfp_formatter(self, system: str, name: str, fieldname: str) -> Callable[[int], str]:
+        def hexfmt(v: int) -> str:
+            return f"0x{v & 0xFFFFFFFFFFFFFFFF:x}"
+        fmt = self.formats.get((system, name)) if self.formats else None
+        if fmt is None:
+            return hexfmt
+        try:
+            from . import gfp as _gfp  # written in parallel; absent -> hex
+            table = _gfp.flag_table(fmt.print_fmt, field=fieldname)
+        except (ImportError, AttributeError, NotImplementedError, FtslabError, ValueError):
+            return hexfmt
+        if not table:
+            return hexfmt
+
+        def flagfmt(v: int) -> str:
+            try:
+                return _gfp.format_flags(v, table)
+            except (NotImplementedError, FtslabError, ValueError):
+                return hexfmt(v)
+        return flagfmt
+
+    def global_key(self, frames: list[_Frame], key: str) -> tuple[list[np.ndarray], list]:
+        """Per-frame codes in one label space shared by ``frames``."""
+        space: dict = {}
+        out = []
+        for fr in frames:
+            codes, labels = self.local_key(fr, key)
+            lut = np.array([space.setdefault(lab, len(space)) for lab in labels],
+                           dtype=np.int64)
+            out.append(lut[codes] if labels else codes)
+        return out, list(space)
+
+
+_CACHE: dict[int, tuple[tuple, _Analysis]] = {}
+
+
+def _fingerprint(ds: Dataset) -> tuple:
+    return (tuple((k, id(c), len(c)) for k, c in sorted(ds.columns.items())),
+            id(ds.symbolize), ds.meta.extra.get("page_size", 4096))
+
+
+def _analysis(ds: Dataset) -> _Analysis:
+    """The analysis of ``ds``, computed once: build_report asks for many tables, and
+    free matching (a sort of all allocations and frees) is the expensive part."""
+    key = id(ds)
+    fp = _fingerprint(ds)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == fp:
+        return hit[1]
+    an = _Analysis(ds)
+    if hit is None:
+        weakref.finalize(ds, _CACHE.pop, key, None)  # drop it with the Dataset
+    _CACHE[key] = (fp, an)
+    return an
+
+
+def _select(an: _Analysis, events: Sequence[str] | None,
+            layer: str | None = None) -> list[_Frame]:
+    out = []
+    for fr in an.frames:
+        if layer is not None and fr.src.layer != layer:
+            continue
+        if events is not None and not any(_event_matches(fr.cols, p) for p in events):
+            continue
+        out.append(fr)
+    return out
+
+
+def _event_matches(cols: EventColumns, pattern: str) -> bool:
+    """``kmem:kmalloc``, ``kmalloc`` and ``kmem:*`` style patterns; a system-less text
+    event (system "") is matched on the name part alone."""
+    if ":" not in pattern:
+        return fnmatchcase(cols.name, pattern)
+    system, name = pattern.split(":", 1)
+    return (not cols.system or fnmatchcase(cols.system, system)) and fnmatchcase(cols.name, name)
+
+
+# ----------------------------------------------------------------------------------------
+# Grouped allocations
+# ----------------------------------------------------------------------------------------
+
+def _check_by(by: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(by, str):
+        by = (by,)
+    by = tuple(by)
+    for k in by:
+        if k not in GROUP_KEYS:
+            raise UsageError(f"unknown --by key {k!r}", f"use one of {', '.join(GROUP_KEYS)}")
+    if len(set(by)) != len(by):
+        raise UsageError(f"--by key repeated: {', '.join(by)}")
+    return by
+
+
+def _check_sort(sort: str) -> None:
+    if sort not in SORT_KEYS:
+        raise UsageError(f"unknown sort key {sort!r}", f"use one of {', '.join(SORT_KEYS)}")
+
+
+def _sum(gid: np.ndarray, weights: np.ndarray | None, ngroups: int) -> np.ndarray:
+    if weights is not None and weights.dtype == bool:
+        weights = weights.astype(np.float64)
+    s = np.bincount(gid, weights=weights, minlength=ngroups)
+    return np.rint(s).astype(np.int64) if weights is not None else s.astype(np.int64)
+
+
+def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
+    """Group rows of ``frames`` by ``by``: (per-key label lists, per-key codes of each
+    group, metric arrays per group)."""
+    n = sum(fr.n for fr in frames)
+    key_codes, key_labels = [], []
+    for k in by:
+        per_frame, labels = an.global_key(frames, k)
+        key_codes.append(np.concatenate(per_frame) if per_frame else np.zeros(0, np.int64))
+        key_labels.append(labels)
+    cards = [max(len(lab), 1) for lab in key_labels]
+    total = math.prod(cards)
+    if total < 1 << 62:
+        combined = np.zeros(n, np.int64)
+        stride = 1
+        strides = []
+        for codes, card in zip(reversed(key_codes), reversed(cards)):
+            combined += codes * stride
+            strides.append(stride)
+            stride *= card
+        strides.reverse()
+        if total <= max(4 * n, 1 << 20):
+            present = np.bincount(combined, minlength=total) > 0
+            gkeys = np.flatnonzero(present)
+            lut = np.zeros(total, np.int64)
+            lut[gkeys] = np.arange(gkeys.shape[0])
+            gid = lut[combined]
+        else:
+            gkeys, gid = np.unique(combined, return_inverse=True)
+            gid = gid.reshape(-1)
+        group_codes = [(gkeys // s) % c for s, c in zip(strides, cards)]
+        ng = gkeys.shape[0]
+    else:  # astronomically many combinations: let numpy sort the rows
+        stacked = np.stack(key_codes, axis=1)
+        gk, gid = np.unique(stacked, axis=0, return_inverse=True)
+        gid = gid.reshape(-1)
+        group_codes = [gk[:, i] for i in range(len(by))]
+        ng = gk.shape[0]
+
+    def cat(attr):
+        return np.concatenate([getattr(fr, attr) for fr in frames])
+
+    ok = cat("ok")
+    breq = cat("bytes_req").astype(np.float64)
+    balloc = cat("bytes_alloc").astype(np.float64)
+    freed = cat("freed")
+    live = ok & cat("matchable") & ~freed
+    metrics = {
+        "count": _sum(gid, ok, ng),
+        "failed": _sum(gid, ~ok, ng),
+        "bytes_req": _sum(gid, breq, ng),
+        "bytes_alloc": _sum(gid, balloc, ng),
+        "frees": _sum(gid, freed, ng),
+        "live": _sum(gid, live, ng),
+    }
+    metrics["waste"] = metrics["bytes_alloc"] - metrics["bytes_req"]
+    return key_labels, group_codes, metrics
+
+
+def _layer_note(frames: list[_Frame]) -> str:
+    notes = [n for fr in frames for n in fr.notes]
+    if len({fr.src.layer for fr in frames}) > 1:
+        notes.insert(0, "slab and page rows overlap: the page allocator also supplies the "
+                        "pages behind slabs and large kmallocs")
+    return "; ".join(notes)
+
+
+def group_allocations(ds: Dataset, by: Sequence[str], sort: str = "bytes",
+                      top: int | None = None, events: Sequence[str] | None = None,
+                      *, name: str | None = None, title: str | None = None,
+                      _layer: str | None = None) -> Table:
+    """Allocations grouped by the ``by`` keys (see GROUP_KEYS), biggest first.
+
+    Each row holds the key fields (named by their --by word) and ``count`` (successful
+    allocations), ``failed``, ``bytes_req``, ``bytes_alloc``, ``waste`` (bytes_alloc -
+    bytes_req), ``frees`` (of these allocations, within the recording) and ``live``.
+    ``sort``: ``bytes`` (bytes_alloc), ``count`` or ``waste``; ties by the other metrics
+    and then the key labels.  ``events``: event names or fnmatch patterns
+    (``"kmem:kmalloc"``, ``"kmalloc"``, ``"kmem:*"``); default all allocation events.
+    """
+    by = _check_by(by)
+    _check_sort(sort)
+    if top is not None and top < 0:
+        raise UsageError(f"--top must be >= 0, not {top}")
+    an = _analysis(ds)
+    frames = _select(an, events, _layer)
+    name = name or ("by_" + "_".join(by) if by else "total")
+    title = title or ("Allocations by " + ", ".join(by) if by else "Allocations")
+    columns = [_KEY_COLUMNS[k] for k in by] + list(_METRIC_COLUMNS)
+    if not frames or sum(fr.n for fr in frames) == 0:
+        return Table(name, title, columns, [], note="no allocation events")
+    key_labels, group_codes, m = _group(an, frames, by)
+    primary = {"bytes": "bytes_alloc", "count": "count", "waste": "waste"}[sort]
+    tiebreak = [m[k] for k in ("bytes_alloc", "count", "waste") if k != primary]
+    ranks = []
+    for labels, codes in zip(key_labels, group_codes):
+        order = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
+        rank = np.empty(max(len(labels), 1), np.int64)
+        rank[order] = np.arange(len(order))
+        ranks.append(rank[codes])
+    # lexsort: last key is primary; negate metrics for descending order.
+    order = np.lexsort(tuple(reversed(ranks)) + tuple(-t for t in reversed(tiebreak))
+                       + (-m[primary],))
+    ngroups = order.shape[0]
+    if top is not None:
+        order = order[:top]
+    rows = []
+    for g in order.tolist():
+        row = {k: key_labels[i][int(group_codes[i][g])] for i, k in enumerate(by)}
+        for k in ("count", "bytes_req", "bytes_alloc", "waste", "frees", "live", "failed"):
+            row[k] = int(m[k][g])
+        rows.append(row)
+    if int(m["failed"].sum()):
+        columns.insert(len(by) + 1, _FAILED_COLUMN)
+    notes = []
+    if top is not None and ngroups > top:
+        notes.append(f"top {top} of {ngroups} rows by {sort}")
+    if _layer_note(frames):
+        notes.append(_layer_note(frames))
+    return Table(name, title, columns, rows, note="; ".join(notes))
+
+
+def fragmentation(ds: Dataset, by: str = "cache", top: int | None = None,
+                  events: Sequence[str] | None = None) -> Table:
+    """Internal fragmentation of slab allocations per cache or call site: ``waste`` =
+    bytes_alloc - bytes_req (bytes), ``waste_pct`` = waste as % of bytes_alloc."""
+    if by not in ("cache", "callsite"):
+        raise UsageError(f"fragmentation is by cache or callsite, not {by!r}")
+    t = group_allocations(ds, (by,), sort="waste", top=top, events=events,
+                          name=f"fragmentation_by_{by}",
+                          title=f"Slab waste by {'cache' if by == 'cache' else 'call site'}",
+                          _layer="slab")
+    for row in t.rows:
+        row["waste_pct"] = (round(100.0 * row["waste"] / row["bytes_alloc"], 2)
+                            if row["bytes_alloc"] else 0.0)
+    keep = {by, "count", "bytes_req", "bytes_alloc", "waste"}
+    t.columns = [c for c in t.columns if c.name in keep] + [Column("waste_pct", "WASTE %", "%")]
+    t.rows = [{c.name: r[c.name] for c in t.columns} for r in t.rows]
+    return t
+
+
+def pages_by_order(ds: Dataset) -> Table:
+    """Page allocations per order: count, bytes (page_size << order each), failed,
+    frees and live (pages still allocated at the end), sorted by order."""
+    t = group_allocations(ds, ("order",), _layer="page", name="pages_by_order",
+                          title="Page allocations by order")
+    cols = [Column("order", "ORDER"), Column("count", "ALLOCS", "count"),
+            Column("bytes", "BYTES", "bytes"), Column("failed", "FAILED", "count"),
+            Column("frees", "FREES", "count"), Column("live", "LIVE", "count")]
+    rows = [{"order": r["order"], "count": r["count"], "bytes": r["bytes_alloc"],
+             "failed": r["failed"], "frees": r["frees"], "live": r["live"]} for r in t.rows]
+    rows.sort(key=lambda r: _label_order(r["order"]))
+    return Table(t.name, t.title, cols, rows, note="" if rows else "no page allocations")
+
+
+def size_histogram(ds: Dataset, events: Sequence[str] | None = None,
+                   layer: str | None = "slab") -> Table:
+    """Requested sizes (bytes_req) in power-of-two buckets ``[lo, hi)``; bucket ``[0, 1)``
+    holds zero-byte requests.  Rows run contiguously from the smallest to the largest
+    non-empty bucket.  Default: slab events (page sizes are powers of two anyway)."""
+    an = _analysis(ds)
+    frames = _select(an, events, layer if events is None else None)
+    cols = [Column("bucket", "BYTES"), Column("lo", "LO", "bytes"), Column("hi", "HI", "bytes"),
+            Column("count", "ALLOCS", "count"), Column("bytes_req", "REQUESTED", "bytes")]
+    sizes = (np.concatenate([fr.bytes_req[fr.ok] for fr in frames]) if frames
+             else np.zeros(0, np.int64))
+    if sizes.shape[0] == 0:
+        return Table("histogram", "Requested sizes", cols, [], note="no allocation events",
+                     bar="count")
+    sizes = np.maximum(sizes, 0)
+    # bucket = bit_length(size): 0 -> 0, 1 -> 1, [2,4) -> 2, ...  frexp is exact below
+    # 2**53; the correction handles a float rounding up to the next power of two.
+    _, exp = np.frexp(sizes.astype(np.float64))
+    exp = exp.astype(np.int64)
+    low = np.left_shift(np.int64(1), np.maximum(exp - 1, 0))
+    exp = np.where((sizes > 0) & (sizes < low), exp - 1, exp)
+    counts = np.bincount(exp)
+    sums = np.bincount(exp, weights=sizes.astype(np.float64))
+    nz = np.flatnonzero(counts)
+    rows = []
+    for b in range(int(nz[0]), int(nz[-1]) + 1):
+        lo, hi = (0, 1) if b == 0 else (1 << (b - 1), 1 << b)
+        rows.append({"bucket": f"[{lo}, {hi})", "lo": lo, "hi": hi,
+                     "count": int(counts[b]), "bytes_req": int(round(sums[b]))})
+    return Table("histogram", "Requested sizes (bytes_req)", cols, rows, bar="count")
+
+
+# ----------------------------------------------------------------------------------------
+# /proc/slabinfo
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlabInfo:
+    """One line of /proc/slabinfo (version 2.1)."""
+
+    name: str
+    active_objs: int
+    num_objs: int
+    objsize: int
+    """Bytes per object, including metadata and padding (the cache's ``size``)."""
+    objperslab: int
+    pagesperslab: int
+    active_slabs: int
+    num_slabs: int
+
+
+class SlabinfoSnapshot(dict):
+    """``dict[str, SlabInfo]`` plus ``malformed``: lines that could not be read."""
+
+    malformed: int = 0
+
+
+def parse_slabinfo(text: str) -> dict[str, SlabInfo]:
+    """Parse /proc/slabinfo text.  Raises ParseError if the header is not
+    ``slabinfo - version: 2.x``; a malformed cache line is skipped and counted in the
+    returned mapping's ``malformed`` attribute, never guessed."""
+    lines = text.splitlines()
+    head = lines[0].strip() if lines else ""
+    if not re.fullmatch(r"slabinfo - version: 2\.\d+", head):
+        raise ParseError(f"not /proc/slabinfo text: first line is {head[:60]!r}",
+                         "expected 'slabinfo - version: 2.1'")
+    out = SlabinfoSnapshot()
+    for line in lines[1:]:
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            # name 5 numbers ':' tunables 3 numbers ':' slabdata 3 numbers
+            if len(parts) != 16 or parts[6] != ":" or parts[11] != ":" or \
+                    parts[7] != "tunables" or parts[12] != "slabdata":
+                raise ValueError(line)
+            nums = [int(x) for x in parts[1:6]]
+            slabs = [int(x) for x in parts[13:16]]
+        except ValueError:
+            out.malformed += 1
+            continue
+        out[parts[0]] = SlabInfo(parts[0], nums[0], nums[1], nums[2], nums[3], nums[4],
+                                 slabs[0], slabs[1])
+    return out
+
+
+def slabinfo_diff(ds: Dataset) -> Table:
+    """Caches whose active or total object count changed between the /proc/slabinfo
+    snapshots taken at start and end of the recording, by |delta_bytes| (= change of
+    num_objs * objsize, bytes).  A cache present in one snapshot only counts as 0 in the
+    other.  Empty (with a note) when a snapshot is missing."""
+    cols = [Column("cache", "CACHE"), Column("objsize", "OBJSIZE", "bytes"),
+            Column("active_before", "ACTIVE BEFORE", "count"),
+            Column("active_after", "ACTIVE AFTER", "count"),
+            Column("delta_active", "DELTA ACTIVE", "count"),
+            Column("num_before", "TOTAL BEFORE", "count"),
+            Column("num_after", "TOTAL AFTER", "count"),
+            Column("delta_bytes", "DELTA BYTES", "bytes")]
+    title = "Slab caches that changed (/proc/slabinfo, start -> end)"
+    if not ds.meta.slabinfo_start or not ds.meta.slabinfo_end:
+        return Table("slabinfo_diff", title, cols, [], note="no slabinfo snapshots")
+    before = parse_slabinfo(ds.meta.slabinfo_start)
+    after = parse_slabinfo(ds.meta.slabinfo_end)
+    rows = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        ab, aa = (b.active_objs if b else 0), (a.active_objs if a else 0)
+        nb, na = (b.num_objs if b else 0), (a.num_objs if a else 0)
+        if ab == aa and nb == na:
+            continue
+        size = (a or b).objsize
+        rows.append({"cache": name, "objsize": size, "active_before": ab,
+                     "active_after": aa, "delta_active": aa - ab, "num_before": nb,
+                     "num_after": na, "delta_bytes": (na - nb) * size})
+    rows.sort(key=lambda r: (-abs(r["delta_bytes"]), -abs(r["delta_active"]), r["cache"]))
+    bad = getattr(before, "malformed", 0) + getattr(after, "malformed", 0)
+    note = f"{bad} malformed slabinfo lines skipped" if bad else ""
+    return Table("slabinfo_diff", title, cols, rows, note=note)
+
+
+# ----------------------------------------------------------------------------------------
+# Summary and the whole report
+# ----------------------------------------------------------------------------------------
+
+def summary(ds: Dataset) -> dict:
+    """Totals of a recording: events, per_event counts, duration_s (last - first
+    timestamp, seconds), lost, truncated, unparsed, source, kernel."""
+    per_event = {event_label(s, n): len(c) for (s, n), c in sorted(ds.columns.items())}
+    lo, hi = None, None
+    for c in ds.columns.values():
+        if len(c):
+            ts = _as_u64(c.ts)
+            cmin, cmax = int(ts.min()), int(ts.max())
+            lo = cmin if lo is None else min(lo, cmin)
+            hi = cmax if hi is None else max(hi, cmax)
+    return {
+        "events": ds.events,
+        "per_event": per_event,
+        "duration_s": (hi - lo) / 1e9 if lo is not None else 0.0,
+        "lost": ds.meta.total_lost,
+        "truncated": bool(ds.meta.truncated),
+        "unparsed": ds.meta.unparsed,
+        "source": ds.meta.source,
+        "kernel": ds.meta.kernel,
+    }
+
+
+def loss_warning(lost: int) -> str:
+    return f"WARNING: {lost} events were LOST during recording; counts below are lower bounds"
+
+
+def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
+    out = []
+    if ds.meta.total_lost > 0:
+        out.append(loss_warning(ds.meta.total_lost))
+    if ds.meta.truncated:
+        detail = f" ({ds.meta.truncated_detail})" if ds.meta.truncated_detail else ""
+        out.append(f"WARNING: the recording is truncated{detail}; "
+                   "only the part before the cut is reported")
+    if ds.meta.unparsed:
+        out.append(f"WARNING: {ds.meta.unparsed} lines/events could not be decoded "
+                   "and were skipped")
+    if not any(fr.n for fr in an.frames):
+        out.append("WARNING: no allocation events in this recording")
+    for fr in an.frames:
+        if fr.src.cache and fr.src.cache not in fr.cols.fields and fr.n:
+            out.append(f"note: {fr.event} has no {fr.src.cache!r} field on this kernel: "
+                       f"its cache is shown as {UNKNOWN_CACHE!r}")
+    return out
+
+
+def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
+                 top: int | None = 20, hist: bool = False,
+                 events: Sequence[str] | None = None) -> Report:
+    """The whole report.  Without ``by``: slab allocations by cache, by call site and by
+    comm, slab waste by cache, pages by order, and the slabinfo diff when both snapshots
+    exist (main table: by cache).  With ``by``: that one grouped table (the main table),
+    over all allocation events unless ``events`` narrows it.  ``hist`` adds the size
+    histogram in both cases."""
+    by = _check_by(by)
+    _check_sort(sort)
+    an = _analysis(ds)
+    tables: list[Table] = []
+    if by:
+        tables.append(group_allocations(ds, by, sort, top, events))
+        main = tables[0].name
+    else:
+        for key, title in (("cache", "Slab allocations by cache"),
+                           ("callsite", "Slab allocations by call site"),
+                           ("comm", "Slab allocations by command")):
+            tables.append(group_allocations(ds, (key,), sort, top, events, _layer="slab",
+                                            name=f"by_{key}", title=title))
+        main = "by_cache"
+        tables.append(fragmentation(ds, "cache", top, events))
+        if _select(an, None, "page"):
+            tables.append(pages_by_order(ds))
+        if ds.meta.slabinfo_start and ds.meta.slabinfo_end:
+            tables.append(slabinfo_diff(ds))
+    if hist:
+        tables.append(size_histogram(ds, events))
+    return Report(summary(ds), tables, _warnings(ds, an), by=by, sort=sort, main=main)
