@@ -9,11 +9,37 @@ the metadata captured with it.  This module does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["Event", "EventColumns", "Dataset", "Metadata", "Loss"]
+__all__ = ["Event", "EventColumns", "Dataset", "Metadata", "Loss", "LazyFields"]
+
+
+class LazyFields(Mapping):
+    """Field name -> column, each decoded on first access (reports read few fields)."""
+
+    def __init__(self, names: Iterable[str], load: Callable[[str], np.ndarray]):
+        self._names = list(names)
+        self._load = load
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        col = self._cache.get(name)
+        if col is None:
+            if name not in self._names:
+                raise KeyError(name)
+            col = self._cache[name] = self._load(name)
+        return col
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +67,10 @@ class Event:
 
 @dataclass
 class EventColumns:
-    """All events of one type, column by column (same row order in every column)."""
+    """All events of one type, column by column (same row order in every column).
+
+    Decoded from binary, rows are grouped by CPU and in time order within a CPU; sort
+    by ``ts`` where a global order matters."""
 
     system: str
     name: str
@@ -51,8 +80,8 @@ class EventColumns:
     """int32 CPU numbers."""
     pid: np.ndarray
     """int32 thread ids."""
-    fields: dict[str, np.ndarray]
-    """Field name -> column.  Integer fields are int64/uint64 arrays; string fields are
+    fields: Mapping[str, np.ndarray]
+    """Field name -> column (a dict, or LazyFields decoding on first access).  Integer fields are int64/uint64 arrays; string fields are
     object arrays of ``str``."""
 
     def __len__(self) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import ParseError
 from .formats import EventFormat, Field, HeaderEvent, HeaderPage
-from .records import Event, EventColumns
+from .records import Event, EventColumns, LazyFields
 
 __all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
            "MISSED_EVENTS", "MISSED_STORED"]
@@ -37,6 +37,7 @@ __all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_ev
 MISSED_EVENTS = 1 << 31
 MISSED_STORED = 1 << 30
 _TS_MSB = 0xF8 << 56       # bits an absolute TIME_STAMP event does not carry
+_BLOCK_PAGES = 2048
 _MAX_STRING = 256          # longest string field we gather in columns (cache names are < 64)
 
 
@@ -85,9 +86,26 @@ def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEve
     if psize % 4 or psize <= hp.data_offset + 8:
         raise ParseError(f"bad ring-buffer page size {psize}")
     n_pages = len(data) // psize
-    if n_pages >= 8:
+    if n_pages < 8:
+        return _walk_loop(data, cpu, hp, he, psize, n_pages)
+    if n_pages <= _BLOCK_PAGES:
         return _walk_vectorized(data, cpu, hp, he, psize, n_pages)
-    return _walk_loop(data, cpu, hp, he, psize, n_pages)
+    # walk in blocks that stay in the CPU caches: each step touches every page of the
+    # block, and 2048 pages (8 MiB) measured fastest here (4x faster than one block)
+    mv = memoryview(data)
+    parts = []
+    for first in range(0, n_pages, _BLOCK_PAGES):
+        count = min(_BLOCK_PAGES, n_pages - first)
+        part = _walk_vectorized(mv[first * psize:(first + count) * psize], cpu, hp, he,
+                                psize, count)
+        part.off += first * psize
+        parts.append(part)
+    w = PageWalk(cpu=cpu)
+    for k in ("ts", "off", "ids", "lens"):
+        setattr(w, k, np.concatenate([getattr(x, k) for x in parts]))
+    for k in ("pages", "missed", "missed_unknown", "bad_pages"):
+        setattr(w, k, sum(getattr(x, k) for x in parts))
+    return w
 
 
 def _walk_loop(data, cpu, hp, he, psize, n_pages) -> PageWalk:
@@ -198,81 +216,87 @@ def _walk_vectorized(data, cpu, hp, he, psize, n_pages) -> PageWalk:
         hi = words[rows, col + 1].astype(np.uint64)
         w.missed = int((lo | (hi << np.uint64(32))).sum())
     w.missed_unknown = int((missed_flag & ~stored).sum())
-    ts = words[:, 0].astype(np.uint64) | (words[:, 1].astype(np.uint64) << np.uint64(32))
-    end = dw0 + commit // 4
-    pos = np.full(n_pages, dw0, dtype=np.int64)
-    active = np.nonzero(good & (pos < end))[0]
+    # state of the pages still being walked, kept compact (finished pages drop out)
+    live = np.nonzero(good & (commit > 0))[0]
+    a_page = live
+    a_pos = live * pw + dw0                      # flat word index of the next item
+    a_end = live * pw + dw0 + commit[live] // 4  # flat word index past the data
+    a_ts = (words[live, 0].astype(np.uint64) |
+            (words[live, 1].astype(np.uint64) << np.uint64(32)))
+    a_rank = np.zeros(live.size, dtype=np.int64)  # events found so far in the page
     pad, ext, stamp, dmax = he.padding, he.time_extend, he.time_stamp, he.data_max_type_len
     msb = np.uint64(_TS_MSB)
     s27 = np.uint64(27)
-    ev_page, ev_word, ev_ts, ev_len = [], [], [], []
+    u5 = np.uint64(5)
+    last = flat.size - 1
+    ev_page, ev_rank, ev_word, ev_ts, ev_len = [], [], [], [], []
     bad = np.zeros(n_pages, dtype=bool)
-    while active.size:
-        p = pos[active]
-        hdr = words[active, p].astype(np.uint64)
-        tl = (hdr & np.uint64(31)).astype(np.int64)
-        delta = hdr >> np.uint64(5)
+    while a_page.size:
+        hdr = flat[a_pos]
+        tl = (hdr & 31).astype(np.int64)
         m = (tl > 0) & (tl <= dmax)
         if m.all():
             # the common step: every page's next item is a small data event
-            t = ts[active] + delta
-            ts[active] = t
-            ev_page.append(active); ev_word.append(p + 1)
-            ev_ts.append(t); ev_len.append(tl * 4)
-            np.add(p, 1 + tl, out=p)
-            pos[active] = p
-            active = active[p < end[active]]
-            continue
-        nxt = words[active, np.minimum(p + 1, pw - 1)].astype(np.uint64)
-        has_next = p + 1 < end[active]
-        step = np.zeros(active.size, dtype=np.int64)
-        t = ts[active]
-        # small data events
-        t = np.where(m, t + delta, t)
-        step = np.where(m, 1 + tl, step)
-        if m.any():
-            ev_page.append(active[m]); ev_word.append(p[m] + 1)
-            ev_ts.append(t[m]); ev_len.append(tl[m] * 4)
-        # data events with a length word
-        ln = nxt.astype(np.int64)
-        m0 = (tl == 0) & has_next
-        okl = m0 & (ln >= 8) & (ln % 4 == 0) & (p + 1 + ln // 4 <= end[active])
-        bad_m = ((tl == 0) & ~okl)
-        t = np.where(okl, t + delta, t)
-        step = np.where(okl, 1 + ln // 4, step)
-        if okl.any():
-            ev_page.append(active[okl]); ev_word.append(p[okl] + 2)
-            ev_ts.append(t[okl]); ev_len.append(ln[okl] - 4)
-        # time extend / absolute time stamp
-        me = (tl == ext) & has_next
-        t = np.where(me, t + ((nxt << s27) | delta), t)
-        ms = (tl == stamp) & has_next
-        t = np.where(ms, ((nxt << s27) | delta) | (t & msb), t)
-        step = np.where(me | ms, 2, step)
-        bad_m |= ((tl == ext) | (tl == stamp)) & ~has_next
-        # padding: delta 0 ends the page; otherwise skip its length
-        mp = tl == pad
-        mp_skip = mp & (delta != 0) & has_next & (ln >= 4) & (ln % 4 == 0)
-        step = np.where(mp_skip, 1 + ln // 4, step)
-        bad_m |= mp & (delta != 0) & has_next & ~((ln >= 4) & (ln % 4 == 0))
-        bad_m |= (tl > dmax) & (tl != pad) & (tl != ext) & (tl != stamp)
-        ts[active] = t
-        pos[active] = p + step
-        bad[active[bad_m]] = True
-        done = (step == 0) | bad_m
-        keep = ~done & (pos[active] < end[active])
-        active = active[keep]
+            a_ts = a_ts + (hdr >> 5).astype(np.uint64)
+            ev_page.append(a_page); ev_rank.append(a_rank); ev_word.append(a_pos + 1)
+            ev_ts.append(a_ts); ev_len.append(tl * 4)
+            a_rank = a_rank + 1
+            a_pos = a_pos + 1 + tl
+            done = None
+        else:
+            delta = (hdr >> 5).astype(np.uint64)
+            has_next = a_pos + 1 < a_end
+            nxt = flat[np.minimum(a_pos + 1, last)].astype(np.uint64)
+            ln = nxt.astype(np.int64)
+            t = a_ts
+            step = np.where(m, 1 + tl, 0)
+            t = np.where(m, t + delta, t)
+            okl = (tl == 0) & has_next & (ln >= 8) & (ln % 4 == 0) & (a_pos + 1 + ln // 4 <= a_end)
+            t = np.where(okl, t + delta, t)
+            step = np.where(okl, 1 + ln // 4, step)
+            ev = m | okl
+            if ev.any():
+                ev_page.append(a_page[ev]); ev_rank.append(a_rank[ev])
+                ev_word.append(np.where(m, a_pos + 1, a_pos + 2)[ev])
+                ev_ts.append(t[ev]); ev_len.append(np.where(m, tl * 4, ln - 4)[ev])
+            me = (tl == ext) & has_next
+            t = np.where(me, t + ((nxt << s27) | delta), t)
+            ms = (tl == stamp) & has_next
+            t = np.where(ms, ((nxt << s27) | delta) | (t & msb), t)
+            step = np.where(me | ms, 2, step)
+            padok = (ln >= 4) & (ln % 4 == 0)
+            mp = (tl == pad) & (delta != 0) & has_next
+            step = np.where(mp & padok, 1 + ln // 4, step)
+            bad_m = ((tl == 0) & ~okl) | (((tl == ext) | (tl == stamp)) & ~has_next) \
+                | (mp & ~padok) | ((tl > dmax) & (tl != pad) & (tl != ext) & (tl != stamp))
+            bad[a_page[bad_m]] = True
+            a_ts = t
+            a_rank = a_rank + ev
+            a_pos = a_pos + step
+            done = (step == 0) | bad_m
+        keep = a_pos < a_end
+        if done is not None:
+            keep &= ~done
+        if not keep.all():
+            a_page, a_pos, a_end, a_ts, a_rank = (a_page[keep], a_pos[keep], a_end[keep],
+                                                  a_ts[keep], a_rank[keep])
     w.bad_pages += int(bad.sum())
     if ev_page:
         page = np.concatenate(ev_page)
-        word = np.concatenate(ev_word)
-        order = np.lexsort((word, page))
-        page, word = page[order], word[order]
-        w.ts = np.concatenate(ev_ts)[order]
-        w.lens = np.concatenate(ev_len)[order]
-        gw = page * pw + word
-        w.off = gw * 4
-        w.ids = (flat[gw] & 0xFFFF).astype(np.int64)
+        rank = np.concatenate(ev_rank)
+        # place each event by (page, rank in page): a scatter, not a sort
+        counts = np.bincount(page, minlength=n_pages)
+        start = np.cumsum(counts) - counts
+        dest = start[page] + rank
+        n = page.size
+        word = np.empty(n, np.int64)
+        word[dest] = np.concatenate(ev_word)
+        w.ts = np.empty(n, np.uint64)
+        w.ts[dest] = np.concatenate(ev_ts)
+        w.lens = np.empty(n, np.int64)
+        w.lens[dest] = np.concatenate(ev_len)
+        w.off = word * 4
+        w.ids = (flat[word] & 0xFFFF).astype(np.int64)
     else:
         w.ts = np.zeros(0, np.uint64)
         w.off = w.ids = w.lens = np.zeros(0, np.int64)
@@ -362,6 +386,14 @@ def _gather_strings(v: "_Views", starts: np.ndarray, lens: np.ndarray) -> np.nda
     return names[inv]
 
 
+def _decodable(f: Field) -> bool:
+    if f.data_loc or f.rel_loc:
+        return True
+    if f.array_len is not None:
+        return f.is_string
+    return f.size in (1, 2, 4, 8)
+
+
 def _field_column(buf: "_Views", offs: np.ndarray, lens: np.ndarray, f: Field) -> np.ndarray:
     if f.data_loc or f.rel_loc:
         loc = _gather_int(buf, offs + f.offset, 4, False).astype(np.int64)
@@ -405,11 +437,9 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
         pidf = fmt.field("common_pid")
         pid = (_gather_int(buf, o + pidf.offset, pidf.size, True).astype(np.int32)
                if pidf else np.full(o.size, -1, np.int32))
-        cols = {}
-        for f in fmt.fields:
-            col = _field_column(buf, o, ln, f)
-            if col is not None:
-                cols[f.name] = col
+        decodable = {f.name: f for f in fmt.fields if _decodable(f)}
+        cols = LazyFields(decodable, lambda name, o=o, ln=ln, d=decodable:
+                          _field_column(buf, o, ln, d[name]))
         out[(fmt.system, fmt.name)] = EventColumns(
             system=fmt.system, name=fmt.name, ts=sel_ts, cpu=np.full(o.size, walk.cpu, np.int32),
             pid=pid, fields=cols)
@@ -418,7 +448,11 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
 
 def merge_columns(parts: Iterable[dict[tuple[str, str], EventColumns]]
                   ) -> dict[tuple[str, str], EventColumns]:
-    """Concatenate per-CPU columns of the same event type, ordered by timestamp."""
+    """Concatenate per-CPU columns of the same event type.
+
+    Rows stay grouped by CPU, each CPU in time order: nothing that aggregates needs a
+    global time order, and sorting 10 M rows costs more than the rest of a report
+    (code that needs it sorts by ``ts``)."""
     acc: dict[tuple[str, str], list[EventColumns]] = {}
     for part in parts:
         for key, cols in part.items():
@@ -428,16 +462,16 @@ def merge_columns(parts: Iterable[dict[tuple[str, str], EventColumns]]
         if len(lst) == 1:
             out[key] = lst[0]
             continue
-        ts = np.concatenate([c.ts for c in lst])
-        order = np.argsort(ts, kind="stable")
         names = set(lst[0].fields)
         for c in lst[1:]:
             names &= set(c.fields)
         out[key] = EventColumns(
-            system=lst[0].system, name=lst[0].name, ts=ts[order],
-            cpu=np.concatenate([c.cpu for c in lst])[order],
-            pid=np.concatenate([c.pid for c in lst])[order],
-            fields={n: np.concatenate([c.fields[n] for c in lst])[order] for n in names})
+            system=lst[0].system, name=lst[0].name,
+            ts=np.concatenate([c.ts for c in lst]),
+            cpu=np.concatenate([c.cpu for c in lst]),
+            pid=np.concatenate([c.pid for c in lst]),
+            fields=LazyFields([n for n in lst[0].fields if n in names],
+                              lambda n, lst=lst: np.concatenate([c.fields[n] for c in lst])))
     return out
 
 

@@ -706,6 +706,21 @@ class _Reader:
             self.cut(f"CPU {cpu}: the file ends before its ring-buffer data")
             return off
         count = struct.unpack_from(self.e + "I", self.buf, off)[0]
+        # first pass over the chunk headers only: if they all fit, decompress straight
+        # into one buffer of the announced size (no list of chunks, no join: on a
+        # 500 MB recording that halves the memory touched)
+        pos, total, whole_ok = off + 4, 0, True
+        for _ in range(count):
+            if pos + 8 > limit:
+                whole_ok = False
+                break
+            csize, usize = struct.unpack_from(self.e + "II", self.buf, pos)
+            if pos + 8 + csize > limit:
+                whole_ok = False
+                break
+            total += usize
+            pos += 8 + csize
+        out = bytearray(total) if whole_ok and total <= self.budget else None
         pos = off + 4
         parts: list[bytes] = []
         got = 0
@@ -715,11 +730,20 @@ class _Reader:
             csize, usize = struct.unpack_from(self.e + "II", self.buf, pos)
             if pos + 8 + csize > limit:
                 break
-            parts.append(self.decompress(self.buf[pos + 8:pos + 8 + csize], usize,
-                                         f"CPU {cpu} chunk {i} at offset {pos}"))
-            got += usize
+            chunk = self.decompress(self.buf[pos + 8:pos + 8 + csize], usize,
+                                    f"CPU {cpu} chunk {i} at offset {pos}")
+            if out is not None and got + len(chunk) <= total:
+                out[got:got + len(chunk)] = chunk
+            else:
+                if out is not None:  # sizes lied: fall back to collecting chunks
+                    parts.append(bytes(out[:got]))
+                    out = None
+                parts.append(chunk)
+            got += len(chunk)
             pos += 8 + csize
         else:
+            if out is not None:
+                parts = [out[:got]] if got != len(out) else [out]
             if size is not None and pos != off + 4 + size:
                 raise self.bad(f"CPU {cpu}: {count} chunks take {pos - off - 4} bytes, the "
                                f"index says {size}")
@@ -727,7 +751,7 @@ class _Reader:
                 raise self.bad(f"CPU {cpu}: {got} bytes of pages, ftslab's layout says "
                                f"{raw_size}")
             if got:
-                td.cpu_data[cpu] = b"".join(parts)
+                td.cpu_data[cpu] = parts[0] if len(parts) == 1 else b"".join(parts)
             return pos
         # The chunks stop early: whole chunks are kept, and of them whole pages.
         if limit < self.n:

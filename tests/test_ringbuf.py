@@ -114,3 +114,20 @@ def test_walkers_agree_on_bitflipped_pages(data):
     for k in ("ts", "off", "ids", "lens"):
         assert np.array_equal(getattr(a, k), getattr(b, k)), k
     assert a.bad_pages == b.bad_pages
+
+
+def test_blocked_walk_equals_loop(monkeypatch):
+    """Large inputs are walked in cache-sized blocks: same result as one plain walk."""
+    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    td = read_tracedat(FIX / "ftslab-open200.dat")
+    for cpu, data in td.cpu_data.items():
+        n = len(data) // 4096
+        if n <= 8:
+            continue
+        a = ringbuf.walk_pages(data, cpu, HP, HE, 4096)
+        b = ringbuf._walk_loop(data, cpu, HP, HE, 4096, n)
+        for k in ("ts", "off", "ids", "lens"):
+            assert np.array_equal(getattr(a, k), getattr(b, k)), k
+        assert (a.pages, a.bad_pages) == (b.pages, b.bad_pages)
+        return
+    pytest.fail("no CPU with more than 8 pages in the fixture")
