@@ -164,17 +164,16 @@ class Session:
         user_filters: list[FilterExpr] = [parse_filter(f) for f in opts.filters]
         if opts.comm:
             user_filters.append(comm_filter(opts.comm))
+        unfiltered: dict[str, list[str]] = {}
         for sysname, name in events:
             fmt = parse_format(self.formats[(sysname, name)], sysname)
             parts = []
             for fx in user_filters:
                 if fx.applies_to(fmt):
                     parts.append(fx.text)
-                elif fx.fields - {"comm"}:
+                else:
                     # a filter naming fields this event lacks cannot apply to it
-                    if opts.filters:
-                        self.warn(f"filter {fx.text!r} does not apply to {sysname}:{name} "
-                                  "(it lacks a field); that event is not filtered by it")
+                    unfiltered.setdefault(fx.text, []).append(f"{sysname}:{name}")
             names = {f.name for f in fmt.fields}
             if opts.min_size is not None and "bytes_req" in names:
                 parts.append(f"bytes_req >= {int(opts.min_size)}")
@@ -184,6 +183,13 @@ class Session:
                 expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                 steps.append(Step(f"kernel-side filter for {sysname}:{name}",
                                   f"{inst}/events/{sysname}/{name}/filter", expr, "0"))
+        for text, evs in unfiltered.items():
+            if len(evs) == len(events):
+                raise UsageError(f"filter {text!r} names a field none of the recorded events "
+                                 f"has ({', '.join(evs)})",
+                                 hint="see the fields in events/<system>/<event>/format")
+            self.warn(f"filter {text!r} does not apply to {', '.join(evs)} (no such field "
+                      "there): those events are recorded unfiltered by it")
         for sysname, name in events:
             steps.append(Step(f"enable {sysname}:{name}",
                               f"{inst}/events/{sysname}/{name}/enable", "1", "0"))

@@ -190,6 +190,30 @@ class Tracefs:
         entries = [e for e in entries if e.strip()]
         return entries[-1].rstrip("\n") if entries else None
 
+    @staticmethod
+    def error_log_brief(entry: str) -> str:
+        """One line from an error_log entry: the message, the command, the caret column.
+
+        An entry is ``[ts] where: error: msg`` then ``  Command: text`` then a line with
+        ``^`` under the offending character."""
+        lines = entry.splitlines()
+        head = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", lines[0]).strip() if lines else ""
+        cmd_line = next((l for l in lines[1:] if "Command:" in l), None)
+        caret_line = next((l for l in lines[1:] if l.strip() == "^"), None)
+        if cmd_line is None:
+            return head
+        start = cmd_line.index("Command:") + len("Command:")
+        while start < len(cmd_line) and cmd_line[start] == " ":
+            start += 1
+        cmd = cmd_line[start:]
+        out = f"{head} in {cmd!r}"
+        if caret_line is not None:
+            col = caret_line.index("^") - start
+            if 0 <= col <= len(cmd):
+                out += f" at column {col + 1} ({cmd[col:col + 12]!r})" if col < len(cmd) \
+                    else f" at its end"
+        return out
+
     # -- writes ------------------------------------------------------------------
     def _write(self, rel: str, text: str, append: bool = True, instance: str | None = None,
                hint: str | None = None) -> None:
@@ -217,7 +241,7 @@ class Tracefs:
                 raise PermissionDenied(f"kernel refused writing {text!r} to {path}: "
                                        f"{exc.strerror}") from None
             after = self.error_log_last(instance)
-            log = after if after and after != before else None
+            log = self.error_log_brief(after) if after and after != before else None
             raise KernelWriteError(str(path), text, errno.errorcode.get(exc.errno, str(exc.errno)),
                                    log, hint) from None
         finally:
