@@ -343,6 +343,7 @@ def _fmt_rate(n: float) -> str:
 def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[str], None],
                   reader: str) -> None:
     """Print every tracefs write a session would make, without making any."""
+    report_stale(tracefs, warn)
     session = Session(tracefs, warn)
     steps = session.plan(opts, child_pid=0 if opts.command and not opts.system_wide else None)
     for st in steps:

@@ -8,6 +8,7 @@ generally).  Setup, signals and cleanup are capture.run_session's.
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 from .capture import RecordOptions, RunResult, run_session
@@ -42,6 +43,7 @@ class _PageDecoder:
         self.comms: dict[int, str] = {}
         self.lost = 0
         self.events = 0
+        self._comms_at = time.monotonic()
 
     def _comm(self, pid: int) -> str:
         c = self.comms.get(pid)
@@ -58,6 +60,11 @@ class _PageDecoder:
         return c
 
     def pump(self, cpu: int, max_pages: int = 64) -> int:
+        now = time.monotonic()
+        if now - self._comms_at > 1.0:
+            # a task's comm changes at exec: don't keep a name for long
+            self.comms.clear()
+            self._comms_at = now
         moved = 0
         for _ in range(max_pages):
             try:

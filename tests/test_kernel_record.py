@@ -317,3 +317,41 @@ def test_missing_and_non_recording_inputs(tmp_path):
     junk.write_bytes(os.urandom(4096))
     cp = run_ftslab("report", junk)
     assert cp.returncode == 6 and "Traceback" not in cp.stderr, cp.stderr
+
+
+def test_sigkill_leftover_is_named_and_reset_removes_it(kernel, tmp_path):
+    out = tmp_path / "k.dat"
+    p = popen_ftslab("record", "-o", out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    name = f"ftslab_{p.pid}"
+    while time.time() < deadline and name not in ftslab_leftovers():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.kill()
+    p.communicate(timeout=30)
+    assert name in ftslab_leftovers(), "SIGKILL cannot clean up: the instance must remain"
+    try:
+        # a new session names the leftover on stderr (and leaves it alone)
+        cp = run_ftslab("record", "--dry-run")
+        assert name in cp.stderr and "ftslab reset" in cp.stderr
+        assert name in ftslab_leftovers()
+        cp = run_ftslab("reset", check=True)
+        assert f"removed {name}" in cp.stderr
+        assert name not in ftslab_leftovers()
+    finally:
+        if name in ftslab_leftovers():
+            os.rmdir(f"/sys/kernel/tracing/instances/{name}")
+
+
+def test_reset_keeps_running_sessions(kernel, tmp_path):
+    p = popen_ftslab("record", "-o", tmp_path / "r.dat", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    name = f"ftslab_{p.pid}"
+    deadline = time.time() + 20
+    while time.time() < deadline and name not in ftslab_leftovers():
+        time.sleep(0.05)
+    cp = run_ftslab("reset", check=True)
+    assert f"keeping {name}" in cp.stderr and name in ftslab_leftovers()
+    p.send_signal(signal.SIGINT)
+    _o, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
