@@ -21,6 +21,17 @@ TRACEFS = Path(os.environ.get("FTSLAB_TRACEFS", "/sys/kernel/tracing"))
 KERNEL_TESTS = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
 
 
+def real_text_dataset(name: str):
+    """A real 6.18 text capture (tests/fixtures/6.18/NAME) parsed with its format files."""
+    from ftslab import formats, textparse
+    fix = FIXTURES / "6.18"
+    fmts = {}
+    for p in fix.glob("kmem-*.format"):
+        f = formats.parse_format(p.read_text(), "kmem")
+        fmts[f.name] = f
+    return textparse.parse_text((fix / name).read_text(), formats=fmts)
+
+
 def _kernel_problem() -> str | None:
     if os.geteuid() != 0:
         return "needs root"

@@ -186,13 +186,8 @@ def test_event_to_text():
 
 
 def test_render_real_capture_all_formats():
-    textparse = pytest.importorskip("ftslab.textparse")
-    formats = pytest.importorskip("ftslab.formats")
-    fmts = {}
-    for p in FIX.glob("kmem-*.format"):
-        f = formats.parse_format(p.read_text(), "kmem")
-        fmts[f.name] = f
-    ds = textparse.parse_text((FIX / "kmem-trace.txt").read_text(), formats=fmts)
+    from conftest import real_text_dataset
+    ds = real_text_dataset("kmem-trace.txt")
     rep = report.build_report(ds, hist=True)
     lines = list(render.render_text(rep))
     assert lines[0].startswith("ftslab: 1588 events")
@@ -202,6 +197,6 @@ def test_render_real_capture_all_formats():
     rows = list(csv.reader(io.StringIO(render.render_csv(rep))))
     assert rows[0][0] == "cache" and len(rows) == len(rep.table("by_cache").rows) + 1
 
-    lost = textparse.parse_text((FIX / "kmem-trace_pipe-lost.txt").read_text(), formats=fmts)
+    lost = real_text_dataset("kmem-trace_pipe-lost.txt")
     first = next(iter(render.render_text(report.build_report(lost))))
     assert first == "WARNING: 1859 events were LOST during recording; counts below are lower bounds"

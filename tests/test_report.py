@@ -545,13 +545,8 @@ def test_vectorised_on_a_large_dataset():
 # ------------------------------------------------------------------ real capture
 
 def _parse_real(name: str):
-    textparse = pytest.importorskip("ftslab.textparse")
-    formats = pytest.importorskip("ftslab.formats")
-    fmts = {}
-    for p in FIX.glob("kmem-*.format"):
-        f = formats.parse_format(p.read_text(), "kmem")
-        fmts[f.name] = f
-    return textparse.parse_text((FIX / name).read_text(), formats=fmts)
+    from conftest import real_text_dataset
+    return real_text_dataset(name)
 
 
 def test_real_text_capture():
