@@ -114,7 +114,10 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
                            f"({ds.meta.unparsed} lines not understood)")
         return ds
     td, fmts, walks = load_tracedat(path)
-    parts = [ringbuf.decode_columns(data, walk, fmts) for _cpu, data, walk in walks]
+    parts = []
+    for _cpu, data, walk in walks:
+        parts.append(ringbuf.decode_columns(data, walk, fmts))
+        walk.ts = walk.off = walk.ids = walk.lens = None  # split per type now: free them
     columns = ringbuf.merge_columns(parts)
     meta = _meta_from(td, walks)
     sym = Symbolizer(td.kallsyms) if td.kallsyms else None
