@@ -423,8 +423,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                         for c in session.cpus:
                             try:
                                 reader.flush(c)
-                            except OSError as exc:
-                                warn(f"could not read the last pages of CPU {c}: {exc}")
+                            except (OSError, OutputError) as exc:
+                                warn(f"could not save the last pages of CPU {c}: {exc}")
                     for c in session.cpus:
                         try:
                             stats.append(session.instance.cpu_stats(c))
@@ -576,8 +576,13 @@ def _capture_loop(spooler, session: Session, opts: RecordOptions,
     inst = session.instance
     while True:
         moved = 0
-        for c in session.cpus:
-            moved += spooler.pump(c)
+        try:
+            for c in session.cpus:
+                moved += spooler.pump(c)
+        except OutputError as exc:
+            # disk full or similar: stop recording, keep what is on disk
+            session.warn(f"stopping: {exc}")
+            return "write error"
         now = time.monotonic()
         if _stop_requested:
             return signal.Signals(_stop_requested[0]).name
@@ -646,14 +651,20 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
         trace_clock=meta.get("trace_clock", ""),
         uname=f"{u.sysname} {u.nodename} {u.release} {u.version} {u.machine}",
         cpustats={s.cpu: s.text for s in stats}, ftslab=meta)
+    for path in spooler.paths.values():
+        size = path.stat().st_size
+        if size % spooler.page_size:  # a write cut short (disk full): whole pages only
+            os.truncate(path, size - size % spooler.page_size)
     tmp = Path(os.fspath(out_path) + ".tmp")
     try:
         n = write_tracedat(tmp, td, cpu_sources={c: spooler.paths[c] for c in session.cpus})
         os.replace(tmp, out_path)
-    except (FtslabError, OSError):
+    except (FtslabError, OSError) as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"could not write {out_path}; the raw pages are kept in "
-                          f"{spooler.paths[session.cpus[0]].parent}") from None
+        raise OutputError(f"could not write {out_path} ({exc}); the captured raw pages are "
+                          f"kept in {spooler.paths[session.cpus[0]].parent}",
+                          hint="free some space and record again, or copy that directory "
+                               "away") from None
     return n
 
 

@@ -355,3 +355,24 @@ def test_reset_keeps_running_sessions(kernel, tmp_path):
     p.send_signal(signal.SIGINT)
     _o, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
+
+
+def test_disk_full_stops_cleanly_and_keeps_the_pages(kernel, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        prog = ("import os\nfor i in range(20000): os.close(os.open('/dev/null', 0))")
+        cp = run_ftslab("record", "-o", mnt / "x.dat", "--", sys.executable, "-c", prog)
+        assert cp.returncode == 7, cp.stderr
+        last = cp.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in last and "raw pages are kept in" in last
+        assert "Traceback" not in cp.stderr
+        spools = [p for p in mnt.iterdir() if ".ftslab-spool-" in p.name]
+        assert len(spools) == 1
+        raws = list(spools[0].iterdir())
+        assert raws and all(p.stat().st_size % 4096 == 0 for p in raws)
+        assert sum(p.stat().st_size for p in raws) > 0
+        assert not (mnt / "x.dat").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
