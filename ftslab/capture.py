@@ -380,6 +380,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
     interrupted_by = None
     t_start = time.monotonic()
     _stop_requested.clear()
+    saved_handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     stop_signals_raise(True)
     try:
         try:
@@ -407,11 +408,21 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             else:
                 interrupted_by = _capture_loop(reader, session, opts, child, t_start, status)
         except Interrupted as exc:
+            stop_signals_raise(False)
             interrupted_by = signal.Signals(exc.signum).name
         finally:
             stop_signals_raise(False)
             if child is not None and not child.released:
                 child.abort()  # never let it run untraced
+            elif child is not None and _stop_requested and child.poll() is None:
+                # SIGTERM/SIGHUP sent to ftslab end the command too (Ctrl-C reaches it
+                # from the terminal by itself)
+                sig = _stop_requested[0]
+                if sig in (signal.SIGTERM, signal.SIGHUP):
+                    try:
+                        os.kill(child.pid, sig)
+                    except ProcessLookupError:
+                        pass
             duration = time.monotonic() - t_start
             try:
                 if session.instance is not None and session.instance.exists():
@@ -437,12 +448,21 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                 if reader is not None:
                     reader.close()
                 session.close()
-        child_status = child.wait(block=interrupted_by is None) if child is not None else None
+        child_status = None
+        if child is not None:
+            if interrupted_by is None:
+                child_status = child.wait(block=True)
+            else:  # give a signalled command a moment to end; never hang on it
+                for _ in range(20):
+                    child_status = child.poll()
+                    if child_status is not None:
+                        break
+                    time.sleep(0.05)
         return RunResult(session, stats, interrupted_by, duration, child_status,
                          reader is not None)
     finally:
-        for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_DFL if s != signal.SIGINT else signal.default_int_handler)
+        for s, handler in saved_handlers.items():
+            signal.signal(s, handler)
 
 
 def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],

@@ -62,8 +62,10 @@ def _capture_options(f):
                      help="Event to record (repeatable). Default: kmem:kmalloc, "
                           "kmem:kmem_cache_alloc, kmem:mm_page_alloc and their frees."),
         click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+                     metavar="SECONDS",
                      help="Stop after SECONDS."),
         click.option("-p", "--pid", "pids", multiple=True, type=click.IntRange(min=1),
+                     metavar="PID",
                      help="Record only this process (and children it forks); repeatable."),
         click.option("--comm", metavar="NAME",
                      help="Record only tasks whose comm is NAME (kernel-side filter)."),
@@ -76,6 +78,7 @@ def _capture_options(f):
                      help="Kernel event filter, e.g. 'bytes_req >= 4096'; applied to every "
                           "event that has the fields it names (repeatable: ANDed)."),
         click.option("-b", "--buffer-kb", type=click.IntRange(min=4, max=1 << 22),
+                     metavar="KB",
                      default=8192, show_default=True, help="Ring buffer per CPU, KiB."),
         click.option("-a", "--all", "system_wide", is_flag=True,
                      help="With a COMMAND: record the whole system while it runs."),
@@ -325,6 +328,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BaseException as exc:
+        from .capture import Interrupted
+        if isinstance(exc, Interrupted):  # a second signal while stopping
+            _err(f"interrupted by {exc}")
+            return 128 + exc.signum
+        raise
 
 
 if __name__ == "__main__":

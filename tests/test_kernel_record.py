@@ -376,3 +376,18 @@ def test_disk_full_stops_cleanly_and_keeps_the_pages(kernel, tmp_path):
         assert not (mnt / "x.dat").exists()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_sigterm_ends_the_recorded_command_too(kernel, tmp_path):
+    out = tmp_path / "t.dat"
+    p = popen_ftslab("record", "-o", out, "--", "sleep", "30", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline and not ftslab_leftovers():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _o, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "stopped by SIGTERM" in err and "command exited with status -15" in err, err
+    assert not ftslab_leftovers()
