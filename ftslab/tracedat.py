@@ -721,9 +721,17 @@ class _Reader:
             total += usize
             pos += 8 + csize
         out = bytearray(total) if whole_ok and total <= self.budget else None
-        pos = off + 4
+        end_pos = pos
         parts: list[bytes] = []
         got = 0
+        if (out is not None and self.comp == "zstd" and count >= _PARALLEL_MIN_CHUNKS
+                and _zstd_parallel(self.buf, self.e, off + 4, count, out)):
+            # both halves decompressed at once (zstd releases the GIL): same bytes,
+            # about half the wall time on a 2-CPU machine
+            self.budget -= total
+            got, pos, parts = total, end_pos, [out]
+            count = 0  # the loop below has nothing left to do
+        pos = off + 4 if count else pos
         for i in range(count):
             if pos + 8 > limit:
                 break
@@ -742,7 +750,7 @@ class _Reader:
             got += len(chunk)
             pos += 8 + csize
         else:
-            if out is not None:
+            if out is not None and not parts:
                 parts = [out[:got]] if got != len(out) else [out]
             if size is not None and pos != off + 4 + size:
                 raise self.bad(f"CPU {cpu}: {count} chunks take {pos - off - 4} bytes, the "
@@ -1139,3 +1147,41 @@ def _write(path: str, td: TraceDat, sources: list[_Source], comp: _Compressor, e
     finally:
         out.close()
     return size
+
+
+_PARALLEL_MIN_CHUNKS = 256
+
+
+def _zstd_parallel(buf, endian: str, first: int, count: int, out: bytearray) -> bool:
+    """Decompress ``count`` chunks starting at ``first`` into ``out`` with two threads.
+    Returns False (and the caller decompresses them one by one, with its checks) when
+    any chunk does not decompress to exactly its announced size."""
+    import concurrent.futures
+    jobs = []
+    pos, dest = first, 0
+    for _ in range(count):
+        csize, usize = struct.unpack_from(endian + "II", buf, pos)
+        jobs.append((pos + 8, csize, usize, dest))
+        pos += 8 + csize
+        dest += usize
+    if dest != len(out):
+        return False
+    view = memoryview(out)
+
+    def run(part) -> bool:
+        d = zstandard.ZstdDecompressor()
+        try:
+            for src, csize, usize, at in part:
+                if usize == 0:
+                    continue
+                chunk = d.decompress(buf[src:src + csize], max_output_size=usize)
+                if len(chunk) != usize:
+                    return False
+                view[at:at + usize] = chunk
+        except zstandard.ZstdError:
+            return False
+        return True
+
+    half = len(jobs) // 2
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        return all(ex.map(run, [jobs[:half], jobs[half:]]))

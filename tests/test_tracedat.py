@@ -407,3 +407,20 @@ def test_fuzz_bit_flips_of_real_file(tmp_path, which, flips, cut):
         return
     for pages in td.cpu_data.values():
         assert len(pages) % td.buffer_page_size == 0
+
+
+def test_parallel_chunk_decompression_gives_the_same_pages(monkeypatch):
+    """Large recordings decompress their chunks in two threads: same bytes as serial."""
+    import ftslab.tracedat as T
+    path = FIX / "tracecmd-v7-zstd.dat"
+    monkeypatch.setattr(T, "_PARALLEL_MIN_CHUNKS", 10 ** 9)
+    serial = T.read_tracedat(path)
+    monkeypatch.setattr(T, "_PARALLEL_MIN_CHUNKS", 1)
+    calls = []
+    real = T._zstd_parallel
+    monkeypatch.setattr(T, "_zstd_parallel", lambda *a: calls.append(1) or real(*a))
+    parallel = T.read_tracedat(path)
+    assert calls, "the parallel path was not taken"
+    assert serial.cpu_data.keys() == parallel.cpu_data.keys()
+    for cpu in serial.cpu_data:
+        assert bytes(serial.cpu_data[cpu]) == bytes(parallel.cpu_data[cpu])
