@@ -243,7 +243,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     elif fmt == "seed":
         line_of = render.event_to_seed
     else:
-        line_of = lambda ev: render.event_to_text(ev, sym)
+        line_of = lambda ev: render.event_to_text(ev, sym, _gfp_namer(tfs))
 
     def sink(ev):
         if closed:
@@ -279,6 +279,25 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     if lost:
         _err(f"WARNING: {lost:,} events were lost (stream cannot keep up at this rate: "
              "use ftslab record, which is lossless)")
+
+
+def _gfp_namer(tfs):
+    """gfp_flags -> names, with each event's own __print_flags table (read once)."""
+    from . import gfp
+    from .formats import parse_format
+    tables: dict = {}
+
+    def name(ev, value: int) -> str:
+        key = (ev.system, ev.name)
+        if key not in tables:
+            try:
+                fmt = parse_format(tfs.event_format(ev.system, ev.name), ev.system)
+                tables[key] = gfp.flag_table(fmt.print_fmt) or None
+            except FtslabError:
+                tables[key] = None
+        table = tables[key]
+        return gfp.format_flags(value, table) if table else f"{value:#x}"
+    return name
 
 
 @cli.command()

@@ -226,8 +226,10 @@ def event_to_json(ev: Event, symbolize: Callable[[int], str | None] | None = Non
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _field_text(k: str, v, symbolize) -> str:
+def _field_text(k: str, v, symbolize, flags=None) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
+        if k == "gfp_flags" and flags is not None:
+            return flags(v)
         if k == "call_site" and symbolize is not None:
             sym = symbolize(v & 0xFFFFFFFFFFFFFFFF)
             if sym:
@@ -240,14 +242,16 @@ def _field_text(k: str, v, symbolize) -> str:
     return str(v)
 
 
-def event_to_text(ev: Event, symbolize: Callable[[int], str | None] | None = None) -> str:
+def event_to_text(ev: Event, symbolize: Callable[[int], str | None] | None = None,
+                  gfp: Callable[[Event, int], str] | None = None) -> str:
     """One readable line, shaped like the kernel's trace output::
 
         a.out-316 [001] 1234.567890: kmem:kmalloc call_site=alloc_pipe_info+0x2a \
             ptr=0xffff888004a0b000 bytes_req=40 ...
     """
     sec, ns = divmod(ev.ts, 1_000_000_000)
-    fields = " ".join(f"{k}={_field_text(k, v, symbolize)}" for k, v in ev.fields.items())
+    flags = (lambda v: gfp(ev, v)) if gfp is not None else None
+    fields = " ".join(f"{k}={_field_text(k, v, symbolize, flags)}" for k, v in ev.fields.items())
     line = (f"{ev.comm}-{ev.pid} [{ev.cpu:03d}] {sec}.{ns // 1000:06d}: "
             f"{event_label(ev.system, ev.name)}")
     return f"{line} {fields}" if fields else line

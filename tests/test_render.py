@@ -200,3 +200,14 @@ def test_render_real_capture_all_formats():
     lost = real_text_dataset("kmem-trace_pipe-lost.txt")
     first = next(iter(render.render_text(report.build_report(lost))))
     assert first == "WARNING: 1859 events were LOST during recording; counts below are lower bounds"
+
+
+def test_event_text_names_gfp_flags_with_the_events_table():
+    from ftslab import gfp
+    from ftslab.formats import parse_format
+    fmt = parse_format((FIX / "kmem-kmalloc.format").read_text(), "kmem")
+    table = gfp.flag_table(fmt.print_fmt)
+    ev = Event(2_000_000_000, 1, 7, "cat", "kmem", "kmalloc",
+               {"bytes_req": 64, "gfp_flags": 0xcc0})
+    line = render.event_to_text(ev, gfp=lambda e, v: gfp.format_flags(v, table))
+    assert line == "cat-7 [001] 2.000000: kmem:kmalloc bytes_req=64 gfp_flags=GFP_KERNEL"
