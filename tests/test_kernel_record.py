@@ -121,6 +121,21 @@ def test_ftslab_reads_tracecmd_recording(kernel, tmp_path):
     assert rep["events"] == n_tc
     filp = [r for r in rep["rows"] if r["cache"] == "filp"]
     assert filp and filp[0]["count"] >= N_FILES
+    # per-cache counts and bytes equal what trace-cmd's own decoder printed
+    from collections import Counter
+    tc_count, tc_bytes = Counter(), Counter()
+    for line in tc_rep.stdout.splitlines():
+        m = re.search(r" kmem_cache_alloc: .*name=(\S+) bytes_req=(\d+) bytes_alloc=(\d+)", line)
+        if m:
+            tc_count[m.group(1)] += 1
+            tc_bytes[m.group(1)] += int(m.group(3))
+    ours = _report_json(out, "--by", "cache", "--top", "100000", "--sort", "count")
+    got_count = {r["cache"]: r["count"] + r["failed"] for r in ours["rows"]
+                 if not r["cache"].startswith(("kmalloc-", "(large"))}
+    got_bytes = {r["cache"]: r["bytes_alloc"] for r in ours["rows"]
+                 if not r["cache"].startswith(("kmalloc-", "(large"))}
+    assert got_count == dict(tc_count)
+    assert got_bytes == dict(tc_bytes)
 
 
 def test_stream_json_into_head_ends_cleanly(kernel):
