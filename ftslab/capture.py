@@ -132,6 +132,7 @@ class Session:
         self.instance: Instance | None = None
         self.cpus = online_cpus()
         self.formats: dict[tuple[str, str], str] = {}
+        """(system, event) -> format text of every event the session records."""
 
     # -- planning (pure apart from reading format files) ------------------------
     def resolve_events(self, specs) -> list[tuple[str, str]]:
@@ -161,12 +162,33 @@ class Session:
                               "1", "0"))
             steps.append(Step("trace only these tasks", f"{inst}/set_event_pid",
                               " ".join(str(p) for p in sorted(set(expanded))), ""))
+        elif self.tracefs.exists("set_event_notrace_pid"):
+            # whole system: but not ftslab itself (its reads and writes allocate too)
+            steps.append(Step("do not trace ftslab itself", f"{inst}/set_event_notrace_pid",
+                              str(os.getpid()), ""))
         user_filters: list[FilterExpr] = [parse_filter(f) for f in opts.filters]
         if opts.comm:
             user_filters.append(comm_filter(opts.comm))
+        parsed = {ev: parse_format(self.formats[ev], ev[0]) for ev in events}
+        if opts.cache is not None:
+            # only events that carry a cache name can say which cache they are about
+            keep = [ev for ev in events if parsed[ev].field("name") is not None]
+            dropped = [f"{a}:{b}" for a, b in events if (a, b) not in keep]
+            if not keep:
+                raise UsageError(f"--cache: none of the events has a cache name field on "
+                                 f"this kernel ({', '.join(dropped)})")
+            if dropped:
+                self.warn(f"--cache {opts.cache}: not recording {', '.join(dropped)} "
+                          "(no cache name in those events)")
+            events = keep
+            for ev in list(self.formats):
+                if ev not in events:
+                    del self.formats[ev]
         unfiltered: dict[str, list[str]] = {}
+        no_size: list[str] = []
+        page_size = os.sysconf("SC_PAGE_SIZE")
         for sysname, name in events:
-            fmt = parse_format(self.formats[(sysname, name)], sysname)
+            fmt = parsed[(sysname, name)]
             parts = []
             for fx in user_filters:
                 if fx.applies_to(fmt):
@@ -175,8 +197,18 @@ class Session:
                     # a filter naming fields this event lacks cannot apply to it
                     unfiltered.setdefault(fx.text, []).append(f"{sysname}:{name}")
             names = {f.name for f in fmt.fields}
-            if opts.min_size is not None and "bytes_req" in names:
-                parts.append(f"bytes_req >= {int(opts.min_size)}")
+            if opts.min_size is not None:
+                if "bytes_req" in names:
+                    parts.append(f"bytes_req >= {int(opts.min_size)}")
+                elif "order" in names and "pfn" in names:
+                    # a page allocation of order k is page_size << k bytes
+                    order = 0
+                    while (page_size << order) < opts.min_size:
+                        order += 1
+                    if order:
+                        parts.append(f"order >= {order}")
+                else:
+                    no_size.append(f"{sysname}:{name}")
             if opts.cache is not None and "name" in names:
                 parts.append(f"name == {string_literal(opts.cache, '--cache')}")
             if parts:
@@ -190,6 +222,8 @@ class Session:
                                  hint="see the fields in events/<system>/<event>/format")
             self.warn(f"filter {text!r} does not apply to {', '.join(evs)} (no such field "
                       "there): those events are recorded unfiltered by it")
+        if no_size:
+            self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
         for sysname, name in events:
             steps.append(Step(f"enable {sysname}:{name}",
                               f"{inst}/events/{sysname}/{name}/enable", "1", "0"))
@@ -353,6 +387,7 @@ def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[st
             out(f"mkdir {tracefs.root / st.path}    # {st.what}")
         else:
             out(f"echo {st.value!r} > {tracefs.root / st.path}    # {st.what}")
+    out(f"echo '' > {tracefs.root}/instances/{session.name}/trace    # empty the buffer")
     out(f"echo '1' > {tracefs.root}/instances/{session.name}/tracing_on    # start")
     out(f"# then: {reader}; on exit every write above is undone in reverse order "
         "and the instance removed")
@@ -394,6 +429,10 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             session.apply(steps)
             inst = session.instance
             reader = make_reader(session)
+            if "slabinfo_start" in meta:
+                # taken now, with the instance set up: its own allocations (an event file
+                # per event, the ring buffer) are not the workload's
+                meta["slabinfo_start"] = _read_slabinfo()
             with signals_deferred():
                 inst.trace_clear()
                 inst.tracing_on(True)
@@ -430,6 +469,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                         session.instance.tracing_on(False)
                     except FtslabError as exc:
                         warn(f"could not stop tracing: {exc}")
+                    if "slabinfo_end" in meta:  # before the instance is taken down
+                        meta["slabinfo_end"] = _read_slabinfo()
                     if reader is not None:
                         for c in session.cpus:
                             try:
@@ -487,8 +528,8 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
         page_size = hp.data_offset + hp.data_size
         meta: dict = {"ftslab_version": __version__, "argv": sys.argv[1:],
                       "events": list(opts.events), "buffer_kb": opts.buffer_kb,
-                      "kernel": os.uname().release, "slabinfo_start": _read_slabinfo(),
-                      "page_size": os.sysconf("SC_PAGE_SIZE")}
+                      "kernel": os.uname().release, "slabinfo_start": "",
+                      "slabinfo_end": "", "page_size": os.sysconf("SC_PAGE_SIZE")}
         spoolers: list[_Spooler] = []
 
         def make_reader(session):
@@ -496,11 +537,17 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
             spoolers.append(_Spooler(session.instance, session.cpus, spool_dir, page_size))
             return spoolers[0]
 
-        run = run_session(tracefs, opts, warn, status, make_reader, meta)
+        try:
+            run = run_session(tracefs, opts, warn, status, make_reader, meta)
+        except OutputError:
+            raise  # the spooled pages are what is left of the recording: keep them
+        except BaseException:
+            # nothing worth keeping (setup refused, command failed to start, ...)
+            shutil.rmtree(spool_dir, ignore_errors=True)
+            raise
         if not spoolers:
             return None
         spooler = spoolers[0]
-        meta["slabinfo_end"] = _read_slabinfo()
         meta["duration_s"] = run.duration
         meta["interrupted_by"] = run.interrupted_by
         meta["cpu_stats"] = {str(s.cpu): s.text for s in run.stats}

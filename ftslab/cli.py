@@ -95,7 +95,14 @@ def _capture_options(f):
 
 def _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                     system_wide, command, output=None):
+    import math
     from .capture import DEFAULT_EVENTS, RecordOptions
+    from .tracefs import pid_alive
+    if duration is not None and not math.isfinite(duration):
+        raise UsageError(f"-d {duration}: give a number of seconds")
+    for pid in pids:
+        if not pid_alive(pid):
+            raise UsageError(f"-p {pid}: no such process")
     if system_wide and not command:
         raise UsageError("-a/--all goes with a COMMAND (without one, ftslab records the "
                          "whole system anyway)")
@@ -180,6 +187,21 @@ def report(files, by, sort, top, fmt, hist, strict):
     FILES: trace.dat files (ftslab's or trace-cmd's), or text traces (what `cat trace`
     printed).
     """
+    try:
+        _report(files, by, sort, top, fmt, hist, strict)
+    except BrokenPipeError:
+        _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
+
+
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def _report(files, by, sort, top, fmt, hist, strict):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
@@ -198,13 +220,15 @@ def report(files, by, sort, top, fmt, hist, strict):
         rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist)
         if len(files) > 1 and fmt == "table":
             click.echo(f"== {path}")
+        out = sys.stdout
         if fmt == "json":
-            click.echo(render.render_json(rep))
+            out.write(render.render_json(rep) + "\n")
         elif fmt == "csv":
-            click.echo(render.render_csv(rep), nl=False)
+            out.write(render.render_csv(rep))
         else:
             for line in render.render_text(rep):
-                click.echo(line)
+                out.write(line + "\n")
+        out.flush()
         if fmt != "table":
             for w in rep.warnings:
                 _err(w)
@@ -243,7 +267,8 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     elif fmt == "seed":
         line_of = render.event_to_seed
     else:
-        line_of = lambda ev: render.event_to_text(ev, sym, _gfp_namer(tfs))
+        namer = _gfp_namer(tfs)
+        line_of = lambda ev: render.event_to_text(ev, sym, namer)
 
     def sink(ev):
         if closed:

@@ -98,20 +98,27 @@ def _meta_from(td, walks) -> Metadata:
                     slabinfo_end=ft.get("slabinfo_end", ""), unparsed=bad, extra=extra)
 
 
+def _looks_like_trace_text(head: str) -> bool:
+    """An empty trace is still a trace when it has the kernel's header (`cat trace`)."""
+    return "# tracer:" in head or "# entries-in-buffer/entries-written:" in head
+
+
 def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = None) -> Dataset:
     """Decode a recording into columns (trace.dat or text trace)."""
     path = Path(path)
     kind = _open_kind(path)
     if kind == "text":
         from .textparse import parse_text
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                ds = parse_text(f, formats_hint)
-        except UnicodeError as exc:
-            raise BadInput(f"{path} is neither a trace.dat nor a text trace: {exc}") from None
-        if ds.events == 0 and ds.meta.unparsed:
-            raise BadInput(f"{path} is neither a trace.dat file nor a text trace "
-                           f"({ds.meta.unparsed} lines not understood)")
+        if path.stat().st_size == 0:
+            raise BadInput(f"{path} is empty: not a recording")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+            f.seek(0)
+            ds = parse_text(f, formats_hint)
+        if ds.events == 0 and (ds.meta.unparsed or not _looks_like_trace_text(head)):
+            raise BadInput(f"{path} is neither a trace.dat file nor a text trace"
+                           + (f" ({ds.meta.unparsed} lines not understood)"
+                              if ds.meta.unparsed else ""))
         return ds
     td, fmts, walks = load_tracedat(path)
     parts = []

@@ -959,7 +959,15 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     an = _analysis(ds)
     tables: list[Table] = []
     if by:
-        tables.append(group_allocations(ds, by, sort, top, events))
+        # Page allocations include the pages behind slabs: mixing the layers in one
+        # table counts memory twice.  --by event keeps every event on rows of its own;
+        # --by order is the page layer alone; every other key is the slab layer.
+        layer = None if "event" in by else "page" if "order" in by else "slab"
+        table = group_allocations(ds, by, sort, top, events, _layer=layer)
+        if layer == "slab" and _select(an, events, "page"):
+            table.note = "; ".join(x for x in (table.note, "page allocations are not in "
+                                               "this table (see --by order)") if x)
+        tables.append(table)
         main = tables[0].name
     else:
         for key, title in (("cache", "Slab allocations by cache"),
@@ -969,6 +977,7 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                                             name=f"by_{key}", title=title))
         main = "by_cache"
         tables.append(fragmentation(ds, "cache", top, events))
+        tables.append(fragmentation(ds, "callsite", top, events))
         if _select(an, None, "page"):
             tables.append(pages_by_order(ds))
         if ds.meta.slabinfo_start and ds.meta.slabinfo_end:

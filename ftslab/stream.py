@@ -11,7 +11,7 @@ import os
 import time
 from typing import Callable
 
-from .capture import RecordOptions, RunResult, run_session
+from .capture import RecordOptions, RunResult, run_session, _stop_requested
 from .formats import parse_format, parse_header_event, parse_header_page
 from .load import parse_cmdlines
 from .records import Event
@@ -44,6 +44,7 @@ class _PageDecoder:
         self.lost = 0
         self.events = 0
         self._comms_at = time.monotonic()
+        self.draining = False
 
     def _comm(self, pid: int) -> str:
         c = self.comms.get(pid)
@@ -67,6 +68,8 @@ class _PageDecoder:
             self._comms_at = now
         moved = 0
         for _ in range(max_pages):
+            if self.stopping():
+                break
             try:
                 page = os.read(self.fds[cpu], self.page_size)
             except BlockingIOError:
@@ -82,7 +85,12 @@ class _PageDecoder:
                 self.sink(ev)
         return moved
 
+    def stopping(self) -> bool:
+        # a second stop request while draining the last pages ends the drain too
+        return len(_stop_requested) > (1 if self.draining else 0)
+
     def flush(self, cpu: int) -> None:
+        self.draining = True
         while self.pump(cpu):
             pass
 

@@ -170,3 +170,31 @@ def test_stale_instances_are_named(fake_tracefs):
     msgs: list[str] = []
     capture.report_stale(tfs, msgs.append)
     assert len(msgs) == 1 and "ftslab_99999999" in msgs[0] and "ftslab reset" in msgs[0]
+
+
+def test_cache_option_records_only_events_with_a_cache_name(fake_tracefs, monkeypatch):
+    rec, session, steps, warnings = _setup(fake_tracefs, monkeypatch, None, cache="filp")
+    enabled = {s.path.split("/")[-2] for s in steps if s.path.endswith("/enable")}
+    assert enabled == {"kmem_cache_alloc", "kmem_cache_free"}
+    assert any("not recording" in w and "kmem:kmalloc" in w for w in warnings)
+    assert set(session.formats) == {("kmem", "kmem_cache_alloc"), ("kmem", "kmem_cache_free")}
+
+
+def test_min_size_filters_pages_by_order(fake_tracefs, monkeypatch):
+    _rec, _session, steps, warnings = _setup(fake_tracefs, monkeypatch, None, min_size=16384)
+    f = {s.path.split("/")[-2]: s.value for s in steps if s.path.endswith("/filter")}
+    assert f["kmalloc"] == "bytes_req >= 16384"
+    assert f["mm_page_alloc"] == "order >= 2"  # 4096 << 2 == 16384
+    assert "kfree" not in f and any("carry no size" in w for w in warnings)
+
+
+def test_whole_system_session_excludes_itself(fake_tracefs, monkeypatch):
+    (fake_tracefs / "set_event_notrace_pid").write_text("")
+    rec = _Recorder(None)
+    monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **k: rec(self, *a, **k))
+    session = Session(Tracefs(fake_tracefs), lambda m: None, name="ftslab_999999")
+    steps = session.plan(RecordOptions())
+    st = [s for s in steps if s.path.endswith("set_event_notrace_pid")]
+    assert st and st[0].value == str(os.getpid())
+    steps = session.plan(RecordOptions(), child_pid=4242)  # a command: no need
+    assert not [s for s in steps if s.path.endswith("set_event_notrace_pid")]

@@ -69,7 +69,7 @@ def test_text_tables_are_aligned_and_human():
 
 
 def test_text_histogram_has_bars_and_none_is_dash():
-    rep = report.build_report(small_dataset(), by=("order",), hist=True)
+    rep = report.build_report(small_dataset(), by=("order", "event"), hist=True)
     lines = list(render.render_text(rep))
     assert any(line.startswith("-  ") for line in lines)  # order of a slab event: n/a
     h = lines.index("Requested sizes (bytes_req)")
@@ -94,7 +94,8 @@ def test_json_schema():
     assert set(t) == {"title", "columns", "rows", "note"}
     assert {"name": "bytes_req", "title": "REQUESTED", "unit": "bytes"} in t["columns"]
     assert set(doc["tables"]) == {"by_cache", "by_callsite", "by_comm",
-                                  "fragmentation_by_cache", "histogram"}
+                                  "fragmentation_by_cache", "fragmentation_by_callsite",
+                                  "histogram"}
     assert doc["summary"]["per_event"] == {"kmem:kfree": 1, "kmem:kmalloc": 3}
     assert doc["warnings"] == []
 
@@ -119,9 +120,9 @@ def test_csv_main_table_exact_integers():
 
 
 def test_csv_named_table_and_none_cells():
-    rep = report.build_report(small_dataset(), by=("cache", "order"))
+    rep = report.build_report(small_dataset(), by=("cache", "event", "order"))
     rows = list(csv.reader(io.StringIO(render.render_csv(rep))))
-    assert rows[0][:2] == ["cache", "order"] and rows[1][1] == ""
+    assert rows[0][:3] == ["cache", "event", "order"] and rows[1][2] == ""  # slab: no order
     frag = render.render_csv(report.build_report(small_dataset()), "fragmentation_by_cache")
     assert frag.splitlines()[0] == "cache,count,bytes_req,bytes_alloc,waste,waste_pct"
     with pytest.raises(KeyError):

@@ -458,7 +458,8 @@ def test_build_report_default_tables():
     ds = synthetic()
     rep = report.build_report(ds)
     assert [t.name for t in rep.tables] == ["by_cache", "by_callsite", "by_comm",
-                                            "fragmentation_by_cache", "pages_by_order"]
+                                            "fragmentation_by_cache",
+                                            "fragmentation_by_callsite", "pages_by_order"]
     assert rep.main == "by_cache" and rep.warnings == []
     # The default tables are slab-only: no page rows mixed in.
     assert None not in {r["cache"] for r in rep.table("by_cache").rows}
@@ -575,3 +576,18 @@ def test_real_text_capture_with_lost_events():
     ds = _parse_real("kmem-trace_pipe-lost.txt")
     rep = report.build_report(ds)
     assert rep.warnings[0] == report.loss_warning(1859)
+
+
+def test_by_keys_keep_the_layers_apart():
+    """Page allocations back slabs: a table mixing them counts memory twice.  --by event
+    keeps every event on its own rows, --by order is pages only, other keys slab only."""
+    ds = synthetic()
+    rep = report.build_report(ds, by=("cache",))
+    main = rep.table(rep.main)
+    assert None not in {r["cache"] for r in main.rows}
+    assert "see --by order" in main.note
+    rep = report.build_report(ds, by=("order",))
+    assert all(r["order"] is not None for r in rep.table(rep.main).rows)
+    rep = report.build_report(ds, by=("event",))
+    events = {r["event"] for r in rep.table(rep.main).rows}
+    assert "kmem:mm_page_alloc" in events and "kmem:kmalloc" in events
