@@ -206,6 +206,8 @@ def _report(files, by, sort, top, fmt, hist, strict):
     from .load import load
     from .report import build_report
     from . import render
+    if len(files) > 1 and fmt != "table":
+        raise UsageError(f"--format {fmt} reports one file at a time (got {len(files)})")
     for path in files:
         ds = load(path)
         if strict:
