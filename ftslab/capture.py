@@ -94,6 +94,8 @@ class RecordOptions:
     min_size: int | None = None
     cache: str | None = None
     status: bool = True
+    command_stdout_to_stderr: bool = False
+    """stream: the command's output must not mix with the data on stdout."""
 
 
 @dataclass
@@ -420,7 +422,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
     try:
         try:
             if opts.command:
-                child = _GatedChild(list(opts.command))
+                child = _GatedChild(list(opts.command), opts.command_stdout_to_stderr)
                 meta["command"] = list(opts.command)
                 meta["child_pid"] = child.pid
             steps = session.plan(opts, child_pid=(child.pid if child and not opts.system_wide
@@ -566,7 +568,7 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
 class _GatedChild:
     """The command to record, forked now but held before exec until tracing is on."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], stdout_to_stderr: bool = False):
         self.argv = argv
         self.released = False
         self.status: int | None = None
@@ -583,6 +585,8 @@ class _GatedChild:
                 if os.read(gate_r, 1) == b"x":
                     os._exit(127)  # aborted
                 os.close(gate_r)
+                if stdout_to_stderr:
+                    os.dup2(2, 1)
                 os.execvp(argv[0], argv)
             except OSError as exc:
                 try:

@@ -181,14 +181,17 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
 @click.option("--strict", is_flag=True,
               help="Fail (exit 9/10/6) on a truncated recording, lost events or "
                    "unreadable lines instead of warning.")
-def report(files, by, sort, top, fmt, hist, strict):
+@click.option("--buffer", metavar="NAME", default=None,
+              help="Which buffer of a trace.dat with several (trace-cmd -B): its instance "
+                   "name; default the top-level one (or the first that has data).")
+def report(files, by, sort, top, fmt, hist, strict, buffer):
     """Aggregate a recording: by cache, call site, comm, pid, event, page order, gfp.
 
     FILES: trace.dat files (ftslab's or trace-cmd's), or text traces (what `cat trace`
     printed).
     """
     try:
-        _report(files, by, sort, top, fmt, hist, strict)
+        _report(files, by, sort, top, fmt, hist, strict, buffer)
     except BrokenPipeError:
         _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
 
@@ -201,15 +204,34 @@ def _quiet_stdout() -> None:
         pass
 
 
-def _report(files, by, sort, top, fmt, hist, strict):
+def _live_kmem_formats() -> dict | None:
+    """The running kernel's kmem formats, to read a text trace's fields exactly (its gfp
+    names back to flag words, its event system).  A text trace from another kernel
+    still parses: lines that do not fit fall back to key=value, and are counted."""
+    from .capture import DEFAULT_EVENTS, parse_event_spec
+    from .formats import parse_format
+    try:
+        tfs = _tracefs(None)
+        out = {}
+        for spec in DEFAULT_EVENTS:
+            system, name = parse_event_spec(spec)
+            if tfs.event_exists(system, name):
+                out[name] = parse_format(tfs.event_format(system, name), system)
+        return out or None
+    except FtslabError:
+        return None
+
+
+def _report(files, by, sort, top, fmt, hist, strict, buffer):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
     from . import render
     if len(files) > 1 and fmt != "table":
         raise UsageError(f"--format {fmt} reports one file at a time (got {len(files)})")
+    hint = _live_kmem_formats()
     for path in files:
-        ds = load(path)
+        ds = load(path, formats_hint=hint, buffer=buffer)
         if strict:
             if ds.meta.truncated:
                 raise TruncatedRecording(f"{path} is truncated: {ds.meta.truncated_detail}")
@@ -251,6 +273,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                            system_wide, command)
     opts.status = False
+    opts.command_stdout_to_stderr = True  # stdout carries the events
     tfs = _tracefs(tracefs_path)
     if dry_run:
         capture.print_dry_run(tfs, opts, _err, click.echo,

@@ -51,9 +51,13 @@ class Symbolizer:
         return bool(self._addrs.size)
 
     def _name(self, i: int) -> str:
+        """The symbol's name, with `` [module]`` for module code as ``%pS`` prints it."""
         line = self._raw[int(self._starts[i]):int(self._ends[i])].decode("utf-8", "replace")
         parts = line.split()
-        return parts[2] if len(parts) > 2 else "?"
+        name = parts[2] if len(parts) > 2 else "?"
+        if len(parts) > 3 and parts[3].startswith("["):
+            return f"{name} {parts[3]}"
+        return name
 
     def lookup(self, addr: int) -> tuple[str, int, int] | None:
         """(name, offset, size) of the symbol containing addr, or None."""
@@ -68,4 +72,6 @@ class Symbolizer:
         if hit is None:
             return None
         name, off, size = hit
-        return f"{name}+{off:#x}/{size:#x}" if full else f"{name}+{off:#x}"
+        name, _, module = name.partition(" ")
+        text = f"{name}+{off:#x}/{size:#x}" if full else f"{name}+{off:#x}"
+        return f"{text} {module}" if module else text

@@ -59,9 +59,9 @@ def _open_kind(path: Path) -> str:
     return "text"
 
 
-def load_tracedat(path: Path):
+def load_tracedat(path: Path, buffer: str | None = None):
     from .tracedat import read_tracedat
-    td = read_tracedat(path)
+    td = read_tracedat(path, buffer)
     hp = parse_header_page(td.header_page)
     he = parse_header_event(td.header_event)
     fmts = formats_of(td)
@@ -92,7 +92,12 @@ def _meta_from(td, walks) -> Metadata:
     extra = {k: v for k, v in ft.items() if k not in ("slabinfo_start", "slabinfo_end")}
     extra.setdefault("page_size", td.page_size)
     extra["recorded_by"] = "ftslab" if td.ftslab else (td.tracecmd_version or "trace-cmd")
-    return Metadata(source=version, kernel=kernel, cmdlines=parse_cmdlines(td.cmdlines),
+    extra["buffer"] = td.buffer_name
+    extra["other_buffers"] = [b for b in td.buffers if b != td.buffer_name]
+    extra["trace_clock"] = _clock_name(td.trace_clock)
+    cmdlines = parse_cmdlines(td.cmdlines)
+    cmdlines.setdefault(0, "<idle>")  # as the kernel's own output names pid 0
+    return Metadata(source=version, kernel=kernel, cmdlines=cmdlines,
                     lost=lost, truncated=td.truncated, truncated_detail=td.truncated_detail,
                     slabinfo_start=ft.get("slabinfo_start", ""),
                     slabinfo_end=ft.get("slabinfo_end", ""), unparsed=bad, extra=extra)
@@ -103,8 +108,17 @@ def _looks_like_trace_text(head: str) -> bool:
     return "# tracer:" in head or "# entries-in-buffer/entries-written:" in head
 
 
-def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = None) -> Dataset:
-    """Decode a recording into columns (trace.dat or text trace)."""
+def _clock_name(text: str) -> str:
+    """The selected clock of a trace_clock text ("[local] global ..." -> "local")."""
+    if "[" in text and "]" in text:
+        return text[text.index("[") + 1:text.index("]")]
+    return text.strip()
+
+
+def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = None,
+         buffer: str | None = None) -> Dataset:
+    """Decode a recording into columns (trace.dat or text trace).  ``buffer`` picks an
+    instance buffer of a trace.dat by name (default: the top-level one)."""
     path = Path(path)
     kind = _open_kind(path)
     if kind == "text":
@@ -120,7 +134,7 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
                            + (f" ({ds.meta.unparsed} lines not understood)"
                               if ds.meta.unparsed else ""))
         return ds
-    td, fmts, walks = load_tracedat(path)
+    td, fmts, walks = load_tracedat(path, buffer)
     parts = []
     for _cpu, data, walk in walks:
         parts.append(ringbuf.decode_columns(data, walk, fmts))
@@ -133,7 +147,7 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
                    symbolize=sym if sym else None)
 
 
-def read(path: str | os.PathLike) -> Iterator[Event]:
+def read(path: str | os.PathLike, buffer: str | None = None) -> Iterator[Event]:
     """Yield every event of a recording as a typed ``Event``, in timestamp order."""
     path = Path(path)
     if _open_kind(path) == "text":
@@ -141,8 +155,9 @@ def read(path: str | os.PathLike) -> Iterator[Event]:
         with open(path, encoding="utf-8", errors="replace") as f:
             yield from parse_lines(f)
         return
-    td, fmts, walks = load_tracedat(path)
+    td, fmts, walks = load_tracedat(path, buffer)
     cmd = parse_cmdlines(td.cmdlines)
+    cmd.setdefault(0, "<idle>")
     comm_of = lambda pid: cmd.get(pid, "<...>")
     iters = [ringbuf.iter_events(data, walk, fmts, comm_of) for _cpu, data, walk in walks]
     yield from heapq.merge(*iters, key=lambda e: e.ts)

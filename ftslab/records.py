@@ -9,6 +9,7 @@ the metadata captured with it.  This module does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -58,11 +59,15 @@ class Event:
     """Event system, e.g. ``"kmem"`` or a kprobe group."""
     name: str
     """Event name, e.g. ``"kmalloc"``."""
-    fields: Mapping[str, int | str]
-    """The event's own fields by their kernel names (no ``common_*``).  Integers for
+    fields: Mapping[str, int | str] = field(hash=False)
+    """The event's own fields by their kernel names (no ``common_*``), read-only.  Integers for
     numeric fields (bytes for sizes, raw flag words), ``str`` for strings; ``call_site``
     is kept as an integer address when decoded from binary, and as the kernel's
     ``sym+0xoff/0xsize`` text when parsed from a text trace."""
+
+    def __post_init__(self):
+        if not isinstance(self.fields, MappingProxyType):
+            object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
 
 
 @dataclass
@@ -83,6 +88,11 @@ class EventColumns:
     fields: Mapping[str, np.ndarray]
     """Field name -> column (a dict, or LazyFields decoding on first access).  Integer fields are int64/uint64 arrays; string fields are
     object arrays of ``str``."""
+
+    seq: np.ndarray | None = None
+    """int64 position of each event in its input, where that orders events more finely
+    than ``ts`` (text traces: the line number, as ``cat trace`` prints in time order but
+    with microsecond timestamps).  None for binary input (``ts`` is exact)."""
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])

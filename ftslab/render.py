@@ -97,7 +97,8 @@ def _table_lines(t: Table) -> Iterator[str]:
     if not t.rows:
         yield f"  ({t.note or 'no rows'})"
         return
-    cols = list(t.columns)
+    cols = [c for c in t.columns
+            if not (c.quiet_if_zero and all(not r.get(c.name) for r in t.rows))]
     # The histogram's lo/hi are in the bucket label already; keep the text narrow.
     if t.bar:
         cols = [c for c in cols if c.name not in ("lo", "hi")]
@@ -126,7 +127,9 @@ def _table_lines(t: Table) -> Iterator[str]:
 
 def _summary_line(s: dict) -> str:
     per = ", ".join(f"{k} {v}" for k, v in s.get("per_event", {}).items())
-    line = f"ftslab: {s.get('events', 0)} events in {s.get('duration_s', 0.0):.3f} s"
+    dur = s.get("duration_s", 0.0)
+    line = (f"ftslab: {s.get('events', 0)} events in {dur:.3f} s" if dur is not None else
+            f"ftslab: {s.get('events', 0)} events")
     if per:
         line += f" ({per})"
     extra = [f"{k} {s[k]}" for k in ("source", "kernel") if s.get(k)]

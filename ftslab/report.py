@@ -171,6 +171,9 @@ class Column:
     """Header in the text table."""
     unit: str = ""
     """``"bytes"``, ``"count"``, ``"ns"``, ``"%"`` or ``""`` (a label)."""
+    quiet_if_zero: bool = False
+    """The text table leaves the column out when every row is 0 (CSV/JSON never do:
+    their columns are the same for every input)."""
 
 
 @dataclass
@@ -222,7 +225,7 @@ _METRIC_COLUMNS = [
     Column("frees", "FREES", "count"),
     Column("live", "LIVE", "count"),
 ]
-_FAILED_COLUMN = Column("failed", "FAILED", "count")
+_FAILED_COLUMN = Column("failed", "FAILED", "count", quiet_if_zero=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -404,7 +407,7 @@ class _Analysis:
         self.formats = ds.formats
         self.symbolize = ds.symbolize
         self.frames: list[_Frame] = []
-        frees: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        frees: dict[str, list[tuple]] = {}
         for (system, name), cols in sorted(ds.columns.items()):
             src = alloc_source(system, name)
             if src is not None:
@@ -413,22 +416,32 @@ class _Analysis:
             fsrc = free_source(system, name)
             if fsrc is not None and fsrc.ptr in cols.fields and len(cols):
                 keys = _ptr_keys(cols.fields[fsrc.ptr])
-                frees.setdefault(fsrc.layer, []).append((_as_u64(cols.ts), keys))
+                frees.setdefault(fsrc.layer, []).append(
+                    (_as_u64(cols.ts), keys, cols.seq))
         for layer in {f.src.layer for f in self.frames}:
             self._match_frees([f for f in self.frames if f.src.layer == layer],
                               frees.get(layer, []))
         self._global: dict[str, dict] = {}
 
     @staticmethod
-    def _match_frees(frames: list[_Frame], frees: list[tuple[np.ndarray, np.ndarray]]):
+    def _match_frees(frames: list[_Frame], frees: list[tuple]):
         """Mark each allocation whose next event on the same pointer is a free."""
         frames = [f for f in frames if f.ptr is not None]
         if not frames or not frees:
             return
+        # text input orders events by line (finer than its microsecond timestamps):
+        # a pointer freed and allocated again within one microsecond is common
+        # (getname/putname), and only the line order says which came first
+        by_seq = all(f.cols.seq is not None for f in frames) and \
+            all(seq is not None for _, _, seq in frees)
         ak = np.concatenate([f.ptr[f.matchable] for f in frames])
-        at = np.concatenate([f.ts[f.matchable] for f in frames])
-        fk = np.concatenate([k for _, k in frees])
-        ft = np.concatenate([t for t, _ in frees])
+        if by_seq:
+            at = np.concatenate([f.cols.seq[f.matchable] for f in frames]).astype(np.uint64)
+            ft = np.concatenate([seq for _, _, seq in frees]).astype(np.uint64)
+        else:
+            at = np.concatenate([f.ts[f.matchable] for f in frames])
+            ft = np.concatenate([t for t, _, _ in frees])
+        fk = np.concatenate([k for _, k, _ in frees])
         keep = fk > np.uint64(16)  # kfree(NULL) is traced too; it frees nothing
         fk, ft = fk[keep], ft[keep]
         na = ak.shape[0]
@@ -732,8 +745,7 @@ def group_allocations(ds: Dataset, by: Sequence[str], sort: str = "bytes",
         for k in ("count", "bytes_req", "bytes_alloc", "waste", "frees", "live", "failed"):
             row[k] = int(m[k][g])
         rows.append(row)
-    if int(m["failed"].sum()):
-        columns.insert(len(by) + 1, _FAILED_COLUMN)
+    columns.insert(len(by) + 1, _FAILED_COLUMN)
     notes = []
     if top is not None and ngroups > top:
         notes.append(f"top {top} of {ngroups} rows by {sort}")
@@ -767,9 +779,9 @@ def pages_by_order(ds: Dataset) -> Table:
     t = group_allocations(ds, ("order",), _layer="page", name="pages_by_order",
                           title="Page allocations by order")
     cols = [Column("order", "ORDER"), Column("count", "ALLOCS", "count"),
-            Column("bytes", "BYTES", "bytes"), Column("failed", "FAILED", "count"),
+            Column("bytes_alloc", "BYTES", "bytes"), _FAILED_COLUMN,
             Column("frees", "FREES", "count"), Column("live", "LIVE", "count")]
-    rows = [{"order": r["order"], "count": r["count"], "bytes": r["bytes_alloc"],
+    rows = [{"order": r["order"], "count": r["count"], "bytes_alloc": r["bytes_alloc"],
              "failed": r["failed"], "frees": r["frees"], "live": r["live"]} for r in t.rows]
     rows.sort(key=lambda r: _label_order(r["order"]))
     return Table(t.name, t.title, cols, rows, note="" if rows else "no page allocations")
@@ -910,10 +922,13 @@ def summary(ds: Dataset) -> dict:
             cmin, cmax = int(ts.min()), int(ts.max())
             lo = cmin if lo is None else min(lo, cmin)
             hi = cmax if hi is None else max(hi, cmax)
+    # only nanosecond clocks give seconds; counters (x86-tsc, counter, uptime) do not
+    clock = str(ds.meta.extra.get("trace_clock", "") or "")
+    ns_clock = clock in NS_CLOCKS or clock == ""
     return {
         "events": ds.events,
         "per_event": per_event,
-        "duration_s": (hi - lo) / 1e9 if lo is not None else 0.0,
+        "duration_s": ((hi - lo) / 1e9 if lo is not None else 0.0) if ns_clock else None,
         "lost": ds.meta.total_lost,
         "truncated": bool(ds.meta.truncated),
         "unparsed": ds.meta.unparsed,
@@ -922,8 +937,13 @@ def summary(ds: Dataset) -> dict:
     }
 
 
+#: trace clocks whose timestamps are nanoseconds (Documentation/trace/ftrace.rst)
+NS_CLOCKS = frozenset({"local", "global", "perf", "mono", "mono_raw", "boot", "tai"})
+
+
 def loss_warning(lost: int) -> str:
-    return f"WARNING: {lost} events were LOST during recording; counts below are lower bounds"
+    return (f"WARNING: {lost} events were LOST during recording; counts below are lower "
+            "bounds, and FREES/LIVE cannot be trusted (a lost free shows as live)")
 
 
 def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
@@ -939,6 +959,16 @@ def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
                    "and were skipped")
     if not any(fr.n for fr in an.frames):
         out.append("WARNING: no allocation events in this recording")
+    others = ds.meta.extra.get("other_buffers") or []
+    if others:
+        shown = ds.meta.extra.get("buffer", "")
+        out.append(f"note: the file also holds buffer(s) {', '.join(map(repr, others))}; "
+                   f"this report is of {'the top-level buffer' if not shown else repr(shown)}"
+                   " (pick one with --buffer NAME)")
+    clock = str(ds.meta.extra.get("trace_clock", "") or "")
+    if clock and clock not in NS_CLOCKS:
+        out.append(f"note: the trace clock is {clock!r}: timestamps are its ticks, not "
+                   "nanoseconds, and no duration is given")
     for fr in an.frames:
         if fr.src.cache and fr.src.cache not in fr.cols.fields and fr.n:
             out.append(f"note: {fr.event} has no {fr.src.cache!r} field on this kernel: "

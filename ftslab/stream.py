@@ -40,7 +40,7 @@ class _PageDecoder:
         self.fds = {c: self.inst.raw_open(c) for c in self.cpus}
         self.sink = sink
         self.tracefs = tracefs
-        self.comms: dict[int, str] = {}
+        self.comms: dict[int, str] = {0: "<idle>"}
         self.lost = 0
         self.events = 0
         self._comms_at = time.monotonic()
@@ -65,6 +65,7 @@ class _PageDecoder:
         if now - self._comms_at > 1.0:
             # a task's comm changes at exec: don't keep a name for long
             self.comms.clear()
+            self.comms[0] = "<idle>"
             self._comms_at = now
         moved = 0
         for _ in range(max_pages):

@@ -404,7 +404,7 @@ def _column(values: list, signed: bool | None) -> np.ndarray:
 
 
 def _columns(system: str, name: str, events: list[Event],
-             fmt: EventFormat | None) -> EventColumns:
+             fmt: EventFormat | None, seq: list[int] | None = None) -> EventColumns:
     keys: dict[str, None] = {}
     for ev in events:
         keys.update(dict.fromkeys(ev.fields))
@@ -417,7 +417,8 @@ def _columns(system: str, name: str, events: list[Event],
         ts=np.array([ev.ts for ev in events], dtype=np.uint64),
         cpu=np.array([ev.cpu for ev in events], dtype=np.int32),
         pid=np.array([ev.pid for ev in events], dtype=np.int32),
-        fields=fields)
+        fields=fields,
+        seq=np.array(seq, dtype=np.int64) if seq is not None else None)
 
 
 def parse_text(text_or_lines: str | Iterable[str],
@@ -434,9 +435,11 @@ def parse_text(text_or_lines: str | Iterable[str],
         lines = text_or_lines
     parser = TextParser(formats, strict)
     groups: dict[tuple[str, str], list[Event]] = {}
-    for ev in parser.parse(lines):
+    seqs: dict[tuple[str, str], list[int]] = {}
+    for i, ev in enumerate(parser.parse(lines)):
         groups.setdefault((ev.system, ev.name), []).append(ev)
-    columns = {key: _columns(key[0], key[1], evs, parser.formats.get(key[1]))
+        seqs.setdefault((ev.system, ev.name), []).append(i)
+    columns = {key: _columns(key[0], key[1], evs, parser.formats.get(key[1]), seqs[key])
                for key, evs in groups.items()}
     known = {(f.system, f.name): f for f in parser.formats.values()}
     return Dataset(meta=parser.metadata(), columns=columns, formats=known)

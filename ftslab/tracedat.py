@@ -121,6 +121,8 @@ class TraceDat:
     the file's page size (v6)."""
     buffer_name: str = ""
     """Instance name of the returned buffer; "" is the top-level buffer."""
+    buffers: list = field(default_factory=list)
+    """Names of every flyrecord buffer in the file (v7), the returned one included."""
     trace_clock: str = ""
     """TRACECLOCK option text (the trace_clock file, e.g. "[local] global ...\\n"), or the
     clock name when the file has no such option."""
@@ -274,6 +276,8 @@ class _BufferIndex:
 
 
 class _Reader:
+    want_buffer: str | None = None
+
     def __init__(self, path: str, buf):
         self.path = path
         self.buf = buf
@@ -605,7 +609,20 @@ class _Reader:
 
         layout = self.ftslab_section(secs, td)
 
-        top = next((b for b in buffers if b.name == ""), buffers[0] if buffers else None)
+        td.buffers = [b.name for b in buffers if not b.latency]
+        has_data = [b for b in buffers if not b.latency and any(sz for _c, _o, sz in b.cpus)]
+        if self.want_buffer is not None:
+            top = next((b for b in buffers if b.name == self.want_buffer), None)
+            if top is None:
+                names = ", ".join(repr(b.name) for b in buffers) or "none"
+                raise self.bad(f"no buffer named {self.want_buffer!r} (buffers: {names})")
+        else:
+            # the top-level buffer, unless it is empty and an instance's is not
+            top = next((b for b in buffers if b.name == ""), None)
+            if (top is None or top not in has_data) and has_data:
+                top = has_data[0]
+            if top is None and buffers:
+                top = buffers[0]
         if top is not None:
             td.buffer_name = top.name
             if not td.trace_clock:
@@ -796,11 +813,12 @@ class _Reader:
             td.cpus = max(cpu for cpu, _ in layout) + 1
 
 
-def read_tracedat(path: str | os.PathLike) -> TraceDat:
+def read_tracedat(path: str | os.PathLike, buffer: str | None = None) -> TraceDat:
     """Read a trace-cmd trace.dat file (format v6 or v7).
 
-    Returns the metadata texts and the uncompressed ring-buffer pages of the top-level
-    buffer (else of the first buffer in the file).  A file that ends early is read as far
+    Returns the metadata texts and the uncompressed ring-buffer pages of one buffer:
+    ``buffer`` by name (v7; BadInput if there is none of that name), else the top-level
+    buffer if it holds data, else the first buffer that does.  A file that ends early is read as far
     as it goes (``truncated`` / ``truncated_detail``).  Raises ``BadInput`` for a file that
     is missing, is not a trace.dat, is damaged, or ends before its header info.
     """
@@ -821,6 +839,7 @@ def read_tracedat(path: str | os.PathLike) -> TraceDat:
         except OSError as exc:
             raise BadInput(f"cannot read {path}: {exc.strerror}") from None
         reader = _Reader(path, buf)
+        reader.want_buffer = buffer
         try:
             return reader.read()
         except _Bad as exc:

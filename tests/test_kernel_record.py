@@ -477,3 +477,11 @@ def test_bad_numbers_and_pids_are_usage_errors(kernel):
     assert run_ftslab("record", "-p", "99999999", "-d", "1").returncode == 2
     assert run_ftslab("record", "-d", "nan").returncode == 2
     assert run_ftslab("stream", "-p", "99999999", "-d", "1").returncode == 2
+
+
+def test_stream_keeps_the_commands_output_off_stdout(kernel):
+    cp = run_ftslab("stream", "--format", "json", "-e", "kmem:kmalloc", "--", "echo",
+                    "hello-from-command", check=True)
+    for line in cp.stdout.splitlines():
+        json.loads(line)
+    assert "hello-from-command" in cp.stderr

@@ -49,7 +49,8 @@ def test_text_loss_warning_is_first_line():
     meta = Metadata(cmdlines={7: "nginx"}, lost=[Loss(0, 1200), Loss(1, 34)], truncated=True)
     lines = list(render.render_text(report.build_report(small_dataset(meta))))
     assert lines[0] == ("WARNING: 1234 events were LOST during recording; "
-                        "counts below are lower bounds")
+                        "counts below are lower bounds, and FREES/LIVE cannot be trusted "
+                        "(a lost free shows as live)")
     assert lines[1].startswith("WARNING: the recording is truncated")
     assert lines[2].startswith("ftslab: 4 events in ")
 
@@ -114,9 +115,13 @@ def test_json_with_by_and_loss():
 def test_csv_main_table_exact_integers():
     rep = report.build_report(small_dataset())
     rows = list(csv.reader(io.StringIO(render.render_csv(rep))))
-    assert rows[0] == ["cache", "count", "bytes_req", "bytes_alloc", "waste", "frees", "live"]
-    assert rows[1] == ["kmalloc-4k", "1", "3000", "4096", "1096", "0", "1"]
-    assert rows[2] == ["kmalloc-64", "2", "100", "128", "28", "1", "1"]
+    # the same columns whatever the input: "failed" is there even when it is 0
+    assert rows[0] == ["cache", "count", "failed", "bytes_req", "bytes_alloc", "waste",
+                       "frees", "live"]
+    assert rows[1] == ["kmalloc-4k", "1", "0", "3000", "4096", "1096", "0", "1"]
+    assert rows[2] == ["kmalloc-64", "2", "0", "100", "128", "28", "1", "1"]
+    text = "\n".join(render.render_text(rep))
+    assert "FAILED" not in text  # the text table leaves an all-zero FAILED column out
 
 
 def test_csv_named_table_and_none_cells():
@@ -200,7 +205,9 @@ def test_render_real_capture_all_formats():
 
     lost = real_text_dataset("kmem-trace_pipe-lost.txt")
     first = next(iter(render.render_text(report.build_report(lost))))
-    assert first == "WARNING: 1859 events were LOST during recording; counts below are lower bounds"
+    assert first == report.loss_warning(1859)
+    assert first.startswith("WARNING: 1859 events were LOST during recording; counts below "
+                            "are lower bounds")
 
 
 def test_event_text_names_gfp_flags_with_the_events_table():

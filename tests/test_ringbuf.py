@@ -131,3 +131,41 @@ def test_blocked_walk_equals_loop(monkeypatch):
         assert (a.pages, a.bad_pages) == (b.pages, b.bad_pages)
         return
     pytest.fail("no CPU with more than 8 pages in the fixture")
+
+
+def test_several_buffers_are_named_and_selectable():
+    """trace-cmd -B records an instance beside the top-level buffer: the report says the
+    file holds it, and --buffer reads it."""
+    from ftslab.report import build_report
+    path = FIX / "tracecmd-v7-zstd-2buffers.dat"
+    ds = load(path)
+    assert ds.meta.extra["other_buffers"] == ["ftslab_tdtest_8619"]
+    assert any("ftslab_tdtest_8619" in w and "--buffer" in w
+               for w in build_report(ds).warnings)
+    inst = load(path, buffer="ftslab_tdtest_8619")
+    assert {n for (_s, n) in inst.columns} == {"kfree"}
+    assert sum(len(c) for c in inst.columns.values()) == 268  # README: 268 kfree
+    assert len(list(read(path, buffer="ftslab_tdtest_8619"))) == 268
+    with pytest.raises(FtslabError, match="no buffer named"):
+        load(path, buffer="nope")
+
+
+def test_events_are_immutable_and_hashable():
+    ev = next(iter(read(FIX / "ftslab-open200.dat")))
+    with pytest.raises(TypeError):
+        ev.fields["ptr"] = 1  # type: ignore[index]
+    assert hash(ev) == hash(ev)
+
+
+def test_pid_zero_is_idle():
+    ds = load(FIX / "ftslab-open200.dat")
+    assert ds.meta.cmdlines[0] == "<idle>"
+
+
+def test_module_symbols_carry_their_module_like_pS():
+    from ftslab.kallsyms import Symbolizer
+    s = Symbolizer("ffffffff81000000 T a\nffffffff81000100 T b\n"
+                   "ffffffffc0000000 t modfn\t[mymod]\nffffffffc0000040 t modg\t[mymod]\n")
+    assert s(0xffffffffc0000010) == "modfn+0x10 [mymod]"
+    assert s(0xffffffffc0000010, full=True) == "modfn+0x10/0x40 [mymod]"
+    assert s(0xffffffff81000010, full=True) == "a+0x10/0x100"
