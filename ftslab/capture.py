@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import signal
 import sys
 import time
@@ -38,6 +39,14 @@ __all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
 DEFAULT_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:mm_page_alloc",
                   "kmem:kfree", "kmem:kmem_cache_free", "kmem:mm_page_free")
 _PIPE_BYTES = 1 << 20
+
+
+class Stopped(FtslabError):
+    """A stop signal arrived before anything was recorded."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Interrupted(BaseException):
@@ -109,6 +118,8 @@ class Step:
     """What is written (None: mkdir)."""
     undo_value: str | None = None
     """What undoes it (None with value None: rmdir)."""
+    hint: str | None = None
+    """What to tell the user if the kernel refuses it."""
 
 
 @dataclass
@@ -152,7 +163,8 @@ class Session:
         inst = f"instances/{self.name}"
         steps = [Step("create private instance", inst, None, None),
                  Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
-                 Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb", str(opts.buffer_kb))]
+                 Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb", str(opts.buffer_kb),
+                      hint="the kernel could not allocate that much: ask for less with -b")]
         pids = list(opts.pids)
         if child_pid is not None:
             pids.append(child_pid)
@@ -241,7 +253,7 @@ class Session:
                     self.undo.push(f"rmdir {inst.path}", inst.destroy)
                     continue
                 rel = step.path[len(f"instances/{self.name}/"):]
-                self.instance.write(rel, step.value)
+                self.instance.write(rel, step.value, hint=step.hint)
                 if step.undo_value is not None:
                     inst, undo_value = self.instance, step.undo_value
                     self.undo.push(f"write {undo_value!r} to {step.path}",
@@ -276,17 +288,22 @@ class _Spooler:
         self.paths: dict[int, Path] = {}
         self.bytes: dict[int, int] = {c: 0 for c in cpus}
         self.can_splice = hasattr(os, "splice")
-        for c in cpus:
-            self.fds[c] = instance.raw_open(c)
-            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) if hasattr(os, "pipe2") else os.pipe()
-            try:
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-            except OSError:
-                pass  # a smaller pipe only means more splice calls
-            self.pipes[c] = (r, w)
-            p = spool_dir / f"cpu{c}.raw"
-            self.paths[c] = p
-            self.files[c] = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            for c in cpus:
+                self.fds[c] = instance.raw_open(c)
+                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                self.pipes[c] = (r, w)
+                try:
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+                except OSError:
+                    pass  # a smaller pipe only means more splice calls
+                p = spool_dir / f"cpu{c}.raw"
+                self.paths[c] = p
+                self.files[c] = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                        0o600)
+        except BaseException:
+            self.close()  # an open trace_pipe_raw keeps the instance busy (rmdir: EBUSY)
+            raise
 
     def _write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
@@ -415,6 +432,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
     reader = None
     stats: list[CpuStats] = []
     interrupted_by = None
+    started = False
     t_start = time.monotonic()
     _stop_requested.clear()
     saved_handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
@@ -422,7 +440,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
     try:
         try:
             if opts.command:
-                child = _GatedChild(list(opts.command), opts.command_stdout_to_stderr)
+                with signals_deferred():  # no signal between the fork and `child =`
+                    child = _GatedChild(list(opts.command), opts.command_stdout_to_stderr)
                 meta["command"] = list(opts.command)
                 meta["child_pid"] = child.pid
             steps = session.plan(opts, child_pid=(child.pid if child and not opts.system_wide
@@ -430,7 +449,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             meta["tracefs_writes"] = [f"{s.path} <- {s.value}" for s in steps]
             session.apply(steps)
             inst = session.instance
-            reader = make_reader(session)
+            with signals_deferred():  # the reader's fds must be ours to close
+                reader = make_reader(session)
             if "slabinfo_start" in meta:
                 # taken now, with the instance set up: its own allocations (an event file
                 # per event, the ring buffer) are not the workload's
@@ -443,6 +463,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             t_start = time.monotonic()
             if child is not None:
                 child.release()  # the command execs now, with tracing on
+            started = True
             stop_signals_raise(False)
             if _stop_requested:
                 interrupted_by = signal.Signals(_stop_requested[0]).name
@@ -492,17 +513,24 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                     reader.close()
                 session.close()
         child_status = None
-        if child is not None:
-            if interrupted_by is None:
+        if child is not None and child.released:
+            if interrupted_by is None and (opts.duration is None or child.poll() is not None):
                 child_status = child.wait(block=True)
             else:  # give a signalled command a moment to end; never hang on it
-                for _ in range(20):
+                for _ in range(20 if interrupted_by else 1):
                     child_status = child.poll()
                     if child_status is not None:
                         break
                     time.sleep(0.05)
-        return RunResult(session, stats, interrupted_by, duration, child_status,
-                         reader is not None)
+                if child_status is None:
+                    warn(f"the command (pid {child.pid}) is still running; the recording "
+                         "ended " + (f"on {interrupted_by}" if interrupted_by else
+                                     "after -d"))
+        if interrupted_by and not started:
+            sig = _stop_requested[0] if _stop_requested else signal.SIGINT
+            raise Stopped(f"interrupted by {interrupted_by} before recording started; "
+                          "nothing was recorded", exit_code=128 + int(sig))
+        return RunResult(session, stats, interrupted_by, duration, child_status, started)
     finally:
         for s, handler in saved_handlers.items():
             signal.signal(s, handler)
@@ -554,8 +582,17 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
         meta["interrupted_by"] = run.interrupted_by
         meta["cpu_stats"] = {str(s.cpu): s.text for s in run.stats}
         meta["stats_lost"] = {str(s.cpu): s.lost for s in run.stats}
-        written = _write_recording(tracefs, run.session, out_path, spooler,
-                                   header_page_text, header_event_text, meta, run.stats)
+        # a signal now would leave neither the recording nor a word about the spool:
+        # finish the write first (seconds at most; a stop signal is noted and ignored,
+        # SIGKILL still works)
+        saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        stop_signals_raise(False)
+        try:
+            written = _write_recording(tracefs, run.session, out_path, spooler,
+                                       header_page_text, header_event_text, meta, run.stats)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         shutil.rmtree(spool_dir, ignore_errors=True)
         return RecordResult(out_path, sum(s.read + s.entries for s in run.stats),
                             sum(s.lost for s in run.stats), run.duration, written, run.stats,
@@ -582,8 +619,10 @@ class _GatedChild:
                 for s in STOP_SIGNALS:
                     signal.signal(s, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                if os.read(gate_r, 1) == b"x":
-                    os._exit(127)  # aborted
+                # only an explicit "go" lets it run: EOF (ftslab died, even by
+                # SIGKILL) or anything else means abort, so it never runs untraced
+                if os.read(gate_r, 1) != b"g":
+                    os._exit(127)
                 os.close(gate_r)
                 if stdout_to_stderr:
                     os.dup2(2, 1)
@@ -602,6 +641,7 @@ class _GatedChild:
         self._err = err_r
 
     def release(self) -> None:
+        os.write(self._gate, b"g")
         os.close(self._gate)
         self.released = True
         data = os.read(self._err, 16)  # EOF when exec succeeded (CLOEXEC)
@@ -726,12 +766,20 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
         size = path.stat().st_size
         if size % spooler.page_size:  # a write cut short (disk full): whole pages only
             os.truncate(path, size - size % spooler.page_size)
-    tmp = Path(os.fspath(out_path) + ".tmp")
+    tmp: Path | None = None
     try:
+        # a fresh, exclusive temp name (never a predictable path another user could have
+        # planted a symlink at), renamed over the output once complete
+        fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp",
+                                    dir=out_path.resolve().parent)
+        os.close(fd)
+        tmp = Path(name)
         n = write_tracedat(tmp, td, cpu_sources={c: spooler.paths[c] for c in session.cpus})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except (FtslabError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise OutputError(f"could not write {out_path} ({exc}); the captured raw pages are "
                           f"kept in {spooler.paths[session.cpus[0]].parent}",
                           hint="free some space and record again, or copy that directory "

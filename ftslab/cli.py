@@ -20,7 +20,12 @@ _EXIT_HELP = "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODE
 
 
 def _err(msg: str) -> None:
-    click.echo(f"ftslab: {msg}", err=True)
+    # diagnostics must never cost a recording: a closed or full stderr is ignored
+    try:
+        sys.stderr.write(f"ftslab: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class _Status:
@@ -35,6 +40,12 @@ class _Status:
     def __call__(self, text: str, final: bool) -> None:
         if not self.enabled:
             return
+        try:
+            self._show(text)
+        except (OSError, ValueError):
+            self.enabled = False  # stderr is gone (closed pipe, full disk): stop trying
+
+    def _show(self, text: str) -> None:
         import time
         if self.tty:
             pad = " " * max(0, self.width - len(text))
@@ -47,7 +58,10 @@ class _Status:
 
     def done(self) -> None:
         if self.enabled and self.tty and self.width:
-            sys.stderr.write("\n")
+            try:
+                sys.stderr.write("\n")
+            except (OSError, ValueError):
+                pass
             self.width = 0
 
 
@@ -155,6 +169,7 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
     finally:
         status.done()
     if res is None:
+        _err("nothing was recorded")
         return
     how = f" (stopped by {res.interrupted_by})" if res.interrupted_by else ""
     _err(f"recorded {res.events_estimate:,} events in {res.duration:.1f}s{how}, "
@@ -194,6 +209,9 @@ def report(files, by, sort, top, fmt, hist, strict, buffer):
         _report(files, by, sort, top, fmt, hist, strict, buffer)
     except BrokenPipeError:
         _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
+    except OSError as exc:
+        _quiet_stdout()
+        raise OutputError(f"cannot write the report to stdout: {exc.strerror}") from None
 
 
 def _quiet_stdout() -> None:
@@ -285,7 +303,8 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
         sym = None
     sym = sym if sym else None
     out = sys.stdout
-    closed = []
+    closed: list = []
+    failed: list = []
 
     if fmt == "json":
         line_of = lambda ev: render.event_to_json(ev, sym)
@@ -306,6 +325,10 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
         except BrokenPipeError:
             closed.append(True)
             capture.request_stop()
+        except OSError as exc:  # e.g. stdout on a full disk
+            failed.append(exc)
+            closed.append(True)
+            capture.request_stop()
 
     def flushing_status(text, final):
         if not closed:
@@ -314,11 +337,18 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
             except BrokenPipeError:
                 closed.append(True)
                 capture.request_stop()
+            except OSError as exc:
+                failed.append(exc)
+                closed.append(True)
+                capture.request_stop()
 
     run, n, lost = run_stream(tfs, opts, _err, flushing_status, sink)
     try:
         out.flush()
     except BrokenPipeError:
+        closed.append(True)
+    except OSError as exc:
+        failed.append(exc)
         closed.append(True)
     if closed:
         # stdout is gone: keep Python from complaining about it at exit
@@ -329,6 +359,8 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     if lost:
         _err(f"WARNING: {lost:,} events were lost (stream cannot keep up at this rate: "
              "use ftslab record, which is lossless)")
+    if failed:
+        raise OutputError(f"cannot write the events to stdout: {failed[0].strerror}")
 
 
 def _gfp_namer(tfs):
@@ -374,7 +406,25 @@ def reset(all_ftslab, tracefs_path):
     _err(f"removed {removed} stale instance(s)")
 
 
+def _standard_fds() -> None:
+    """Make sure fds 0-2 are open (to /dev/null if they were closed): otherwise the next
+    file ftslab opens (a tracefs file, the recording) would become "stderr"."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            got = os.open(os.devnull, os.O_RDWR)
+            if got != fd:
+                os.dup2(got, fd)
+                os.close(got)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
 def main(argv=None) -> int:
+    _standard_fds()
     try:
         cli.main(args=argv, prog_name="ftslab", standalone_mode=False)
         return 0

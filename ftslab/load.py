@@ -151,9 +151,19 @@ def read(path: str | os.PathLike, buffer: str | None = None) -> Iterator[Event]:
     """Yield every event of a recording as a typed ``Event``, in timestamp order."""
     path = Path(path)
     if _open_kind(path) == "text":
-        from .textparse import parse_lines
+        from .textparse import TextParser
+        if path.stat().st_size == 0:
+            raise BadInput(f"{path} is empty: not a recording")
+        parser = TextParser()
+        n = 0
         with open(path, encoding="utf-8", errors="replace") as f:
-            yield from parse_lines(f)
+            head = f.read(4096)
+            f.seek(0)
+            for ev in parser.parse(f):
+                n += 1
+                yield ev
+        if n == 0 and (parser.unparsed or not _looks_like_trace_text(head)):
+            raise BadInput(f"{path} is neither a trace.dat file nor a text trace")
         return
     td, fmts, walks = load_tracedat(path, buffer)
     cmd = parse_cmdlines(td.cmdlines)

@@ -37,7 +37,13 @@ class _PageDecoder:
             self.fmts[f.id] = f
         self.inst = session.instance
         self.cpus = session.cpus
-        self.fds = {c: self.inst.raw_open(c) for c in self.cpus}
+        self.fds: dict[int, int] = {}
+        try:
+            for c in self.cpus:
+                self.fds[c] = self.inst.raw_open(c)
+        except BaseException:
+            self.close()  # an open trace_pipe_raw keeps the instance busy
+            raise
         self.sink = sink
         self.tracefs = tracefs
         self.comms: dict[int, str] = {0: "<idle>"}

@@ -485,3 +485,65 @@ def test_stream_keeps_the_commands_output_off_stdout(kernel):
     for line in cp.stdout.splitlines():
         json.loads(line)
     assert "hello-from-command" in cp.stderr
+
+
+# -- regressions found in the robustness review -----------------------------------
+
+def test_command_never_runs_if_ftslab_dies_during_setup(kernel, tmp_path):
+    """SIGKILL while setting up (here: while the kernel allocates a big buffer): the held
+    command must not run untraced afterwards."""
+    marker = tmp_path / "ran"
+    p = popen_ftslab("record", "-b", "400000", "-o", tmp_path / "k.dat", "--", "sh", "-c",
+                     f"echo RAN > {marker}", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    name = f"ftslab_{p.pid}"
+    while time.time() < deadline and name not in ftslab_leftovers():
+        time.sleep(0.01)
+    p.kill()
+    p.communicate(timeout=30)
+    time.sleep(0.5)
+    try:
+        assert not marker.exists(), "the command ran although ftslab died before tracing"
+    finally:
+        if name in ftslab_leftovers():
+            run_ftslab("reset", check=True)
+
+
+def test_duration_does_not_wait_for_a_longer_command(kernel, tmp_path):
+    out = tmp_path / "w.dat"
+    t0 = time.monotonic()
+    with open(tmp_path / "err.txt", "w") as err:
+        p = popen_ftslab("record", "-o", out, "-d", "1", "--", "sleep", "6",
+                         stdout=subprocess.DEVNULL, stderr=err)
+        assert p.wait(timeout=60) == 0
+    assert time.monotonic() - t0 < 5
+    assert "still running" in (tmp_path / "err.txt").read_text() and out.exists()
+
+
+def test_closed_or_full_stderr_does_not_cost_the_recording(kernel, tmp_path):
+    out = tmp_path / "e.dat"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    for redirect in ("2>&-", "2>/dev/full"):
+        out.unlink(missing_ok=True)
+        cp = subprocess.run(["bash", "-c", f"{sys.executable} -m ftslab record -o {out} -d 0.5 "
+                             f"{redirect}"], env=env, timeout=60)
+        assert cp.returncode == 0 and out.exists(), redirect
+
+
+def test_full_stdout_is_an_output_error(kernel):
+    fix = Path(__file__).parent / "fixtures" / "6.18" / "ftslab-open200.dat"
+    with open("/dev/full", "w") as full:
+        cp = subprocess.run(
+            [sys.executable, "-m", "ftslab", "report", str(fix)], stdout=full,
+            stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert cp.returncode == 7 and "No space left" in cp.stderr and "Traceback" not in cp.stderr
+
+
+def test_temp_file_is_not_a_predictable_path(kernel, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "out.dat.tmp").symlink_to(victim)
+    run_ftslab("record", "-o", tmp_path / "out.dat", "-d", "0.3", check=True)
+    assert victim.read_text() == "precious"
+    assert (tmp_path / "out.dat").is_file() and not (tmp_path / "out.dat").is_symlink()
