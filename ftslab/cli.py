@@ -16,7 +16,7 @@ from .errors import EXIT_CODES, FtslabError, OutputError, UsageError, EXIT_USAGE
 
 __all__ = ["main", "cli"]
 
-_EXIT_HELP = "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+_EXIT_HELP = "\n".join(f"  {code:>5}  {text}" for code, text in EXIT_CODES.items())
 
 
 def _err(msg: str) -> None:

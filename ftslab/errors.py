@@ -41,6 +41,7 @@ EXIT_CODES = {
     EXIT_UNSUPPORTED: "kernel lacks a feature that was asked for",
     EXIT_TRUNCATED: "recording truncated (with --strict)",
     EXIT_LOST: "events were lost (with --strict)",
+    "128+N": "stopped by signal N before recording started (nothing recorded)",
 }
 
 

@@ -198,3 +198,25 @@ def test_whole_system_session_excludes_itself(fake_tracefs, monkeypatch):
     assert st and st[0].value == str(os.getpid())
     steps = session.plan(RecordOptions(), child_pid=4242)  # a command: no need
     assert not [s for s in steps if s.path.endswith("set_event_notrace_pid")]
+
+
+def test_signal_during_setup_is_reported_not_silent(fake_tracefs, monkeypatch):
+    """SIGTERM before recording started: everything undone, and an error saying nothing
+    was recorded (exit 128+15), never a silent success."""
+    import signal as sig
+    calls = {"n": 0}
+
+    def refusing(self, rel, text, append=True, instance=None, hint=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            capture._stop_requested.append(sig.SIGTERM)
+            raise capture.Interrupted(sig.SIGTERM)
+
+    monkeypatch.setattr(Tracefs, "_write", refusing)
+    with pytest.raises(capture.Stopped) as exc:
+        capture.run_session(Tracefs(fake_tracefs), RecordOptions(), lambda m: None,
+                            lambda t, f: None, lambda s: None, {})
+    assert exc.value.exit_code == 128 + 15
+    assert "before recording started" in str(exc.value)
+    assert not [p for p in (fake_tracefs / "instances").iterdir()]
+    assert sig.getsignal(sig.SIGTERM) == sig.SIG_DFL  # the caller's handler is back
