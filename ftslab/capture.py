@@ -245,7 +245,12 @@ class Session:
 
     # -- applying ----------------------------------------------------------------
     def apply(self, steps: list[Step]) -> None:
-        for step in steps:
+        # Test hook (robustness tests kill ftslab at a known point of setup): with
+        # FTSLAB_TEST_PAUSE_AT=k, sleep before step k.  Unset in normal use.
+        pause_at = os.environ.get("FTSLAB_TEST_PAUSE_AT")
+        for i, step in enumerate(steps):
+            if pause_at is not None and pause_at.isdigit() and i == int(pause_at):
+                time.sleep(30)
             with signals_deferred():
                 if step.value is None:
                     self.instance = self.tracefs.instance_create(self.name)

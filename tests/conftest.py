@@ -100,8 +100,8 @@ def run_ftslab(*args, check=False, timeout=120, input=None, **kw) -> subprocess.
     return cp
 
 
-def popen_ftslab(*args, **kw) -> subprocess.Popen:
-    env = dict(os.environ)
+def popen_ftslab(*args, extra_env: dict | None = None, **kw) -> subprocess.Popen:
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, "-m", "ftslab", *map(str, args)],
                             env=env, **kw)

@@ -490,15 +490,18 @@ def test_stream_keeps_the_commands_output_off_stdout(kernel):
 # -- regressions found in the robustness review -----------------------------------
 
 def test_command_never_runs_if_ftslab_dies_during_setup(kernel, tmp_path):
-    """SIGKILL while setting up (here: while the kernel allocates a big buffer): the held
+    """SIGKILL while setting up (held there by FTSLAB_TEST_PAUSE_AT): the held
     command must not run untraced afterwards."""
     marker = tmp_path / "ran"
-    p = popen_ftslab("record", "-b", "400000", "-o", tmp_path / "k.dat", "--", "sh", "-c",
-                     f"echo RAN > {marker}", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # the hook holds setup after mkdir and tracing_on=0, before the buffer size
+    p = popen_ftslab("record", "-o", tmp_path / "k.dat", "--", "sh", "-c",
+                     f"echo RAN > {marker}", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     extra_env={"FTSLAB_TEST_PAUSE_AT": "2"})
     deadline = time.time() + 20
     name = f"ftslab_{p.pid}"
     while time.time() < deadline and name not in ftslab_leftovers():
         time.sleep(0.01)
+    assert name in ftslab_leftovers()
     p.kill()
     p.communicate(timeout=30)
     time.sleep(0.5)
