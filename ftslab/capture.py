@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import tempfile
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import (FtslabError, OutputError, TracefsUnavailable, UsageError, BadInput)
+from .errors import FtslabError, OutputError, TracefsUnavailable, UsageError
 from .filters import FilterExpr, comm_filter, parse_filter, string_literal
 from .tracefs import (INSTANCE_PREFIX, CpuStats, Instance, Tracefs, online_cpus,
                       read_text_file)

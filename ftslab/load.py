@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BadInput, FtslabError, ParseError
+from .errors import BadInput, ParseError
 from .formats import EventFormat, parse_format, parse_header_event, parse_header_page
 from .kallsyms import Symbolizer
 from .records import Dataset, Event, Loss, Metadata

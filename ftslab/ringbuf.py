@@ -21,8 +21,7 @@ TIME_STAMP absolute):
 from __future__ import annotations
 
 import struct
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -227,7 +226,6 @@ def _walk_vectorized(data, cpu, hp, he, psize, n_pages) -> PageWalk:
     pad, ext, stamp, dmax = he.padding, he.time_extend, he.time_stamp, he.data_max_type_len
     msb = np.uint64(_TS_MSB)
     s27 = np.uint64(27)
-    u5 = np.uint64(5)
     last = flat.size - 1
     ev_page, ev_rank, ev_word, ev_ts, ev_len = [], [], [], [], []
     bad = np.zeros(n_pages, dtype=bool)

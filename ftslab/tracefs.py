@@ -211,7 +211,7 @@ class Tracefs:
             col = caret_line.index("^") - start
             if 0 <= col <= len(cmd):
                 out += f" at column {col + 1} ({cmd[col:col + 12]!r})" if col < len(cmd) \
-                    else f" at its end"
+                    else " at its end"
         return out
 
     # -- writes ------------------------------------------------------------------

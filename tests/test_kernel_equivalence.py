@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from ftslab import ringbuf
 from ftslab.formats import parse_format, parse_header_event, parse_header_page

@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from ftslab import ringbuf
 from ftslab.errors import FtslabError
-from ftslab.formats import HeaderEvent, HeaderPage, parse_header_event, parse_header_page
-from ftslab.load import formats_of, load, read
+from ftslab.formats import parse_header_event, parse_header_page
+from ftslab.load import load, read
 from ftslab.tracedat import read_tracedat
 
 FIX = Path(__file__).parent / "fixtures" / "6.18"
