@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import FtslabError, OutputError, TracefsUnavailable, UsageError
+from .errors import FtslabError, OutputError, Stopped, TracefsUnavailable, UsageError
 from .filters import FilterExpr, comm_filter, parse_filter, string_literal
-from .tracefs import (INSTANCE_PREFIX, CpuStats, Instance, Tracefs, online_cpus,
+from .tracefs import (INSTANCE_PREFIX, CpuStats, Instance, Tracefs, online_cpus, pid_alive,
                       read_text_file)
 from .undo import STOP_SIGNALS, UndoStack, signals_deferred
 
@@ -38,14 +38,6 @@ __all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
 DEFAULT_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:mm_page_alloc",
                   "kmem:kfree", "kmem:kmem_cache_free", "kmem:mm_page_free")
 _PIPE_BYTES = 1 << 20
-
-
-class Stopped(FtslabError):
-    """A stop signal arrived before anything was recorded."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Interrupted(BaseException):
@@ -703,7 +695,7 @@ def _capture_loop(spooler, session: Session, opts: RecordOptions,
             return signal.Signals(_stop_requested[0]).name
         if child is not None and child.poll() is not None:
             return None
-        if opts.pids and not opts.command and not any(_alive(p) for p in opts.pids):
+        if opts.pids and not opts.command and not any(pid_alive(p) for p in opts.pids):
             return None
         if deadline is not None and now >= deadline:
             return None
@@ -720,11 +712,6 @@ def _capture_loop(spooler, session: Session, opts: RecordOptions,
                    f"  {mb:.1f} MB  lost {lost:,}", False)
         if moved < 64 * 1024:
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    from .tracefs import pid_alive
-    return pid_alive(pid)
 
 
 def _read_slabinfo() -> str:

@@ -351,9 +351,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
         failed.append(exc)
         closed.append(True)
     if closed:
-        # stdout is gone: keep Python from complaining about it at exit
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _quiet_stdout()  # stdout is gone: keep Python from complaining about it at exit
     _err(f"streamed {n:,} events in {run.duration:.1f}s, lost {lost:,}"
          + (" (output closed)" if closed else ""))
     if lost:
@@ -389,14 +387,9 @@ def _gfp_namer(tfs):
 def reset(all_ftslab, tracefs_path):
     """Remove tracefs instances left by ftslab sessions that died (e.g. SIGKILL)."""
     from .tracefs import Instance, pid_alive
-    import re
     tfs = _tracefs(tracefs_path)
     removed = 0
-    for name in tfs.instances():
-        m = re.match(r"^ftslab_(\d+)(?:_\w+)?$", name)
-        if not m:
-            continue
-        pid = int(m.group(1))
+    for name, pid in tfs.ftslab_instances():
         if pid_alive(pid) and not all_ftslab:
             _err(f"keeping {name}: its owner (pid {pid}) is still running")
             continue
@@ -438,11 +431,7 @@ def main(argv=None) -> int:
         _err(f"error: {exc}")
         return exc.exit_code
     except BrokenPipeError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        _quiet_stdout()
         return 0
     except KeyboardInterrupt:
         _err("interrupted")

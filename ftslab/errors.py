@@ -14,7 +14,7 @@ __all__ = [
     "EXIT_CODES",
     "FtslabError", "UsageError", "PermissionDenied", "TracefsUnavailable",
     "KernelWriteError", "BadInput", "ParseError", "TruncatedRecording",
-    "OutputError", "Unsupported",
+    "OutputError", "Unsupported", "Stopped",
 ]
 
 EXIT_OK = 0
@@ -118,3 +118,11 @@ class OutputError(FtslabError):
 
 class Unsupported(FtslabError):
     exit_code = EXIT_UNSUPPORTED
+
+
+class Stopped(FtslabError):
+    """A stop signal arrived before anything was recorded: exit 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

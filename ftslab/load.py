@@ -6,6 +6,7 @@ file the user named.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 from pathlib import Path
@@ -95,17 +96,36 @@ def _meta_from(td, walks) -> Metadata:
     extra["buffer"] = td.buffer_name
     extra["other_buffers"] = [b for b in td.buffers if b != td.buffer_name]
     extra["trace_clock"] = _clock_name(td.trace_clock)
-    cmdlines = parse_cmdlines(td.cmdlines)
-    cmdlines.setdefault(0, "<idle>")  # as the kernel's own output names pid 0
-    return Metadata(source=version, kernel=kernel, cmdlines=cmdlines,
+    return Metadata(source=version, kernel=kernel, cmdlines=_cmdlines(td),
                     lost=lost, truncated=td.truncated, truncated_detail=td.truncated_detail,
                     slabinfo_start=ft.get("slabinfo_start", ""),
                     slabinfo_end=ft.get("slabinfo_end", ""), unparsed=bad, extra=extra)
 
 
-def _looks_like_trace_text(head: str) -> bool:
-    """An empty trace is still a trace when it has the kernel's header (`cat trace`)."""
-    return "# tracer:" in head or "# entries-in-buffer/entries-written:" in head
+def _cmdlines(td) -> dict[int, str]:
+    cmd = parse_cmdlines(td.cmdlines)
+    cmd.setdefault(0, "<idle>")  # as the kernel's own output names pid 0
+    return cmd
+
+
+@contextlib.contextmanager
+def _open_text(path: Path):
+    """(file, its first 4 KiB) of a text trace; an empty file is no recording."""
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path} is empty: not a recording")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096)
+        f.seek(0)
+        yield f, head
+
+
+def _check_text(path: Path, head: str, events: int, unparsed: int) -> None:
+    """No event at all is fine for an empty trace (it has the kernel's header), not for
+    any other file."""
+    if events == 0 and (unparsed or not ("# tracer:" in head or
+                                         "# entries-in-buffer/entries-written:" in head)):
+        raise BadInput(f"{path} is neither a trace.dat file nor a text trace"
+                       + (f" ({unparsed} lines not understood)" if unparsed else ""))
 
 
 def _clock_name(text: str) -> str:
@@ -123,16 +143,9 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
     kind = _open_kind(path)
     if kind == "text":
         from .textparse import parse_text
-        if path.stat().st_size == 0:
-            raise BadInput(f"{path} is empty: not a recording")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(4096)
-            f.seek(0)
+        with _open_text(path) as (f, head):
             ds = parse_text(f, formats_hint)
-        if ds.events == 0 and (ds.meta.unparsed or not _looks_like_trace_text(head)):
-            raise BadInput(f"{path} is neither a trace.dat file nor a text trace"
-                           + (f" ({ds.meta.unparsed} lines not understood)"
-                              if ds.meta.unparsed else ""))
+        _check_text(path, head, ds.events, ds.meta.unparsed)
         return ds
     td, fmts, walks = load_tracedat(path, buffer)
     parts = []
@@ -152,22 +165,16 @@ def read(path: str | os.PathLike, buffer: str | None = None) -> Iterator[Event]:
     path = Path(path)
     if _open_kind(path) == "text":
         from .textparse import TextParser
-        if path.stat().st_size == 0:
-            raise BadInput(f"{path} is empty: not a recording")
         parser = TextParser()
         n = 0
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(4096)
-            f.seek(0)
+        with _open_text(path) as (f, head):
             for ev in parser.parse(f):
                 n += 1
                 yield ev
-        if n == 0 and (parser.unparsed or not _looks_like_trace_text(head)):
-            raise BadInput(f"{path} is neither a trace.dat file nor a text trace")
+        _check_text(path, head, n, parser.unparsed)
         return
     td, fmts, walks = load_tracedat(path, buffer)
-    cmd = parse_cmdlines(td.cmdlines)
-    cmd.setdefault(0, "<idle>")
+    cmd = _cmdlines(td)
     comm_of = lambda pid: cmd.get(pid, "<...>")
     iters = [ringbuf.iter_events(data, walk, fmts, comm_of) for _cpu, data, walk in walks]
     yield from heapq.merge(*iters, key=lambda e: e.ts)

@@ -21,6 +21,7 @@ TIME_STAMP absolute):
 from __future__ import annotations
 
 import struct
+from types import MappingProxyType
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
@@ -510,42 +511,76 @@ _STRUCT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
            (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
 
 
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+
+
+class _EventDecoder:
+    """One event format compiled for decoding payloads one at a time: what the format
+    says about each field (offset, struct, string or not) is worked out once per format,
+    not once per event (stream and read() decode every event through it)."""
+
+    def __init__(self, fmt: EventFormat):
+        pidf = fmt.field("common_pid")
+        self.pid_offset = pidf.offset if pidf is not None else None
+        # (name, offset, end, unpacker or None for a string, data_loc kind) in format order
+        self.plan = []
+        for f in fmt.fields:
+            end = f.offset + f.size
+            if f.data_loc or f.rel_loc:
+                self.plan.append((f.name, f.offset, end, None, "rel" if f.rel_loc else "loc"))
+            elif f.array_len is not None:
+                if f.is_string:
+                    self.plan.append((f.name, f.offset, end, None, "array"))
+            elif (f.size, f.signed) in _STRUCT:
+                self.plan.append((f.name, f.offset, end,
+                                  struct.Struct("<" + _STRUCT[(f.size, f.signed)]).unpack_from,
+                                  None))
+
+    def __call__(self, payload: bytes | memoryview) -> tuple[int, dict]:
+        n = len(payload)
+        po = self.pid_offset
+        pid = _I32.unpack_from(payload, po)[0] if po is not None and po + 4 <= n else -1
+        fields: dict[str, int | str] = {}
+        for name, off, end, unpack, kind in self.plan:
+            if end > n:
+                continue
+            if unpack is not None:
+                fields[name] = unpack(payload, off)[0]
+                continue
+            if kind == "array":
+                raw = bytes(payload[off:end])
+            else:
+                loc = _U32.unpack_from(payload, off)[0]
+                start, ln = loc & 0xFFFF, loc >> 16
+                if kind == "rel":
+                    start += end
+                raw = bytes(payload[start:start + ln]) if start + ln <= n else b""
+            fields[name] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return pid, fields
+
+
 def decode_event(payload: bytes | memoryview, fmt: EventFormat) -> tuple[int, dict]:
     """(pid, fields) of one event's payload."""
-    fields: dict[str, int | str] = {}
-    pidf = fmt.field("common_pid")
-    n = len(payload)
-    pid = struct.unpack_from("<i", payload, pidf.offset)[0] if pidf and pidf.offset + 4 <= n else -1
-    for f in fmt.fields:
-        if f.offset + f.size > n:
-            continue
-        if f.data_loc or f.rel_loc:
-            loc = struct.unpack_from("<I", payload, f.offset)[0]
-            start, ln = loc & 0xFFFF, loc >> 16
-            if f.rel_loc:
-                start += f.offset + 4
-            raw = bytes(payload[start:start + ln]) if start + ln <= n else b""
-            fields[f.name] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        elif f.array_len is not None:
-            if f.is_string:
-                raw = bytes(payload[f.offset:f.offset + f.size])
-                fields[f.name] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        elif (f.size, f.signed) in _STRUCT:
-            fields[f.name] = struct.unpack_from("<" + _STRUCT[(f.size, f.signed)],
-                                                payload, f.offset)[0]
-    return pid, fields
+    return _EventDecoder(fmt)(payload)
 
 
 def iter_events(data: bytes | memoryview, walk: PageWalk, formats_by_id: Mapping[int, EventFormat],
-                comm_of=None) -> Iterator[Event]:
-    """Events of one CPU, in order, as ``Event`` objects."""
+                comm_of=None, decoders: dict | None = None) -> Iterator[Event]:
+    """Events of one CPU, in order, as ``Event`` objects.  ``decoders`` (event id ->
+    compiled decoder) can be kept by a caller that decodes page after page."""
     mv = memoryview(data)
     comm_of = comm_of or (lambda pid: "<...>")
+    if decoders is None:
+        decoders = {}
     for ts, off, eid, ln in zip(walk.ts.tolist(), walk.off.tolist(), walk.ids.tolist(),
                                 walk.lens.tolist()):
         fmt = formats_by_id.get(eid)
         if fmt is None:
             continue
-        pid, fields = decode_event(mv[off:off + ln], fmt)
+        dec = decoders.get(eid)
+        if dec is None:
+            dec = decoders[eid] = _EventDecoder(fmt)
+        pid, fields = dec(mv[off:off + ln])
         yield Event(ts=ts, cpu=walk.cpu, pid=pid, comm=comm_of(pid), system=fmt.system,
-                    name=fmt.name, fields=fields)
+                    name=fmt.name, fields=MappingProxyType(fields))

@@ -47,6 +47,7 @@ class _PageDecoder:
         self.sink = sink
         self.tracefs = tracefs
         self.comms: dict[int, str] = {0: "<idle>"}
+        self.decoders: dict = {}  # event id -> compiled decoder, kept across pages
         self.lost = 0
         self.events = 0
         self._comms_at = time.monotonic()
@@ -87,7 +88,7 @@ class _PageDecoder:
             walk = ringbuf.walk_pages(page.ljust(self.page_size, b"\0"), cpu, self.hp, self.he,
                                       self.page_size)
             self.lost += walk.missed + walk.missed_unknown
-            for ev in ringbuf.iter_events(page, walk, self.fmts, self._comm):
+            for ev in ringbuf.iter_events(page, walk, self.fmts, self._comm, self.decoders):
                 self.events += 1
                 self.sink(ev)
         return moved

@@ -15,6 +15,7 @@ exceptions leave this module.
 from __future__ import annotations
 
 import re
+from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -349,7 +350,7 @@ class TextParser:
         fmt = self.formats.get(name)
         self.events += 1
         return Event(ts=ts, cpu=cpu, pid=pid, comm=comm, system=fmt.system if fmt else "",
-                     name=name, fields=fields)
+                     name=name, fields=MappingProxyType(fields))  # ours: no copy needed
 
     def parse(self, lines: Iterable[str]) -> Iterator[Event]:
         """Events from ``lines`` (with or without line ends), in input order."""

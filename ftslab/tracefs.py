@@ -170,14 +170,18 @@ class Tracefs:
         except OSError:
             return []
 
-    def stale_instances(self) -> list[tuple[str, int]]:
-        """ftslab instances whose owner process is gone."""
+    def ftslab_instances(self) -> list[tuple[str, int]]:
+        """(name, owner pid) of every instance named for an ftslab session."""
         out = []
         for name in self.instances():
             m = _OWNED.match(name)
-            if m and not pid_alive(int(m.group(1))):
+            if m:
                 out.append((name, int(m.group(1))))
         return out
+
+    def stale_instances(self) -> list[tuple[str, int]]:
+        """ftslab instances whose owner process is gone."""
+        return [(name, pid) for name, pid in self.ftslab_instances() if not pid_alive(pid)]
 
     def error_log_last(self, instance: str | None = None) -> str | None:
         """The last entry of error_log (with its caret line), or None."""
