@@ -1,0 +1,472 @@
+"""Kprobe events on the kmalloc family, kmem_cache_alloc and the page allocator.
+
+Pure: this module decides *which* probes to write and *what* they say, from facts
+about the running kernel that tracefs.py reads (``ProbeContext``).  It opens no file.
+
+How a probe is chosen (``plan_probes``), per family member (``FAMILY``):
+
+1. **Symbol.** The first candidate name that /proc/kallsyms lists exactly once as a
+   text symbol.  Names changed across kernels (see ``FAMILY``); compiler clones
+   (``foo.isra.0``, ``foo.constprop.0``) are never used: IPA-SRA/constprop change a
+   clone's arguments, so the fetch args would read the wrong registers.
+2. **Arguments.** Which argument holds the cache, size, gfp flags, node, order or
+   caller, read from the kernel's own BTF prototype of that function (parameter types
+   and names: ``struct kmem_cache *`` is the cache, ``gfp_t`` the flags, ...).  Without
+   BTF, ``KNOWN_PROTOTYPES`` (prototypes per kernel version, from the kernel sources)
+   are used, and members whose layout depends on the kernel's configuration are probed
+   for their size only.
+3. **Fetch args.** ``$argN`` where the kernel's tracefs README offers it, else the
+   x86-64 argument registers (other architectures without ``$argN``: refused, untested).
+   The call site is ``$stack0:symbol`` (the return address, at function entry), or the
+   function's own ``caller`` argument when it has one (``*_track_caller``).
+4. **Cache name and object size** through the ``struct kmem_cache *`` argument:
+   ``name=+0(+OFF(ARG)):string`` (the member is a ``const char *``: read the pointer at
+   +OFF, then the string it points to; ``+OFF(ARG):string`` would print the pointer's
+   bytes) and ``objsize=+OFF2(ARG):u32``.  OFF/OFF2 come from BTF, else from the user
+   (``--cache-name-offset``), else ``DEFAULT_NAME_OFFSET`` as a last resort; whatever the
+   source, the first names captured are checked against the kernel's caches before a
+   recording starts (``check_cache_names``).
+
+Event names: ``kp_<symbol>`` in the group ``ftslab_<pid>`` (the session's instance name),
+so trace lines (which show the event name without its group) never read ``kmalloc:``
+like the tracepoint, and leftovers of a dead session carry its owner's pid.
+"""
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+__all__ = ["FamilyMember", "FAMILY", "KNOWN_PROTOTYPES", "ProbeContext", "Offsets",
+           "Probe", "ProbePlan", "plan_probes", "roles_from_params", "parse_kallsyms_text",
+           "arg_style", "check_cache_names", "parse_kprobe_events", "EVENT_PREFIX",
+           "DEFAULT_NAME_OFFSET", "btf_args_supported", "function_of_event",
+           "is_probe_event", "validate_symbol", "cache_names_in_trace", "event_name"]
+
+#: Event name prefix: ``kp_<symbol>``.
+EVENT_PREFIX = "kp_"
+
+#: offsetof(struct kmem_cache, name) on a 6.6-era SLUB kernel (x86-64): used only when
+#: there is no BTF and the user gave no --cache-name-offset, and then verified.
+DEFAULT_NAME_OFFSET = 96
+
+X86_64_ARG_REGS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+_CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)\.?\d*")
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """One allocation entry point, under the names it had across kernel versions."""
+
+    family: str
+    """Stable name shown in reports when the symbol differs by kernel."""
+    candidates: tuple[str, ...]
+    """Symbols to look for, newest kernels first."""
+    layer: str = "slab"
+    """``slab`` (kmalloc/kmem_cache) or ``page`` (page allocator)."""
+    default: bool = True
+    """Probed by default.  Lookups that run *inside* another member are not: counting
+    them would count an allocation twice."""
+    note: str = ""
+
+
+#: The kmalloc family, kmem_cache_alloc and the page allocator.  Name history:
+#: - v6.1: kmalloc_trace()/kmalloc_node_trace() take the constant-size kmalloc()s
+#:   (commit 26a40990ba05 "mm/sl[au]b: generalize kmalloc subsystem", v6.1);
+#:   before, they were kmem_cache_alloc_trace()/kmem_cache_alloc_node_trace().
+#: - v6.10: memory allocation profiling renamed the out-of-line functions to *_noprof
+#:   (commit 7bd230a26648 "mm/slab: enable slab allocation tagging for kmalloc and
+#:   friends"; __alloc_pages -> __alloc_pages_noprof in the same series).
+#: - v6.11: kmalloc_trace_noprof/kmalloc_node_trace_noprof became
+#:   __kmalloc_cache_noprof/__kmalloc_cache_node_noprof, kmalloc_large_noprof became
+#:   __kmalloc_large_noprof (mm/slab: "rename kmalloc_trace ... to __kmalloc_cache"),
+#:   and CONFIG_SLAB_BUCKETS may add a ``kmem_buckets *b`` argument after ``size`` in
+#:   __kmalloc_node_noprof / __kmalloc_node_track_caller_noprof (commit 67f2df3b82d0
+#:   "mm/slab: Introduce kmem_buckets_create() and family").
+FAMILY: tuple[FamilyMember, ...] = (
+    FamilyMember("kmalloc", ("__kmalloc_noprof", "__kmalloc")),
+    FamilyMember("kmalloc_node", ("__kmalloc_node_noprof", "__kmalloc_node")),
+    FamilyMember("kmalloc_cache", ("__kmalloc_cache_noprof", "kmalloc_trace_noprof",
+                                   "kmalloc_trace", "kmem_cache_alloc_trace")),
+    FamilyMember("kmalloc_cache_node", ("__kmalloc_cache_node_noprof",
+                                        "kmalloc_node_trace_noprof", "kmalloc_node_trace",
+                                        "kmem_cache_alloc_node_trace")),
+    FamilyMember("kmalloc_large", ("__kmalloc_large_noprof", "kmalloc_large_noprof",
+                                   "kmalloc_large")),
+    FamilyMember("kmalloc_large_node", ("__kmalloc_large_node_noprof",
+                                        "kmalloc_large_node_noprof", "kmalloc_large_node")),
+    FamilyMember("kmalloc_track_caller", ("__kmalloc_node_track_caller_noprof",
+                                          "__kmalloc_node_track_caller",
+                                          "__kmalloc_track_caller")),
+    FamilyMember("kmem_cache_alloc", ("kmem_cache_alloc_noprof", "kmem_cache_alloc")),
+    FamilyMember("kmem_cache_alloc_node", ("kmem_cache_alloc_node_noprof",
+                                           "kmem_cache_alloc_node")),
+    FamilyMember("kmem_cache_alloc_lru", ("kmem_cache_alloc_lru_noprof",
+                                          "kmem_cache_alloc_lru")),
+    FamilyMember("alloc_pages", ("__alloc_pages_noprof", "__alloc_pages"), layer="page"),
+    FamilyMember("kmalloc_slab", ("kmalloc_slab",), default=False,
+                 note="a size-to-cache lookup called inside __kmalloc*, not an allocation: "
+                      "probing it would count those allocations twice"),
+)
+
+#: Prototypes by symbol (parameter names and types in order), for kernels without BTF.
+#: ``None`` marks a parameter whose presence depends on the kernel configuration: after
+#: it, positions are unknown, so only the parameters before it are fetched.
+KNOWN_PROTOTYPES: dict[str, tuple[tuple[str, str] | None, ...]] = {
+    # v6.1 .. v6.9 (mm/slab_common.c, mm/slub.c)
+    "__kmalloc": (("size", "size_t"), ("flags", "gfp_t")),
+    "__kmalloc_node": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int")),
+    "kmalloc_trace": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                      ("size", "size_t")),
+    "kmalloc_node_trace": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                           ("node", "int"), ("size", "size_t")),
+    "kmem_cache_alloc_trace": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                               ("size", "size_t")),
+    "kmalloc_large": (("size", "size_t"), ("flags", "gfp_t")),
+    "kmalloc_large_node": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int")),
+    "__kmalloc_node_track_caller": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int"),
+                                    ("caller", "long unsigned int")),
+    "kmem_cache_alloc": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t")),
+    "kmem_cache_alloc_node": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                              ("node", "int")),
+    "kmem_cache_alloc_lru": (("s", "struct kmem_cache *"), ("lru", "struct list_lru *"),
+                             ("gfpflags", "gfp_t")),
+    "__alloc_pages": (("gfp", "gfp_t"), ("order", "unsigned int"),
+                      ("preferred_nid", "int"), ("nodemask", "nodemask_t *")),
+    "kmalloc_slab": (("size", "size_t"), ("flags", "gfp_t")),
+    # v6.10+: *_noprof (v6.11 renames above); SLAB_BUCKETS adds `b` (None: maybe there)
+    "__kmalloc_noprof": (("size", "size_t"), ("flags", "gfp_t")),
+    "__kmalloc_node_noprof": (("size", "size_t"), None, ("flags", "gfp_t"), ("node", "int")),
+    "__kmalloc_cache_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                               ("size", "size_t")),
+    "__kmalloc_cache_node_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                                    ("node", "int"), ("size", "size_t")),
+    "kmalloc_trace_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                             ("size", "size_t")),
+    "kmalloc_node_trace_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                                  ("node", "int"), ("size", "size_t")),
+    "__kmalloc_large_noprof": (("size", "size_t"), ("flags", "gfp_t")),
+    "__kmalloc_large_node_noprof": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int")),
+    "kmalloc_large_noprof": (("size", "size_t"), ("flags", "gfp_t")),
+    "kmalloc_large_node_noprof": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int")),
+    "__kmalloc_node_track_caller_noprof": (("size", "size_t"), None, ("flags", "gfp_t"),
+                                           ("node", "int"), ("caller", "long unsigned int")),
+    "kmem_cache_alloc_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t")),
+    "kmem_cache_alloc_node_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
+                                     ("node", "int")),
+    "kmem_cache_alloc_lru_noprof": (("s", "struct kmem_cache *"), ("lru", "struct list_lru *"),
+                                    ("gfpflags", "gfp_t")),
+    "__alloc_pages_noprof": (("gfp", "gfp_t"), ("order", "unsigned int"),
+                             ("preferred_nid", "int"), ("nodemask", "nodemask_t *")),
+}
+
+#: role -> (probe field name, kprobe fetch type)
+_FIELDS = {"size": ("size", "u64"), "gfp": ("gfp", "x32"), "node": ("node", "s32"),
+           "order": ("order", "u32")}
+
+
+def _role(name: str, type_name: str) -> str | None:
+    t = " ".join(type_name.split())
+    if t in ("struct kmem_cache *", "struct kmem_cache*"):
+        return "cache"
+    if t == "gfp_t":
+        return "gfp"
+    if name == "size" and t in ("size_t", "long unsigned int", "unsigned long"):
+        return "size"
+    if name in ("node", "nid", "preferred_nid") and t == "int":
+        return "node"
+    if name == "order" and t == "unsigned int":
+        return "order"
+    if name == "caller" and t in ("long unsigned int", "unsigned long"):
+        return "caller"
+    return None
+
+
+def roles_from_params(params) -> dict[str, int]:
+    """{role: 1-based argument position} from (name, type) pairs; a ``None`` entry (a
+    parameter that may or may not exist) stops the scan: later positions are unknown."""
+    roles: dict[str, int] = {}
+    for pos, p in enumerate(params, 1):
+        if p is None:
+            break
+        role = _role(p[0], p[1])
+        if role and role not in roles:
+            roles[role] = pos
+    return roles
+
+
+@dataclass(frozen=True)
+class Offsets:
+    """Where ``struct kmem_cache`` keeps the name pointer and the object size."""
+
+    name: int
+    object_size: int | None
+    size: int | None
+    source: str
+    """``btf``, ``user`` (--cache-name-offset) or ``default``."""
+
+
+@dataclass
+class ProbeContext:
+    """Facts about the running kernel, read by tracefs.py (``read_probe_context``)."""
+
+    has_kprobe_events: bool
+    readme: str
+    kallsyms: dict[str, int]
+    """Text symbol name -> how many times it is listed."""
+    btf_params: dict[str, list[tuple[str, str]] | None]
+    """Symbol -> BTF prototype (name, type) pairs; absent key: not looked up/no BTF."""
+    btf_offsets: dict[str, int] | None
+    btf_present: bool
+    machine: str = field(default_factory=platform.machine)
+    btf_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    family: str
+    symbol: str
+    event: str
+    group: str
+    layer: str
+    args: tuple[tuple[str, str], ...]
+    """(field name, fetch spec) in definition order."""
+    roles: dict
+    prototype_source: str
+    """``btf`` or ``table``."""
+
+    @property
+    def definition(self) -> str:
+        args = " ".join(f"{n}={spec}" for n, spec in self.args)
+        return f"p:{self.group}/{self.event} {self.symbol}" + (f" {args}" if args else "")
+
+    @property
+    def removal(self) -> str:
+        return f"-:{self.group}/{self.event}"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.args)
+
+
+@dataclass
+class ProbePlan:
+    probes: list[Probe]
+    skipped: list[tuple[str, str]]
+    """(family, why) for members not probed."""
+    style: str
+    """``$arg`` or ``regs``."""
+    offsets: Offsets | None
+    notes: list[str]
+
+
+def parse_kallsyms_text(text: str) -> dict[str, int]:
+    """Text (t/T) symbols of /proc/kallsyms (module symbols too) -> count."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] in ("t", "T"):
+            out[parts[2]] = out.get(parts[2], 0) + 1
+    return out
+
+
+def arg_style(readme: str, machine: str) -> str:
+    """``$arg`` when the kernel's README lists ``$arg<N>`` fetch args, else ``regs`` on
+    x86-64; anything else cannot be probed with known-good fetch args."""
+    if "$arg<N>" in readme:
+        return "$arg"
+    if machine in ("x86_64", "amd64"):
+        return "regs"
+    raise UsageError(f"this kernel's kprobes offer no $argN and ftslab knows the argument "
+                     f"registers of x86-64 only (this machine: {machine})",
+                     hint="record with --kprobes off (tracepoints only)")
+
+
+def btf_args_supported(readme: str) -> bool:
+    """6.6+ kernels with BTF-typed fetch args list ``<argname>`` in the README."""
+    return "<argname>" in readme
+
+
+def _ref(pos: int, style: str) -> str:
+    if style == "$arg":
+        return f"$arg{pos}"
+    if pos > len(X86_64_ARG_REGS):
+        raise ValueError(f"argument {pos} is not passed in a register")
+    return X86_64_ARG_REGS[pos - 1]
+
+
+def validate_symbol(symbol: str) -> str:
+    """A kernel symbol as it may appear in a probe definition: nothing else can ride
+    along (no spaces, no newline, no second definition)."""
+    if not _SYMBOL.match(symbol):
+        raise UsageError(f"not a kernel symbol name: {symbol!r}",
+                         hint="letters, digits, '_' and '.', as in /proc/kallsyms")
+    return symbol
+
+
+def event_name(symbol: str) -> str:
+    name = EVENT_PREFIX + symbol.replace(".", "_")
+    return name[:63]
+
+
+def plan_probes(ctx: ProbeContext, group: str, *, name_offset: int | None = None,
+                families: tuple[str, ...] | None = None,
+                extra_symbols: tuple[str, ...] = ()) -> ProbePlan:
+    """Choose the probes for this kernel.  ``families``: family names to probe (default:
+    every default member); ``extra_symbols``: symbols to probe as they are (their
+    prototype from BTF, else size-less), for functions outside the family table."""
+    style = arg_style(ctx.readme, ctx.machine)
+    notes: list[str] = []
+    if ctx.machine not in ("x86_64", "amd64"):
+        notes.append(f"kprobe fetch args are tested on x86-64 only (this machine: "
+                     f"{ctx.machine})")
+    # offsets of struct kmem_cache
+    if name_offset is not None:
+        if not 0 <= name_offset < 4096 or name_offset % 8:
+            raise UsageError(f"--cache-name-offset {name_offset}: expected a multiple of 8 "
+                             "below 4096 (offsetof(struct kmem_cache, name))")
+        offsets = Offsets(name_offset, None, None, "user")
+    elif ctx.btf_offsets:
+        offsets = Offsets(ctx.btf_offsets["name"], ctx.btf_offsets.get("object_size"),
+                          ctx.btf_offsets.get("size"), "btf")
+    else:
+        offsets = Offsets(DEFAULT_NAME_OFFSET, None, None, "default")
+        why = ctx.btf_error or "no BTF at /sys/kernel/btf/vmlinux"
+        notes.append(f"cache name offset {DEFAULT_NAME_OFFSET} is a default ({why}); it is "
+                     "verified against this kernel's caches before recording")
+    wanted = set(families) if families is not None else None
+    if wanted is not None:
+        unknown = wanted - {m.family for m in FAMILY}
+        if unknown:
+            raise UsageError(f"unknown kprobe family {', '.join(sorted(unknown))}",
+                             hint="one of " + ", ".join(m.family for m in FAMILY))
+    members = [m for m in FAMILY
+               if (m.family in wanted if wanted is not None else m.default)]
+    members += [FamilyMember(validate_symbol(s), (s,)) for s in extra_symbols]
+    probes: list[Probe] = []
+    skipped: list[tuple[str, str]] = []
+    seen_symbols: set[str] = set()
+    for m in members:
+        sym, why = _pick_symbol(m, ctx.kallsyms)
+        if sym is None:
+            skipped.append((m.family, why))
+            continue
+        if sym in seen_symbols:
+            continue
+        seen_symbols.add(sym)
+        params = ctx.btf_params.get(sym) if ctx.btf_params else None
+        if params is not None:
+            roles = roles_from_params(params)
+            source = "btf"
+        elif sym in KNOWN_PROTOTYPES:
+            roles = roles_from_params(KNOWN_PROTOTYPES[sym])
+            source = "table"
+            if None in KNOWN_PROTOTYPES[sym]:
+                notes.append(f"{sym}: without BTF its argument layout depends on the kernel "
+                             "configuration: only the arguments before that are fetched")
+        else:
+            roles = {}
+            source = "none"
+            notes.append(f"{sym}: no prototype known (no BTF): probed without arguments")
+        try:
+            args = _fetch_args(roles, style, offsets, m.layer)
+        except ValueError as exc:
+            skipped.append((m.family, str(exc)))
+            continue
+        probes.append(Probe(m.family, sym, event_name(sym), group, m.layer, tuple(args),
+                            roles, source))
+    return ProbePlan(probes, skipped, style, offsets, notes)
+
+
+def _pick_symbol(m: FamilyMember, kallsyms: dict[str, int]) -> tuple[str | None, str]:
+    clones = []
+    for cand in m.candidates:
+        n = kallsyms.get(cand, 0)
+        if n == 1:
+            return cand, ""
+        if n > 1:
+            return None, f"{cand} is listed {n} times in /proc/kallsyms (ambiguous)"
+        clones += [s for s in kallsyms if s.startswith(cand + ".") and _CLONE.match(
+            s[len(cand):])]
+    if clones:
+        return None, (f"only compiler clones exist ({', '.join(sorted(clones)[:3])}): "
+                      "their arguments differ from the source prototype")
+    return None, "not in /proc/kallsyms (" + ", ".join(m.candidates) + ")"
+
+
+def _fetch_args(roles: dict[str, int], style: str, offsets: Offsets,
+                layer: str) -> list[tuple[str, str]]:
+    args: list[tuple[str, str]] = []
+    if "size" in roles:
+        args.append(("size", f"{_ref(roles['size'], style)}:u64"))
+    if "cache" in roles:
+        c = _ref(roles["cache"], style)
+        args.append(("name", f"+0(+{offsets.name}({c})):string"))
+        if offsets.object_size is not None:
+            args.append(("objsize", f"+{offsets.object_size}({c}):u32"))
+    for role in ("order", "gfp", "node"):
+        if role in roles:
+            fname, ftype = _FIELDS[role]
+            args.append((fname, f"{_ref(roles[role], style)}:{ftype}"))
+    if "caller" in roles:
+        args.append(("caller", f"{_ref(roles['caller'], style)}:symbol"))
+    else:
+        args.append(("caller", "$stack0:symbol"))
+    return args
+
+
+def check_cache_names(names, known: set[str]) -> tuple[int, list[str]]:
+    """(how many names were checked, the ones that are not caches of this kernel).
+    ``known``: /proc/slabinfo names and /sys/kernel/slab entries."""
+    checked = 0
+    bad: list[str] = []
+    for n in names:
+        checked += 1
+        if n not in known and n not in bad:
+            bad.append(n)
+    return checked, bad
+
+
+_KPROBE_LINE = re.compile(r"^([pr])\d*:([^/\s]+)/(\S+)\s+(\S+)")
+
+
+def parse_kprobe_events(text: str) -> list[tuple[str, str, str]]:
+    """(group, event, probed symbol) of each line of kprobe_events."""
+    out = []
+    for line in text.splitlines():
+        m = _KPROBE_LINE.match(line.strip())
+        if m:
+            out.append((m.group(2), m.group(3), m.group(4)))
+    return out
+
+
+def is_probe_event(system: str, name: str) -> bool:
+    """An event made by an ftslab session (its group is ``ftslab_<pid>``)."""
+    return system.startswith("ftslab_") and name.startswith(EVENT_PREFIX)
+
+
+def function_of_event(name: str) -> str:
+    """The probed function of a ``kp_<symbol>`` event."""
+    return name[len(EVENT_PREFIX):] if name.startswith(EVENT_PREFIX) else name
+
+
+_TRACE_NAME = re.compile(r'\bname=(?:"([^"\n]*)"|(\S+))')
+
+
+def cache_names_in_trace(text: str, events: set[str]) -> list[str]:
+    """Cache names of the ``events`` in a tracefs ``trace`` text (``name="filp"``; a
+    string the kernel could not read prints ``name=(fault)``)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.search(r"\s(\w+): \(", line)
+        if not m or m.group(1) not in events:
+            continue
+        n = _TRACE_NAME.search(line, m.end())
+        if n:
+            out.append(n.group(1) if n.group(1) is not None else n.group(2))
+    return out
