@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .errors import FtslabError, OutputError, Stopped, TracefsUnavailable, UsageError
+from . import __version__, _testhook
+from .errors import (CleanupIncomplete, FtslabError, OutputError, PermissionDenied,
+                     ProbeVerifyFailed, Stopped, TracefsUnavailable, Unsupported, UsageError)
+from .filters import _COMMON as _COMMON_FILTER_FIELDS
 from .filters import FilterExpr, comm_filter, parse_filter, string_literal
 from .tracefs import (INSTANCE_PREFIX, CpuStats, Instance, Tracefs, online_cpus, pid_alive,
                       read_text_file)
-from .undo import STOP_SIGNALS, UndoStack, signals_deferred
+from .undo import STOP_SIGNALS, UndoStack, defer_signal, signals_deferred
 
 __all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
            "parse_event_spec", "stop_signals_raise", "RecordResult", "record",
@@ -38,6 +40,11 @@ __all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
 DEFAULT_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:mm_page_alloc",
                   "kmem:kfree", "kmem:kmem_cache_free", "kmem:mm_page_free")
 _PIPE_BYTES = 1 << 20
+
+#: ``interrupted_by`` of a session whose tracefs went away under it: the recording is
+#: kept, and the command fails afterwards with exit 4 saying so.
+TRACEFS_UNMOUNTED = "tracefs unmounted"
+INSTANCE_REMOVED = "instance removed"
 
 
 class Interrupted(BaseException):
@@ -52,11 +59,15 @@ _stop_requested: list[int] = []
 
 
 def _raise_on_signal(signum, frame):
+    if defer_signal(signum):  # inside signals_deferred: raised again at its end
+        return
     _stop_requested.append(signum)
     raise Interrupted(signum)
 
 
 def _flag_on_signal(signum, frame):
+    if defer_signal(signum):
+        return
     _stop_requested.append(signum)
 
 
@@ -96,6 +107,16 @@ class RecordOptions:
     status: bool = True
     command_stdout_to_stderr: bool = False
     """stream: the command's output must not mix with the data on stdout."""
+    kprobes: str = "auto"
+    """``on``: kprobe events on the kmalloc family too (error if the kernel has none);
+    ``auto``: where the kernel has kprobe_events; ``off``: tracepoints only; ``only``:
+    kprobe events and no tracepoints."""
+    cache_name_offset: int | None = None
+    """offsetof(struct kmem_cache, name) given by the user (default: from BTF)."""
+    kprobe_families: tuple[str, ...] | None = None
+    """Family members to probe (kprobes.FAMILY names); None: the default set."""
+    kprobe_symbols: tuple[str, ...] = ()
+    """Extra functions to probe as they are."""
 
 
 @dataclass
@@ -111,6 +132,10 @@ class Step:
     """What undoes it (None with value None: rmdir)."""
     hint: str | None = None
     """What to tell the user if the kernel refuses it."""
+    kind: str = ""
+    """``""``: a write into the instance (or mkdir when value is None); ``kprobe``: a
+    definition appended to the global kprobe_events; ``verify``: check that the cache
+    names the probes read are this kernel's (no write of its own)."""
 
 
 @dataclass
@@ -137,6 +162,57 @@ class Session:
         self.cpus = online_cpus()
         self.formats: dict[tuple[str, str], str] = {}
         """(system, event) -> format text of every event the session records."""
+        self.probe_plan = None
+        """kprobes.ProbePlan when kprobe events are part of the session."""
+        self._probes_planned = False
+
+    def plan_kprobes(self, opts: RecordOptions):
+        """Decide the kprobe events (once per session): None when there are none."""
+        if self._probes_planned:
+            return self.probe_plan
+        self._probes_planned = True
+        mode = "on" if opts.kprobes == "only" else opts.kprobes
+        if mode == "off":
+            return None
+        if mode not in ("on", "auto"):
+            raise UsageError(f"--kprobes {mode!r}: expected auto, on, only or off")
+        from .kprobes import plan_probes
+        from .tracefs import read_lockdown, read_probe_context
+        lockdown = read_lockdown()
+        if lockdown and "[confidentiality]" in lockdown:
+            msg = ("kernel lockdown is 'confidentiality': the kernel refuses kprobe events "
+                   "(and tracefs)")
+            if mode == "on":
+                raise PermissionDenied(msg, hint="boot with lockdown=integrity or none")
+            self.warn(msg + "; recording tracepoints only")
+            return None
+        if not self.tracefs.has_kprobes():
+            msg = (f"this kernel has no kprobes ({self.tracefs.root}/kprobe_events is absent: "
+                   "CONFIG_KPROBES/CONFIG_KPROBE_EVENTS unset)")
+            if mode == "on":
+                raise Unsupported(msg, hint="use --kprobes auto or off to record the kmem "
+                                            "tracepoints only")
+            self.warn(msg + "; recording the kmem tracepoints only")
+            return None
+        ctx = read_probe_context(self.tracefs)
+        plan = plan_probes(ctx, self.name, name_offset=opts.cache_name_offset,
+                           families=opts.kprobe_families, extra_symbols=opts.kprobe_symbols)
+        for note in plan.notes:
+            self.warn(note)
+        asked = set(opts.kprobe_symbols) | set(opts.kprobe_families or ())
+        refused = [(f, why) for f, why in plan.skipped if f in asked]
+        if refused:
+            raise UsageError("cannot probe " + "; ".join(f"{f}: {why}" for f, why in refused),
+                             hint="`ftslab doctor` lists what this kernel can probe")
+        if not plan.probes:
+            why = "; ".join(f"{f}: {w}" for f, w in plan.skipped)
+            if mode == "on":
+                raise Unsupported(f"no kmalloc-family function could be probed ({why})")
+            self.warn(f"no kmalloc-family function could be probed ({why}); "
+                      "recording tracepoints only")
+            return None
+        self.probe_plan = plan
+        return plan
 
     # -- planning (pure apart from reading format files) ------------------------
     def resolve_events(self, specs) -> list[tuple[str, str]]:
@@ -150,12 +226,21 @@ class Session:
 
     def plan(self, opts: RecordOptions, child_pid: int | None = None) -> list[Step]:
         from .formats import parse_format
-        events = self.resolve_events(opts.events)
+        events = self.resolve_events(opts.events if opts.kprobes != "only" else ())
         inst = f"instances/{self.name}"
         steps = [Step("create private instance", inst, None, None),
                  Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
                  Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb", str(opts.buffer_kb),
                       hint="the kernel could not allocate that much: ask for less with -b")]
+        probe_plan = self.plan_kprobes(opts)
+        probes = probe_plan.probes if probe_plan else []
+        for pr in probes:
+            steps.append(Step(f"kprobe on {pr.symbol} ({pr.family})", "kprobe_events",
+                              pr.definition, pr.removal, kind="kprobe"))
+        if any("name" in pr.fields for pr in probes):
+            off = probe_plan.offsets
+            steps.append(Step(f"check the cache names read at offset {off.name} "
+                              f"({off.source}) are this kernel's", "", None, kind="verify"))
         pids = list(opts.pids)
         if child_pid is not None:
             pids.append(child_pid)
@@ -175,7 +260,7 @@ class Session:
         if opts.comm:
             user_filters.append(comm_filter(opts.comm))
         parsed = {ev: parse_format(self.formats[ev], ev[0]) for ev in events}
-        if opts.cache is not None:
+        if opts.cache is not None and events:
             # only events that carry a cache name can say which cache they are about
             keep = [ev for ev in events if parsed[ev].field("name") is not None]
             dropped = [f"{a}:{b}" for a, b in events if (a, b) not in keep]
@@ -227,8 +312,38 @@ class Session:
                                  hint="see the fields in events/<system>/<event>/format")
             self.warn(f"filter {text!r} does not apply to {', '.join(evs)} (no such field "
                       "there): those events are recorded unfiltered by it")
+        for pr in probes:
+            parts = []
+            names = set(pr.fields)
+            for fx in user_filters:
+                if fx.fields <= (names | _COMMON_FILTER_FIELDS):
+                    parts.append(fx.text)
+            if opts.min_size is not None:
+                if "size" in names:
+                    parts.append(f"size >= {int(opts.min_size)}")
+                elif "objsize" in names:
+                    parts.append(f"objsize >= {int(opts.min_size)}")
+                elif "order" in names:
+                    order = 0
+                    while (page_size << order) < opts.min_size:
+                        order += 1
+                    if order:
+                        parts.append(f"order >= {order}")
+            if opts.cache is not None:
+                if "name" not in names:
+                    continue  # not recorded: see the enables below
+                parts.append(f"name == {string_literal(opts.cache, '--cache')}")
+            if parts:
+                expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
+                steps.append(Step(f"kernel-side filter for kprobe {pr.symbol}",
+                                  f"{inst}/events/{pr.group}/{pr.event}/filter", expr, "0"))
         if no_size:
             self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
+        for pr in probes:
+            if opts.cache is not None and "name" not in pr.fields:
+                continue
+            steps.append(Step(f"enable kprobe {pr.group}:{pr.event}",
+                              f"{inst}/events/{pr.group}/{pr.event}/enable", "1", "0"))
         for sysname, name in events:
             steps.append(Step(f"enable {sysname}:{name}",
                               f"{inst}/events/{sysname}/{name}/enable", "1", "0"))
@@ -242,7 +357,14 @@ class Session:
         for i, step in enumerate(steps):
             if pause_at is not None and pause_at.isdigit() and i == int(pause_at):
                 time.sleep(30)
+            _testhook.pause(f"setup:{i}")
+            if step.kind == "verify":
+                self._verify_cache_names()
+                continue
             with signals_deferred():
+                if step.kind == "kprobe":
+                    self._define_probe(step)
+                    continue
                 if step.value is None:
                     self.instance = self.tracefs.instance_create(self.name)
                     inst = self.instance
@@ -258,6 +380,64 @@ class Session:
     def close(self) -> list[str]:
         return self.undo.unwind()
 
+    def _define_probe(self, step: Step) -> None:
+        pr = next(p for p in self.probe_plan.probes if p.definition == step.value)
+        self.tracefs.kprobe_add(pr.definition)
+        tfs = self.tracefs
+        # undone after the enables above it on the stack: a probe is removed only once
+        # disabled (removing an enabled probe fails with EBUSY)
+        self.undo.push(f"remove kprobe {pr.group}/{pr.event}",
+                       lambda g=pr.group, e=pr.event: tfs.kprobe_remove(g, e))
+        self.formats[(pr.group, pr.event)] = tfs.event_format(pr.group, pr.event)
+
+    def _verify_cache_names(self) -> None:
+        """Enable the probes that read a cache name, make the kernel allocate, and check
+        every name captured is one of this kernel's caches: a wrong offset reads garbage
+        (or "(fault)"), and nothing is recorded then."""
+        from .kprobes import cache_names_in_trace, check_cache_names
+        from .tracefs import provoke_allocations, read_slab_names
+        plan = self.probe_plan
+        probes = [p for p in plan.probes if "name" in p.fields]
+        inst = self.instance
+        enabled = []
+        try:
+            for p in probes:
+                inst.event_enable(p.group, p.event, True)
+                enabled.append(p)
+            inst.trace_clear()
+            inst.tracing_on(True)
+            provoke_allocations()
+            inst.tracing_on(False)
+            text = inst.read("trace")
+        finally:
+            if inst.exists():
+                inst.tracing_on(False)
+                for p in reversed(enabled):
+                    inst.event_enable(p.group, p.event, False)
+                inst.trace_clear()
+        names = cache_names_in_trace(text, {p.event for p in probes})
+        known = read_slab_names()
+        checked, bad = check_cache_names(names, known)
+        if bad:
+            known = read_slab_names()  # a cache created meanwhile
+            checked, bad = check_cache_names(names, known)
+        off = plan.offsets
+        where = f"offset {off.name} of struct kmem_cache ({off.source})"
+        if checked == 0:
+            raise ProbeVerifyFailed(
+                f"could not check the cache names read at {where}: no probe on "
+                f"{', '.join(p.symbol for p in probes)} fired while ftslab allocated",
+                hint="run `ftslab doctor`; --kprobes off records tracepoints only")
+        if bad:
+            shown = ", ".join(repr(b) for b in bad[:4])
+            raise ProbeVerifyFailed(
+                f"the cache names read at {where} are not this kernel's caches "
+                f"({len(bad)} of {checked}, e.g. {shown}); nothing was recorded",
+                hint="give offsetof(struct kmem_cache, name) with --cache-name-offset N "
+                     "(pahole -C kmem_cache), or record with --kprobes off")
+        self.warn(f"kprobes: {len(plan.probes)} functions probed in group {self.name}; "
+                  f"cache names read at {where}: {checked} checked, all real")
+
 
 def _threads_of(pid: int) -> list[int]:
     try:
@@ -266,10 +446,27 @@ def _threads_of(pid: int) -> list[int]:
         return []
 
 
+def cleanup_error(session: Session, done: str) -> CleanupIncomplete | None:
+    """The error to end with when some undo step failed (each was warned about)."""
+    failures = session.undo.failures
+    if not failures:
+        return None
+    return CleanupIncomplete(
+        f"{done}, but {len(failures)} cleanup step(s) failed, the first: {failures[0]}",
+        hint="the warnings above say what is left; `ftslab reset` removes it once "
+             "nothing holds it")
+
+
 def report_stale(tracefs: Tracefs, warn: Callable[[str], None]) -> None:
     for name, pid in tracefs.stale_instances():
         warn(f"stale tracefs instance {name} left by dead ftslab process {pid} "
              "(remove it with: ftslab reset)")
+    groups: dict[str, int] = {}
+    for group, _event, pid in tracefs.stale_probes():
+        groups[group] = groups.get(group, 0) + 1
+    for group, n in sorted(groups.items()):
+        warn(f"stale kprobe group {group} ({n} probe{'s' if n != 1 else ''}) left by dead "
+             f"ftslab process {group.split('_')[1]} (remove it with: ftslab reset)")
 
 
 class _Spooler:
@@ -284,6 +481,10 @@ class _Spooler:
         self.paths: dict[int, Path] = {}
         self.bytes: dict[int, int] = {c: 0 for c in cpus}
         self.can_splice = hasattr(os, "splice")
+        self.tick: Callable[[], None] | None = None
+        """Called every 2 s or so while pages move (record: refresh the spool's
+        saved_cmdlines, so that a recording recovered after a SIGKILL has comms)."""
+        self._tick_at = 0.0
         try:
             for c in cpus:
                 self.fds[c] = instance.raw_open(c)
@@ -309,6 +510,11 @@ class _Spooler:
 
     def pump(self, cpu: int) -> int:
         """Move what whole pages are ready; returns bytes moved."""
+        if self.tick is not None and cpu == self.cpus[0]:
+            now = time.monotonic()
+            if now - self._tick_at >= 2.0:
+                self._tick_at = now
+                self.tick()
         moved = 0
         src = self.fds[cpu]
         r, w = self.pipes[cpu]
@@ -395,10 +601,19 @@ def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[st
     report_stale(tracefs, warn)
     session = Session(tracefs, warn)
     steps = session.plan(opts, child_pid=0 if opts.command and not opts.system_wide else None)
+    plan = session.probe_plan
+    if plan is not None:
+        for line in describe_probe_plan(plan):
+            out(f"# {line}")
     for st in steps:
         if st.path.endswith("set_event_pid") and opts.command:
             st.value = st.value.replace("0", "$COMMAND_PID")
-        if st.value is None:
+        if st.kind == "kprobe":
+            out(f"echo {st.value!r} >> {tracefs.root / st.path}    # {st.what}")
+        elif st.kind == "verify":
+            out(f"# {st.what}: enable those probes alone, allocate, read `trace`, "
+                "compare with /proc/slabinfo, disable, clear")
+        elif st.value is None:
             out(f"mkdir {tracefs.root / st.path}    # {st.what}")
         else:
             out(f"echo {st.value!r} > {tracefs.root / st.path}    # {st.what}")
@@ -406,6 +621,31 @@ def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[st
     out(f"echo '1' > {tracefs.root}/instances/{session.name}/tracing_on    # start")
     out(f"# then: {reader}; on exit every write above is undone in reverse order "
         "and the instance removed")
+
+
+def describe_probe_plan(plan) -> list[str]:
+    """Human lines: each probe's family, symbol and where its argument layout came from,
+    the struct kmem_cache offsets and their source, and what was not probed and why."""
+    out = []
+    off = plan.offsets
+    if off is not None:
+        src = {"btf": "from this kernel's BTF (/sys/kernel/btf/vmlinux)",
+               "user": "given with --cache-name-offset",
+               "default": "DEFAULT, no BTF: verified before recording"}[off.source]
+        extra = (f", object_size at +{off.object_size}" if off.object_size is not None else
+                 ", object_size: unknown (not fetched)")
+        out.append(f"struct kmem_cache: name at +{off.name}{extra} -- {src}")
+    out.append("fetch args: " + ("$argN (listed in this kernel's tracefs README)"
+                                 if plan.style == "$arg" else "x86-64 registers"))
+    for pr in plan.probes:
+        where = {"btf": "prototype from BTF", "table": "prototype from ftslab's table "
+                 "(no BTF)", "none": "no prototype: no arguments"}[pr.prototype_source]
+        roles = ", ".join(f"{r}=arg{n}" for r, n in sorted(pr.roles.items(),
+                                                           key=lambda x: x[1]))
+        out.append(f"{pr.family}: {pr.symbol} ({where}{': ' + roles if roles else ''})")
+    for fam, why in plan.skipped:
+        out.append(f"{fam}: not probed: {why}")
+    return out
 
 
 @dataclass
@@ -430,11 +670,14 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
     interrupted_by = None
     started = False
     t_start = time.monotonic()
-    _stop_requested.clear()
+    if signal.getsignal(signal.SIGTERM) is not _flag_on_signal:
+        _stop_requested.clear()  # (record() notes signals from its start: keep those)
     saved_handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     stop_signals_raise(True)
     try:
         try:
+            if _stop_requested:  # a stop signal came before setup began
+                raise Interrupted(_stop_requested[0])
             if opts.command:
                 with signals_deferred():  # no signal between the fork and `child =`
                     child = _GatedChild(list(opts.command), opts.command_stdout_to_stderr)
@@ -461,6 +704,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                 child.release()  # the command execs now, with tracing on
             started = True
             stop_signals_raise(False)
+            _testhook.pause("capture", lambda: bool(_stop_requested))
             if _stop_requested:
                 interrupted_by = signal.Signals(_stop_requested[0]).name
             else:
@@ -482,6 +726,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                     except ProcessLookupError:
                         pass
             duration = time.monotonic() - t_start
+            _testhook.pause("flush", lambda: len(_stop_requested) > int(interrupted_by
+                                                                          is not None))
             try:
                 if session.instance is not None and session.instance.exists():
                     try:
@@ -535,6 +781,23 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
 def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
            status: Callable[[str, bool], None]) -> RecordResult | None:
     """Run one recording into ``opts.output``.  Returns None if nothing was started."""
+    # From the first step to the last, a stop signal is only noted: run_session acts on
+    # it (before tracing started: nothing recorded, exit 128+N; after: the recording
+    # ends and is written), and no signal can fall between the session's end and the
+    # final write, where the default handler would kill ftslab with its spool unwritten.
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _stop_requested.clear()
+    stop_signals_raise(False)
+    try:
+        return _record(tracefs, opts, warn, status)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
+            status: Callable[[str, bool], None]) -> RecordResult | None:
+    from . import spool
     from .formats import parse_header_page
     out_path = Path(opts.output)
     try:
@@ -543,10 +806,16 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
             raise OutputError(f"cannot write {out_path}: directory {out_dir} does not exist")
         if out_path.exists() and out_path.is_dir():
             raise OutputError(f"cannot write {out_path}: it is a directory")
-        spool_dir = Path(os.fspath(out_path) + f".ftslab-spool-{os.getpid()}")
+        for orphan, pid in spool.orphans_next_to(out_path):
+            if spool.spool_has_pages(orphan):
+                warn(f"ftslab session {pid} died while recording {out_path}: what it captured "
+                     f"is in {orphan} (read it with: ftslab report {orphan}; write it as a "
+                     f"recording with: ftslab recover {orphan})")
+        spool_dir = spool.spool_dir_for(out_path, os.getpid())
         spool_dir.mkdir(mode=0o700)
     except OSError as exc:
         raise OutputError(f"cannot write next to {out_path}: {exc.strerror}") from None
+    spool.registry_add(os.getpid(), spool_dir)
     try:
         header_page_text = tracefs.read("events/header_page")
         header_event_text = tracefs.read("events/header_event")
@@ -560,7 +829,11 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
 
         def make_reader(session):
             meta["trace_clock"] = session.instance.read("trace_clock").strip()
+            _describe_spool(tracefs, session, spool_dir, out_path, header_page_text,
+                            header_event_text, page_size, meta, warn)
             spoolers.append(_Spooler(session.instance, session.cpus, spool_dir, page_size))
+            spoolers[0].tick = lambda: spool.save_cmdlines(
+                spool_dir, _read_optional(tracefs, "saved_cmdlines"))
             return spoolers[0]
 
         try:
@@ -583,6 +856,7 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
         # SIGKILL still works)
         saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         stop_signals_raise(False)
+        _testhook.pause("write", lambda: bool(_stop_requested))
         try:
             written = _write_recording(tracefs, run.session, out_path, spooler,
                                        header_page_text, header_event_text, meta, run.stats)
@@ -590,12 +864,26 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
         shutil.rmtree(spool_dir, ignore_errors=True)
+        incomplete = cleanup_error(run.session, f"wrote {out_path}")
+        if incomplete is not None:
+            raise incomplete
+        if run.interrupted_by in (TRACEFS_UNMOUNTED, INSTANCE_REMOVED):
+            where = (f"tracefs at {tracefs.root} was unmounted"
+                     if run.interrupted_by == TRACEFS_UNMOUNTED else
+                     f"tracefs instance {run.session.name} was removed by another process")
+            raise TracefsUnavailable(
+                f"{where} while recording; what was captured until then "
+                f"({run.duration:.1f}s) is in {out_path}",
+                hint="" if run.session.undo.failures else
+                "nothing of this session is left in tracefs")
         return RecordResult(out_path, sum(s.read + s.entries for s in run.stats),
                             sum(s.lost for s in run.stats), run.duration, written, run.stats,
                             run.interrupted_by, run.child_status)
     finally:
         if spool_dir.exists() and not any(spool_dir.iterdir()):
             spool_dir.rmdir()
+        if not spool_dir.exists():
+            spool.registry_remove(os.getpid())
 
 
 class _GatedChild:
@@ -700,7 +988,9 @@ def _capture_loop(spooler, session: Session, opts: RecordOptions,
         if deadline is not None and now >= deadline:
             return None
         if not inst.exists():
-            raise TracefsUnavailable(f"tracefs instance {inst.path} was removed while recording")
+            # unmounted, or removed (only possible while no reader holds it open): end
+            # here and keep what was captured; record()/stream say why afterwards
+            return TRACEFS_UNMOUNTED if session.tracefs.mount_lost() else INSTANCE_REMOVED
         if opts.status and now - last_status >= 1.0:
             last_status = now
             stats = [inst.cpu_stats(c) for c in session.cpus]
@@ -714,11 +1004,60 @@ def _capture_loop(spooler, session: Session, opts: RecordOptions,
             time.sleep(0.05)
 
 
+def _read_optional(tracefs: Tracefs, rel: str) -> str:
+    try:
+        return tracefs.read(rel)
+    except FtslabError:
+        return ""
+
+
 def _read_slabinfo() -> str:
     try:
         return read_text_file("/proc/slabinfo")
     except (OSError, FtslabError):
         return ""
+
+
+def _ftrace_formats(tracefs: Tracefs) -> list[str]:
+    out = []
+    fdir = tracefs.path("events/ftrace")
+    if fdir.is_dir():
+        for ev in sorted(os.listdir(fdir)):
+            try:
+                out.append(tracefs.read(f"events/ftrace/{ev}/format"))
+            except FtslabError:
+                pass
+    return out
+
+
+def _describe_spool(tracefs: Tracefs, session: Session, spool_dir: Path, output: Path,
+                    header_page: str, header_event: str, page_size: int, meta: dict,
+                    warn: Callable[[str], None]) -> None:
+    """Everything decoding the spool needs, written before the first page (spool.py): a
+    session that dies by SIGKILL leaves a readable recording."""
+    from . import spool
+    event_formats: dict[str, list[str]] = {}
+    for (sysname, _name), text in session.formats.items():
+        event_formats.setdefault(sysname, []).append(text)
+
+    def opt(rel):
+        try:
+            return tracefs.read(rel)
+        except FtslabError:
+            return ""
+    u = os.uname()
+    spool.describe(spool_dir, {
+        "pid": os.getpid(), "output": str(output.resolve()), "started": time.time(),
+        "header_page": header_page, "header_event": header_event,
+        "event_formats": event_formats, "ftrace_formats": _ftrace_formats(tracefs),
+        "printk_formats": opt("printk_formats"), "cmdlines": opt("saved_cmdlines"),
+        "cpus": list(session.cpus), "buffer_page_size": page_size,
+        "page_size": os.sysconf("SC_PAGE_SIZE"), "little_endian": sys.byteorder == "little",
+        "long_size": 8 if sys.maxsize > 2 ** 32 else 4,
+        "trace_clock": meta.get("trace_clock", ""),
+        "uname": f"{u.sysname} {u.nodename} {u.release} {u.version} {u.machine}",
+        "meta": {k: v for k, v in meta.items() if k not in ("slabinfo_start", "slabinfo_end")},
+    }, _read_kallsyms(), warn)
 
 
 def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler: _Spooler,
@@ -728,14 +1067,7 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
     event_formats: dict[str, list[str]] = {}
     for (sysname, _name), text in session.formats.items():
         event_formats.setdefault(sysname, []).append(text)
-    ftrace_formats = []
-    fdir = tracefs.path("events/ftrace")
-    if fdir.is_dir():
-        for ev in sorted(os.listdir(fdir)):
-            try:
-                ftrace_formats.append(tracefs.read(f"events/ftrace/{ev}/format"))
-            except FtslabError:
-                pass
+    ftrace_formats = _ftrace_formats(tracefs)
     def opt(rel):
         try:
             return tracefs.read(rel)

@@ -100,6 +100,21 @@ def _capture_options(f):
                      help="Print every tracefs write that would be made, make none."),
         click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True,
                      envvar="FTSLAB_TRACEFS"),
+        click.option("--kprobes", type=click.Choice(["auto", "on", "off", "only"]),
+                     default="auto", show_default=True,
+                     help="Kprobe events on the kmalloc family and kmem_cache_alloc too "
+                          "(size, gfp, cache name, call site): auto = where the kernel has "
+                          "them, on = required, off = tracepoints only, only = kprobes "
+                          "without the tracepoints."),
+        click.option("--cache-name-offset", type=click.IntRange(min=0), metavar="N",
+                     help="offsetof(struct kmem_cache, name) for kernels without BTF "
+                          "(checked against the kernel's caches before recording)."),
+        click.option("--kprobe-family", "kprobe_families", multiple=True, metavar="NAME",
+                     help="Probe only these family members (see `ftslab doctor`); "
+                          "repeatable."),
+        click.option("--kprobe-symbol", "kprobe_symbols", multiple=True, metavar="SYM",
+                     help="Also probe this kernel function (arguments from BTF); "
+                          "repeatable."),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
     for o in reversed(opts):
@@ -108,7 +123,8 @@ def _capture_options(f):
 
 
 def _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
-                    system_wide, command, output=None):
+                    system_wide, command, output=None, kprobes="auto", cache_name_offset=None,
+                    kprobe_families=(), kprobe_symbols=()):
     import math
     from .capture import DEFAULT_EVENTS, RecordOptions
     from .tracefs import pid_alive
@@ -126,7 +142,9 @@ def _record_options(events, duration, pids, comm, min_size, cache, filters, buff
                          output=Path(output or "ftslab.dat"), pids=tuple(pids), comm=comm,
                          buffer_kb=buffer_kb, command=tuple(command),
                          system_wide=system_wide, filters=tuple(filters), min_size=min_size,
-                         cache=cache)
+                         cache=cache, kprobes=kprobes, cache_name_offset=cache_name_offset,
+                         kprobe_families=tuple(kprobe_families) or None,
+                         kprobe_symbols=tuple(kprobe_symbols))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -148,7 +166,8 @@ def cli():
               help="Recording to write (a trace-cmd trace.dat v7 file).")
 @_capture_options
 def record(output, events, duration, pids, comm, min_size, cache, filters, buffer_kb,
-           system_wide, dry_run, tracefs_path, command):
+           system_wide, dry_run, tracefs_path, kprobes, cache_name_offset, kprobe_families,
+           kprobe_symbols, command):
     """Record allocations into a trace.dat file, until COMMAND exits, -d SECONDS pass or
     Ctrl-C.
 
@@ -157,7 +176,8 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
     """
     from . import capture
     opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
-                           system_wide, command, output)
+                           system_wide, command, output, kprobes, cache_name_offset,
+                           kprobe_families, kprobe_symbols)
     tfs = _tracefs(tracefs_path)
     if dry_run:
         capture.print_dry_run(tfs, opts, _err, click.echo,
@@ -184,8 +204,14 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--by", "by", multiple=True,
-              type=click.Choice(["comm", "pid", "cache", "callsite", "event", "order", "gfp"]),
-              help="Group by these keys (repeatable, combinable).")
+              type=click.Choice(["comm", "pid", "cache", "callsite", "event", "order", "gfp",
+                                 "function"]),
+              help="Group by these keys (repeatable, combinable); function: the probed "
+                   "function of kprobe events.")
+@click.option("--source", type=click.Choice(["tracepoint", "kprobe"]), default=None,
+              help="Which events the tables count when a recording has both (they see "
+                   "the same allocations, so they are never added up). Default: "
+                   "tracepoints if present.")
 @click.option("--sort", type=click.Choice(["bytes", "count", "waste"]), default="bytes",
               show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
@@ -199,14 +225,14 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
 @click.option("--buffer", metavar="NAME", default=None,
               help="Which buffer of a trace.dat with several (trace-cmd -B): its instance "
                    "name; default the top-level one (or the first that has data).")
-def report(files, by, sort, top, fmt, hist, strict, buffer):
+def report(files, by, sort, top, fmt, hist, strict, buffer, source):
     """Aggregate a recording: by cache, call site, comm, pid, event, page order, gfp.
 
-    FILES: trace.dat files (ftslab's or trace-cmd's), or text traces (what `cat trace`
-    printed).
+    FILES: trace.dat files (ftslab's or trace-cmd's), text traces (what `cat trace`
+    printed), or the spool directory a killed `record` left (OUT.ftslab-spool-PID).
     """
     try:
-        _report(files, by, sort, top, fmt, hist, strict, buffer)
+        _report(files, by, sort, top, fmt, hist, strict, buffer, source)
     except BrokenPipeError:
         _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
     except OSError as exc:
@@ -240,7 +266,7 @@ def _live_kmem_formats() -> dict | None:
         return None
 
 
-def _report(files, by, sort, top, fmt, hist, strict, buffer):
+def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
@@ -259,7 +285,7 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer):
                 raise e
             if ds.meta.unparsed:
                 raise BadInput(f"{path}: {ds.meta.unparsed} lines/pages could not be decoded")
-        rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist)
+        rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist, source=source)
         if len(files) > 1 and fmt == "table":
             click.echo(f"== {path}")
         out = sys.stdout
@@ -282,14 +308,16 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer):
               show_default=True)
 @_capture_options
 def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_kb,
-           system_wide, dry_run, tracefs_path, command):
+           system_wide, dry_run, tracefs_path, kprobes, cache_name_offset, kprobe_families,
+           kprobe_symbols, command):
     """Print allocations live, one line per event (json: one object per line)."""
     from . import capture, render
     from .kallsyms import Symbolizer
     from .stream import stream as run_stream
     from .tracefs import read_text_file
     opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
-                           system_wide, command)
+                           system_wide, command, None, kprobes, cache_name_offset,
+                           kprobe_families, kprobe_symbols)
     opts.status = False
     opts.command_stdout_to_stderr = True  # stdout carries the events
     tfs = _tracefs(tracefs_path)
@@ -359,6 +387,13 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
              "use ftslab record, which is lossless)")
     if failed:
         raise OutputError(f"cannot write the events to stdout: {failed[0].strerror}")
+    incomplete = capture.cleanup_error(run.session, f"streamed {n:,} events")
+    if incomplete is not None:
+        raise incomplete
+    if run.interrupted_by in (capture.TRACEFS_UNMOUNTED, capture.INSTANCE_REMOVED):
+        from .errors import TracefsUnavailable
+        raise TracefsUnavailable(f"{run.interrupted_by} while streaming: the events before "
+                                 "were printed", hint="")
 
 
 def _gfp_namer(tfs):
@@ -381,22 +416,148 @@ def _gfp_namer(tfs):
 
 
 @cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--kprobes", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="on: fail when the kernel has no kprobes.")
+@click.option("--cache-name-offset", type=click.IntRange(min=0), metavar="N")
+@click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
+def doctor(fmt, kprobes, cache_name_offset, tracefs_path):
+    """What this kernel offers and what ftslab will use: tracefs, root, lockdown,
+    kprobes, BTF, each kmalloc-family member's symbol and arguments, struct kmem_cache
+    offsets and their source, the kmem tracepoints and their fields.
+
+    Exit 0 when recording can work, 1 with the reason when it cannot.
+    """
+    import json
+    from .doctor import diagnose, render_text
+    d = diagnose(tracefs_path, kprobes, cache_name_offset)
+    if fmt == "json":
+        click.echo(json.dumps(d, indent=1, sort_keys=True))
+    else:
+        for line in render_text(d):
+            click.echo(line)
+    if not d["ok"]:
+        raise FtslabError("recording cannot work here: " + "; ".join(d["problems"]))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, default=True,
+              help="Print the writes (the default and only mode: `record` makes them).")
+@click.option("--cache-name-offset", type=click.IntRange(min=0), metavar="N")
+@click.option("--kprobe-family", "kprobe_families", multiple=True, metavar="NAME")
+@click.option("--kprobe-symbol", "kprobe_symbols", multiple=True, metavar="SYM")
+@click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
+def probes(dry_run, cache_name_offset, kprobe_families, kprobe_symbols, tracefs_path):
+    """Print the kprobe definitions a recording would write to kprobe_events, with the
+    symbols chosen, the struct kmem_cache offsets and where each came from."""
+    from .capture import Session, describe_probe_plan
+    from .kprobes import plan_probes
+    from .tracefs import read_probe_context
+    tfs = _tracefs(tracefs_path)
+    session = Session(tfs, _err)
+    if not tfs.has_kprobes():
+        _err(f"note: this kernel has no kprobes ({tfs.root}/kprobe_events is absent): the "
+             "kernel would refuse these writes; `record` falls back to tracepoints")
+    plan = plan_probes(read_probe_context(tfs), session.name, name_offset=cache_name_offset,
+                       families=tuple(kprobe_families) or None,
+                       extra_symbols=tuple(kprobe_symbols))
+    for note in plan.notes:
+        _err(f"note: {note}")
+    for line in describe_probe_plan(plan):
+        click.echo(f"# {line}")
+    for pr in plan.probes:
+        click.echo(f"echo {pr.definition!r} >> {tfs.root}/kprobe_events")
+    click.echo(f"# on exit, after disabling them: echo '-:{session.name}/EVENT' >> "
+               f"{tfs.root}/kprobe_events for each")
+
+
+@cli.command()
 @click.option("--all-ftslab", is_flag=True,
               help="Also remove instances of ftslab sessions that are still running.")
 @click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
 def reset(all_ftslab, tracefs_path):
-    """Remove tracefs instances left by ftslab sessions that died (e.g. SIGKILL)."""
+    """Remove tracefs instances and kprobe events left by ftslab sessions that died
+    (e.g. SIGKILL).  Only those of dead owners, unless --all-ftslab."""
     from .tracefs import Instance, pid_alive
     tfs = _tracefs(tracefs_path)
     removed = 0
+    failed: list[FtslabError] = []
+    owners_kept: set[int] = set()
     for name, pid in tfs.ftslab_instances():
         if pid_alive(pid) and not all_ftslab:
             _err(f"keeping {name}: its owner (pid {pid}) is still running")
+            owners_kept.add(pid)
             continue
-        Instance(tfs, name).destroy()
+        try:
+            Instance(tfs, name).destroy()  # disables its events: its probes can go next
+        except FtslabError as exc:
+            failed.append(exc)  # the others still go
+            _err(f"could not remove {name}: {exc}")
+            continue
         removed += 1
         _err(f"removed {name}")
-    _err(f"removed {removed} stale instance(s)")
+    probes_removed = 0
+    for group, event, pid in tfs.ftslab_probes():
+        if pid_alive(pid) and not all_ftslab:
+            if pid not in owners_kept:
+                _err(f"keeping kprobe {group}/{event}: its owner (pid {pid}) is still "
+                     "running")
+            continue
+        tfs.kprobe_remove(group, event)
+        probes_removed += 1
+        _err(f"removed kprobe {group}/{event}")
+    _err(f"removed {removed} stale instance(s) and {probes_removed} stale kprobe(s)")
+    _reset_spools()
+    if failed:
+        raise failed[0]
+
+
+def _reset_spools() -> None:
+    """Spools of dead sessions (registered, or in the current directory): empty ones
+    (killed before any page arrived) are removed, the others named: they hold data."""
+    import shutil
+    from . import spool
+    found = dict((p.resolve(), pid) for pid, p in spool.registry_orphans())
+    try:
+        for name in os.listdir("."):
+            pid = spool.spool_owner(name)
+            if pid is not None and Path(name).is_dir() and not _alive(pid):
+                found.setdefault(Path(name).resolve(), pid)
+    except OSError:
+        pass
+    for path, pid in sorted(found.items()):
+        if spool.spool_has_pages(path):
+            _err(f"kept {path}: what dead ftslab session {pid} captured (read it with: "
+                 f"ftslab report {path}; write it as a recording with: ftslab recover "
+                 f"{path})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            spool.registry_remove(pid)
+            _err(f"removed {path} (session {pid} died before capturing anything)")
+
+
+def _alive(pid: int) -> bool:
+    from .tracefs import pid_alive
+    return pid_alive(pid)
+
+
+@cli.command(epilog="Example:\n\n\b\n  ftslab recover run.dat.ftslab-spool-4242   # writes run.dat")
+@click.argument("spool_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", metavar="FILE", default=None,
+              help="Recording to write (default: the file the dead session was writing).")
+def recover(spool_dir, output):
+    """Write what a dead `record` session left in its spool directory as a recording.
+
+    A session killed by SIGKILL, a crash or a power cut leaves OUT.ftslab-spool-PID/
+    next to its output: the pages it had captured, and what decoding them needs.  The
+    recording written is marked truncated (every report says so; --strict exits 9);
+    the spool is removed once it is written.
+    """
+    from . import spool
+    out, n = spool.recover(spool_dir, output)
+    _err(f"wrote {out} ({n / 1e6:.1f} MB) from {spool_dir}; the recording is truncated "
+         f"(see: ftslab report {out})")
 
 
 def _standard_fds() -> None:

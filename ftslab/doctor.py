@@ -81,6 +81,7 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
             d["probes"] = [{"family": p.family, "symbol": p.symbol, "event": p.event,
                             "layer": p.layer, "prototype": p.prototype_source,
                             "args": dict(p.roles), "fields": list(p.fields),
+                            "ftrace": p.ftrace,
                             "definition": p.definition} for p in plan.probes]
             d["skipped"] = [{"family": f, "why": w} for f, w in plan.skipped]
             d["notes"].extend(plan.notes)
@@ -121,8 +122,10 @@ def render_text(d: dict) -> list[str]:
     for p in d["probes"]:
         args = ", ".join(f"{r}=arg{n}" for r, n in sorted(p["args"].items(),
                                                           key=lambda x: x[1]))
+        via = {True: ", ftrace-based", False: ", int3 (not in available_filter_functions)",
+               None: ""}[p.get("ftrace")]
         out.append(f"probe         {p['family']:<22} {p['symbol']} "
-                   f"[{p['prototype']}: {args or 'no args'}]")
+                   f"[{p['prototype']}: {args or 'no args'}{via}]")
         out.append(f"                  {p['definition']}")
     for s in d["skipped"]:
         out.append(f"not probed    {s['family']:<22} {s['why']}")

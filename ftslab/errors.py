@@ -14,7 +14,7 @@ __all__ = [
     "EXIT_CODES",
     "FtslabError", "UsageError", "PermissionDenied", "TracefsUnavailable",
     "KernelWriteError", "BadInput", "ParseError", "TruncatedRecording",
-    "OutputError", "Unsupported", "Stopped",
+    "OutputError", "Unsupported", "Stopped", "CleanupIncomplete",
 ]
 
 EXIT_OK = 0
@@ -27,6 +27,7 @@ EXIT_IO = 7             # writing the recording or the output failed (disk full,
 EXIT_UNSUPPORTED = 8    # the kernel lacks a feature that was explicitly asked for
 EXIT_TRUNCATED = 9      # --strict: the recording was cut short
 EXIT_LOST = 10          # --strict: events were lost
+EXIT_VERIFY = 11        # kprobe fetch args read garbage: cache names not this kernel's
 
 #: Documented in `ftslab --help`.
 EXIT_CODES = {
@@ -41,6 +42,8 @@ EXIT_CODES = {
     EXIT_UNSUPPORTED: "kernel lacks a feature that was asked for",
     EXIT_TRUNCATED: "recording truncated (with --strict)",
     EXIT_LOST: "events were lost (with --strict)",
+    EXIT_VERIFY: "kprobe cache names read at the chosen offset are not this kernel's "
+                 "caches (nothing recorded; give --cache-name-offset)",
     "128+N": "stopped by signal N before recording started (nothing recorded)",
 }
 
@@ -74,12 +77,21 @@ class UsageError(FtslabError):
 
 class PermissionDenied(FtslabError):
     exit_code = EXIT_PERMISSION
-    hint = "run ftslab as root: tracefs instances need CAP_SYS_ADMIN"
+    # tracefs checks file modes only (root's 0700/0640 files), not capabilities: root
+    # without CAP_SYS_ADMIN records fine (tested: tests/robustness/test_permissions.py)
+    hint = "run ftslab as root: tracefs files belong to root"
 
 
 class TracefsUnavailable(FtslabError):
     exit_code = EXIT_TRACEFS
     hint = "mount it: mount -t tracefs nodev /sys/kernel/tracing"
+
+
+class CleanupIncomplete(FtslabError):
+    """The session ended, but some of its undo steps failed: something of it is left in
+    tracefs (the warnings before say what)."""
+
+    exit_code = EXIT_KERNEL
 
 
 class KernelWriteError(FtslabError):
@@ -126,3 +138,9 @@ class Stopped(FtslabError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ProbeVerifyFailed(FtslabError):
+    """The kprobe fetch args were checked against the kernel and read garbage."""
+
+    exit_code = EXIT_VERIFY

@@ -22,7 +22,8 @@ TASK_COMM_LEN = 16
 #: Fields every event accepts in a filter besides its own (kernel: trace_events_filter.c).
 _COMMON = {"common_pid", "common_type", "common_flags", "common_preempt_count", "comm",
            "common_comm", "cpu", "common_cpu"}
-_SAFE_STRING = re.compile(r"^[\w .:/\-+*?\[\]@#%,=^~]*$")
+# \Z, not "$": "$" also matches before a final newline, which would reach the kernel
+_SAFE_STRING = re.compile(r"^[\w .:/\-+*?\[\]@#%,=^~]*\Z")
 
 
 def string_literal(value: str, what: str = "value") -> str:

@@ -15,7 +15,8 @@ class Symbolizer:
     def __init__(self, text: str):
         # /proc/kallsyms has ~100k+ lines; only a few dozen addresses are ever looked up,
         # so the table is parsed with numpy and names are cut out only on a hit
-        raw = text.encode() if isinstance(text, str) else bytes(text)
+        # a recording's texts are read with surrogateescape: keep its bytes as they were
+        raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
         self._raw = raw
         buf = np.frombuffer(raw, dtype=np.uint8)
         nl = np.flatnonzero(buf == 10)

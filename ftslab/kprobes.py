@@ -43,7 +43,8 @@ __all__ = ["FamilyMember", "FAMILY", "KNOWN_PROTOTYPES", "ProbeContext", "Offset
            "Probe", "ProbePlan", "plan_probes", "roles_from_params", "parse_kallsyms_text",
            "arg_style", "check_cache_names", "parse_kprobe_events", "EVENT_PREFIX",
            "DEFAULT_NAME_OFFSET", "btf_args_supported", "function_of_event",
-           "is_probe_event", "validate_symbol", "cache_names_in_trace", "event_name"]
+           "is_probe_event", "validate_symbol", "cache_names_in_trace", "event_name",
+           "parse_function_list"]
 
 #: Event name prefix: ``kp_<symbol>``.
 EVENT_PREFIX = "kp_"
@@ -53,7 +54,7 @@ EVENT_PREFIX = "kp_"
 DEFAULT_NAME_OFFSET = 96
 
 X86_64_ARG_REGS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
-_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}\Z")  # not "$": it allows a final "\n"
 _CLONE = re.compile(r"\.(isra|constprop|part|cold|lto_priv|localalias)\.?\d*")
 
 
@@ -75,14 +76,15 @@ class FamilyMember:
 
 #: The kmalloc family, kmem_cache_alloc and the page allocator.  Name history:
 #: - v6.1: kmalloc_trace()/kmalloc_node_trace() take the constant-size kmalloc()s
-#:   (commit 26a40990ba05 "mm/sl[au]b: generalize kmalloc subsystem", v6.1);
-#:   before, they were kmem_cache_alloc_trace()/kmem_cache_alloc_node_trace().
+#:   (H. Yoo's slab cleanup series merged for v6.1); before, they were
+#:   kmem_cache_alloc_trace()/kmem_cache_alloc_node_trace() (cache, gfp, size).
 #: - v6.10: memory allocation profiling renamed the out-of-line functions to *_noprof
 #:   (commit 7bd230a26648 "mm/slab: enable slab allocation tagging for kmalloc and
 #:   friends"; __alloc_pages -> __alloc_pages_noprof in the same series).
 #: - v6.11: kmalloc_trace_noprof/kmalloc_node_trace_noprof became
-#:   __kmalloc_cache_noprof/__kmalloc_cache_node_noprof, kmalloc_large_noprof became
-#:   __kmalloc_large_noprof (mm/slab: "rename kmalloc_trace ... to __kmalloc_cache"),
+#:   __kmalloc_cache_noprof/__kmalloc_cache_node_noprof and kmalloc_large_noprof became
+#:   __kmalloc_large_noprof (V. Babka's "don't wrap internal functions with
+#:   alloc_hooks()" cleanup; names verified on Debian's 6.12 by tests/vm),
 #:   and CONFIG_SLAB_BUCKETS may add a ``kmem_buckets *b`` argument after ``size`` in
 #:   __kmalloc_node_noprof / __kmalloc_node_track_caller_noprof (commit 67f2df3b82d0
 #:   "mm/slab: Introduce kmem_buckets_create() and family").
@@ -112,6 +114,7 @@ FAMILY: tuple[FamilyMember, ...] = (
                       "probing it would count those allocations twice"),
 )
 
+#: The running kernel's BTF decides the argument positions; this table is the fallback.
 #: Prototypes by symbol (parameter names and types in order), for kernels without BTF.
 #: ``None`` marks a parameter whose presence depends on the kernel configuration: after
 #: it, positions are unknown, so only the parameters before it are fetched.
@@ -223,6 +226,10 @@ class ProbeContext:
     btf_present: bool
     machine: str = field(default_factory=platform.machine)
     btf_error: str | None = None
+    ftrace_functions: set[str] | None = None
+    """available_filter_functions (None: absent or empty, e.g. no function tracer)."""
+    blacklist: set[str] | None = None
+    """Symbols of /sys/kernel/debug/kprobes/blacklist (None: debugfs not readable)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,9 @@ class Probe:
     roles: dict
     prototype_source: str
     """``btf`` or ``table``."""
+    ftrace: bool | None = None
+    """In available_filter_functions: the kprobe rides on ftrace (cheaper than an int3
+    breakpoint).  None: the kernel does not list them."""
 
     @property
     def definition(self) -> str:
@@ -270,6 +280,18 @@ def parse_kallsyms_text(text: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) >= 3 and parts[1] in ("t", "T"):
             out[parts[2]] = out.get(parts[2], 0) + 1
+    return out
+
+
+def parse_function_list(text: str) -> set[str]:
+    """Names of available_filter_functions / kprobes/blacklist lines (the last field
+    that is not a ``[module]``: ``name``, ``name [mod]``, ``0xa-0xb\tname``)."""
+    out = set()
+    for line in text.splitlines():
+        parts = [p for p in line.split() if not p.startswith("[")]
+        if parts:
+            out.add(parts[-1] if "-" in parts[0] and parts[0].startswith("0x")
+                    else parts[0])
     return out
 
 
@@ -357,6 +379,10 @@ def plan_probes(ctx: ProbeContext, group: str, *, name_offset: int | None = None
         if sym in seen_symbols:
             continue
         seen_symbols.add(sym)
+        if ctx.blacklist is not None and sym in ctx.blacklist:
+            skipped.append((m.family, f"{sym} is on the kernel's kprobe blacklist"))
+            continue
+        ftrace = None if not ctx.ftrace_functions else sym in ctx.ftrace_functions
         params = ctx.btf_params.get(sym) if ctx.btf_params else None
         if params is not None:
             roles = roles_from_params(params)
@@ -377,7 +403,7 @@ def plan_probes(ctx: ProbeContext, group: str, *, name_offset: int | None = None
             skipped.append((m.family, str(exc)))
             continue
         probes.append(Probe(m.family, sym, event_name(sym), group, m.layer, tuple(args),
-                            roles, source))
+                            roles, source, ftrace))
     return ProbePlan(probes, skipped, style, offsets, notes)
 
 

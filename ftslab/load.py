@@ -50,8 +50,11 @@ def _open_kind(path: Path) -> str:
         with open(path, "rb") as f:
             head = f.read(10)
     except FileNotFoundError:
-        raise BadInput(f"{path}: no such file", hint="record one with: ftslab record") from None
+        raise _missing(path) from None
     except IsADirectoryError:
+        from .spool import is_spool
+        if is_spool(path):
+            return "spool"
         raise BadInput(f"{path} is a directory, not a recording") from None
     except PermissionError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}") from None
@@ -60,9 +63,25 @@ def _open_kind(path: Path) -> str:
     return "text"
 
 
+def _missing(path: Path) -> BadInput:
+    """No such file: but a session that was writing it may have left its spool."""
+    from .spool import orphans_next_to, spool_has_pages
+    for spool, pid in orphans_next_to(path):
+        if spool_has_pages(spool):
+            return BadInput(f"{path}: no such file; ftslab session {pid}, which was "
+                            f"recording it, died and left what it captured in {spool}",
+                            hint=f"read it with: ftslab report {spool}  or write the "
+                                 f"recording with: ftslab recover {spool}")
+    return BadInput(f"{path}: no such file", hint="record one with: ftslab record")
+
+
 def load_tracedat(path: Path, buffer: str | None = None):
-    from .tracedat import read_tracedat
-    td = read_tracedat(path, buffer)
+    if Path(path).is_dir():  # a spool directory (what a dead session left)
+        from .spool import read_spool
+        td = read_spool(path)
+    else:
+        from .tracedat import read_tracedat
+        td = read_tracedat(path, buffer)
     hp = parse_header_page(td.header_page)
     he = parse_header_event(td.header_event)
     fmts = formats_of(td)
@@ -89,6 +108,8 @@ def _meta_from(td, walks) -> Metadata:
             lost.append(Loss(cpu, n))
     bad = sum(w.bad_pages for _c, _d, w in walks)
     version = f"trace.dat v{td.version}" + (f" ({td.compression})" if td.compression else "")
+    if td.tracecmd_version == "ftslab spool":
+        version = "ftslab spool (raw pages of an unfinished recording)"
     kernel = ft.get("kernel") or (td.uname.split()[2] if len(td.uname.split()) > 2 else td.uname)
     extra = {k: v for k, v in ft.items() if k not in ("slabinfo_start", "slabinfo_end")}
     extra.setdefault("page_size", td.page_size)
@@ -96,8 +117,13 @@ def _meta_from(td, walks) -> Metadata:
     extra["buffer"] = td.buffer_name
     extra["other_buffers"] = [b for b in td.buffers if b != td.buffer_name]
     extra["trace_clock"] = _clock_name(td.trace_clock)
+    truncated, detail = td.truncated, td.truncated_detail
+    if isinstance(ft.get("truncated"), str) and ft["truncated"]:
+        # written by `ftslab recover`: the file is whole, the recording in it is not
+        truncated = True
+        detail = "; ".join(x for x in (ft["truncated"], detail) if x)
     return Metadata(source=version, kernel=kernel, cmdlines=_cmdlines(td),
-                    lost=lost, truncated=td.truncated, truncated_detail=td.truncated_detail,
+                    lost=lost, truncated=truncated, truncated_detail=detail,
                     slabinfo_start=ft.get("slabinfo_start", ""),
                     slabinfo_end=ft.get("slabinfo_end", ""), unparsed=bad, extra=extra)
 

@@ -223,9 +223,13 @@ def event_to_json(ev: Event, symbolize: Callable[[int], str | None] | None = Non
            "event": event_label(ev.system, ev.name)}
     for k, v in ev.fields.items():
         obj[f"field_{k}" if k in _RESERVED else k] = v
-    cs = ev.fields.get("call_site")
-    if symbolize is not None and isinstance(cs, int):
-        obj["call_site_sym"] = symbolize(cs & 0xFFFFFFFFFFFFFFFF)
+    for k in ("call_site", "caller"):  # caller: the call site of a kprobe event
+        cs = ev.fields.get(k)
+        if symbolize is not None and isinstance(cs, int):
+            obj[f"{k}_sym"] = symbolize(cs & 0xFFFFFFFFFFFFFFFF)
+    if ev.name.startswith("kp_") and (ev.system.startswith("ftslab_") or not ev.system):
+        from .kprobes import function_of_event
+        obj["function"] = function_of_event(ev.name)
     return json.dumps(obj, separators=(",", ":"))
 
 
@@ -233,7 +237,7 @@ def _field_text(k: str, v, symbolize, flags=None) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         if k == "gfp_flags" and flags is not None:
             return flags(v)
-        if k == "call_site" and symbolize is not None:
+        if k in ("call_site", "caller") and symbolize is not None:
             sym = symbolize(v & 0xFFFFFFFFFFFFFFFF)
             if sym:
                 return sym
@@ -267,9 +271,12 @@ def event_to_seed(ev: Event, page_size: int = 4096) -> str | None:
     if src is None:
         return None
     tag = src.seed_tag or ev.name
+    if src.layer in ("kprobe", "kprobe_page"):
+        from .kprobes import function_of_event
+        tag = function_of_event(ev.name)  # the probed function, as the module printed
     who = f"[{tag}]: Process '{ev.comm}' with PID {ev.pid} allocated"
     f = ev.fields
-    if src.layer == "page":
+    if src.layer in ("page", "kprobe_page"):
         order = f.get(src.order) if src.order else None
         pfn = f.get(src.ptr) if src.ptr else None
         if not isinstance(order, int):
@@ -278,9 +285,11 @@ def event_to_seed(ev: Event, page_size: int = 4096) -> str | None:
             return None  # failed: nothing was allocated (text traces print -1 as 0)
         return f"{who} {page_size << order} bytes (order {order})"
     size = f.get(src.bytes_req) if src.bytes_req else None
+    if not isinstance(size, int) and src.bytes_alloc:
+        size = f.get(src.bytes_alloc)  # kmem_cache_alloc kprobes: the object size
     if not isinstance(size, int):
         return None
-    if src.cache:
+    if src.cache and (src.cache in f or src.layer != "kprobe"):
         cache = f.get(src.cache)
         return f"{who} {size} bytes in cache '{cache if cache else '?'}'"
     return f"{who} {size} bytes"

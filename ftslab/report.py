@@ -54,15 +54,20 @@ __all__ = [
     "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
     "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
     "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff", "summary", "build_report", "loss_warning",
+    "default_source", "SOURCES",
     "kmalloc_size_class", "normalize_call_site",
 ]
 
-GROUP_KEYS = ("comm", "pid", "cache", "callsite", "event", "order", "gfp")
+GROUP_KEYS = ("comm", "pid", "cache", "callsite", "event", "order", "gfp", "function")
+SOURCES = ("tracepoint", "kprobe")
+#: layers of each source: allocations of one layer are counted once per source
+_PAGE_LAYERS = ("page", "kprobe_page")
 SORT_KEYS = ("bytes", "count", "waste")
 
 UNKNOWN_COMM = "<...>"
 UNKNOWN_CACHE = "?"
 LARGE_KMALLOC = "(large kmalloc)"
+ZERO_SIZE = "(kmalloc(0): ZERO_SIZE_PTR)"
 
 
 # ----------------------------------------------------------------------------------------
@@ -116,6 +121,13 @@ class FreeSource:
 #: First match wins.  Kprobe sources go here too, e.g.
 #: ``AllocSource("ftslab_*", "kmalloc*", "slab", bytes_req="size", call_site="caller")``.
 ALLOC_SOURCES: tuple[AllocSource, ...] = (
+    # ftslab's kprobe events (kprobes.py): group ftslab_<pid>, event kp_<symbol>.  They
+    # see the same allocations as the tracepoints: reports keep them in layers of their
+    # own ("kprobe", "kprobe_page") and never add the two sources up.
+    AllocSource("ftslab_*", "kp_*alloc_pages*", "kprobe_page", order="order",
+                call_site="caller", gfp="gfp"),
+    AllocSource("ftslab_*", "kp_*", "kprobe", bytes_req="size", bytes_alloc="objsize",
+                cache="name", call_site="caller", gfp="gfp", size_class=True),
     AllocSource("kmem", "kmalloc", "slab", bytes_req="bytes_req", bytes_alloc="bytes_alloc",
                 size_class=True, call_site="call_site", ptr="ptr", gfp="gfp_flags"),
     AllocSource("kmem", "kmem_cache_alloc", "slab", bytes_req="bytes_req",
@@ -215,6 +227,7 @@ _KEY_COLUMNS = {
     "event": Column("event", "EVENT"),
     "order": Column("order", "ORDER"),
     "gfp": Column("gfp", "GFP FLAGS"),
+    "function": Column("function", "FUNCTION"),
 }
 
 _METRIC_COLUMNS = [
@@ -283,13 +296,27 @@ def _as_u64(col: np.ndarray) -> np.ndarray:
         return col
     if col.dtype == np.int64:
         return col.view(np.uint64)  # -1 (failed pfn) becomes 0xffffffffffffffff
-    return col.astype(np.int64).view(np.uint64)
+    return _as_i64(col).view(np.uint64)
 
 
 def _as_i64(col: np.ndarray) -> np.ndarray:
     if col.dtype == np.int64:
         return col
-    return col.astype(np.int64)
+    if col.dtype != object:
+        return col.astype(np.int64)
+    # a text trace read without formats: numbers as the lines printed them, or not
+    out = np.empty(len(col), dtype=np.int64)
+    for i, v in enumerate(col):
+        if type(v) is int and -(1 << 63) <= v < (1 << 64):
+            out[i] = v if v < (1 << 63) else v - (1 << 64)
+            continue
+        try:
+            out[i] = int(str(v), 0)
+        except (ValueError, OverflowError):
+            bad = sum(1 for x in col if type(x) is not int)
+            raise ParseError(f"{bad} event(s) carry {v!r} where a number belongs (e.g. a "
+                             "size or page order): the input is damaged") from None
+    return out
 
 
 _NULL_TEXT = {"(null)", "null", "0", "00000000", "0000000000000000", "0x0"}
@@ -305,9 +332,10 @@ def _ptr_keys(col: np.ndarray) -> np.ndarray:
     for s in uniq:
         s = str(s).strip()
         try:
-            vals.append(0 if s in _NULL_TEXT else int(s, 16))
+            v = 0 if s in _NULL_TEXT else int(s, 16)
         except ValueError:
-            vals.append(0)  # unreadable: never matched, never live
+            v = 0
+        vals.append(v if 0 <= v < (1 << 64) else 0)  # unreadable: never matched, never live
     return np.array(vals, dtype=np.uint64)[codes]
 
 
@@ -329,6 +357,21 @@ def kmalloc_size_class(bytes_alloc: int, page_size: int = 4096) -> str:
     if bytes_alloc >= 1024 and bytes_alloc % 1024 == 0:
         return f"kmalloc-{bytes_alloc // 1024}k"
     return f"kmalloc-{bytes_alloc}"
+
+
+#: kmalloc size classes (mm/slab_common.c kmalloc_info[], SLUB with 8-byte minimum)
+_KMALLOC_CLASSES = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def kmalloc_round_up(size: int, page_size: int = 4096) -> int:
+    """The kmalloc class a request of ``size`` bytes is served from (a request above
+    2 pages is a large kmalloc: returned unchanged)."""
+    if size > 2 * page_size:
+        return size
+    for c in _KMALLOC_CLASSES:
+        if size <= c:
+            return c
+    return size
 
 
 def _label_order(label) -> tuple:
@@ -356,7 +399,7 @@ class _Frame:
         self.ts = _as_u64(cols.ts)
         self.notes: list[str] = []
         ok = np.ones(n, dtype=bool)
-        if src.layer == "page" and src.order and src.order in f:
+        if src.layer in _PAGE_LAYERS and src.order and src.order in f:
             order = _as_i64(f[src.order])
             breq = np.left_shift(np.int64(page_size), order)
             balloc = breq
@@ -391,10 +434,20 @@ class _Frame:
         self.bytes_req = np.where(ok, breq, 0)
         self.bytes_alloc = np.where(ok, balloc, 0)
         self.freed = np.zeros(n, dtype=bool)
+        self.nested = np.zeros(n, dtype=bool)
         self._keys: dict[str, tuple[np.ndarray, list]] = {}
 
     def const(self, label) -> tuple[np.ndarray, list]:
         return np.zeros(self.n, np.int64), [label]
+
+    def drop_nested(self, mask: np.ndarray) -> None:
+        """Events that are the inner half of one allocation (see _Analysis): neither
+        an allocation nor a failure of their own."""
+        self.nested = mask
+        self.ok = self.ok & ~mask
+        self.matchable = self.matchable & ~mask
+        self.bytes_req = np.where(self.ok, self.bytes_req, 0)
+        self.bytes_alloc = np.where(self.ok, self.bytes_alloc, 0)
 
 
 class _Analysis:
@@ -411,7 +464,9 @@ class _Analysis:
         for (system, name), cols in sorted(ds.columns.items()):
             src = alloc_source(system, name)
             if src is not None:
-                self.frames.append(_Frame(src, cols, self.page_size))
+                fr = _Frame(src, cols, self.page_size)
+                self.frames.append(fr)
+                self._nested_calls(fr)
                 continue
             fsrc = free_source(system, name)
             if fsrc is not None and fsrc.ptr in cols.fields and len(cols):
@@ -422,6 +477,22 @@ class _Analysis:
             self._match_frees([f for f in self.frames if f.src.layer == layer],
                               frees.get(layer, []))
         self._global: dict[str, dict] = {}
+
+    def _nested_calls(self, fr: _Frame) -> None:
+        """One allocation, two events: on 6.10+ kernels __do_kmalloc_node() calls the
+        exported __kmalloc_large_node_noprof() for a large request, and both trace it
+        (kmem:kmalloc twice, same ptr; and a kprobe on each function fires).  An event
+        whose call site is inside a kmalloc-family entry point is that inner half:
+        the outer function's event counts the allocation, the inner one is dropped."""
+        if not (fr.src.call_site and fr.src.call_site in fr.cols.fields) or not fr.n:
+            return
+        from .kprobes import FAMILY
+        family = {c for m in FAMILY if m.layer == "slab" for c in m.candidates}
+        codes, labels = self.local_key(fr, "callsite")
+        inner = np.array([isinstance(lab, str) and lab.split("+")[0] in family
+                          for lab in labels], dtype=bool)
+        if inner.any():
+            fr.drop_nested(inner[codes])
 
     @staticmethod
     def _match_frees(frames: list[_Frame], frees: list[tuple]):
@@ -497,7 +568,13 @@ class _Analysis:
                 codes, sizes = _factorize(_as_i64(f[src.bytes_alloc]))
                 return _merge_labels(codes, [kmalloc_size_class(int(s), self.page_size)
                                              for s in sizes])
-            return fr.const(None if src.layer == "page" else UNKNOWN_CACHE)
+            if src.size_class and src.layer == "kprobe" and src.bytes_req in f:
+                # __kmalloc(size) kprobes: the class the request rounds up to
+                codes, sizes = _factorize(_as_i64(f[src.bytes_req]))
+                return _merge_labels(codes, [kmalloc_size_class(
+                    kmalloc_round_up(int(s), self.page_size), self.page_size) if s else
+                    ZERO_SIZE for s in sizes])
+            return fr.const(None if src.layer in _PAGE_LAYERS else UNKNOWN_CACHE)
         if key == "callsite":
             if not (src.call_site and src.call_site in f):
                 return fr.const(None)
@@ -508,8 +585,14 @@ class _Analysis:
             else:
                 labels = [self._symbol(int(a)) for a in sites]
             return _merge_labels(codes, labels)
+        if key == "function":
+            from .kprobes import function_of_event, is_probe_event
+            if is_probe_event(fr.cols.system, fr.cols.name) or (
+                    not fr.cols.system and fr.cols.name.startswith("kp_")):
+                return fr.const(function_of_event(fr.cols.name))
+            return fr.const(fr.event)
         if key == "order":
-            if src.layer == "page" and src.order and src.order in f:
+            if src.layer in _PAGE_LAYERS and src.order and src.order in f:
                 codes, orders = _factorize(_as_i64(f[src.order]))
                 return codes, [int(o) for o in orders]
             return fr.const(None)
@@ -533,6 +616,12 @@ class _Analysis:
         def hexfmt(v: int) -> str:
             return f"0x{v & 0xFFFFFFFFFFFFFFFF:x}"
         fmt = self.formats.get((system, name)) if self.formats else None
+        if system.startswith("ftslab_") and self.formats:
+            # a kprobe prints gfp as hex: name the bits with a kmem tracepoint's table
+            for k in (("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc")):
+                if k in self.formats:
+                    fmt, fieldname = self.formats[k], "gfp_flags"
+                    break
         if fmt is None:
             return hexfmt
         try:
@@ -586,10 +675,11 @@ def _analysis(ds: Dataset) -> _Analysis:
 
 
 def _select(an: _Analysis, events: Sequence[str] | None,
-            layer: str | None = None) -> list[_Frame]:
+            layer: str | tuple[str, ...] | None = None) -> list[_Frame]:
+    layers = (layer,) if isinstance(layer, str) else layer
     out = []
     for fr in an.frames:
-        if layer is not None and fr.src.layer != layer:
+        if layers is not None and fr.src.layer not in layers:
             continue
         if events is not None and not any(_event_matches(fr.cols, p) for p in events):
             continue
@@ -682,7 +772,7 @@ def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
     live = ok & cat("matchable") & ~freed
     metrics = {
         "count": _sum(gid, ok, ng),
-        "failed": _sum(gid, ~ok, ng),
+        "failed": _sum(gid, ~ok & ~cat("nested"), ng),
         "bytes_req": _sum(gid, breq, ng),
         "bytes_alloc": _sum(gid, balloc, ng),
         "frees": _sum(gid, freed, ng),
@@ -692,9 +782,23 @@ def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
     return key_labels, group_codes, metrics
 
 
+def _without_pairing(t: Table) -> Table:
+    """Kprobe events carry no pointer: frees/live cannot be known, so not shown."""
+    t.columns = [c for c in t.columns if c.name not in ("frees", "live")]
+    for r in t.rows:
+        r.pop("frees", None)
+        r.pop("live", None)
+    return t
+
+
 def _layer_note(frames: list[_Frame]) -> str:
-    notes = [n for fr in frames for n in fr.notes]
-    if len({fr.src.layer for fr in frames}) > 1:
+    notes = list(dict.fromkeys(n for fr in frames for n in fr.notes
+                               if fr.src.layer not in ("kprobe", "kprobe_page")))
+    layers = {fr.src.layer for fr in frames}
+    if layers & {"kprobe", "kprobe_page"} and layers & {"slab", "page"}:
+        notes.insert(0, "kprobe and tracepoint rows see the same allocations: do not add "
+                        "them up")
+    if len(layers) > 1:
         notes.insert(0, "slab and page rows overlap: the page allocator also supplies the "
                         "pages behind slabs and large kmallocs")
     return "; ".join(notes)
@@ -703,7 +807,7 @@ def _layer_note(frames: list[_Frame]) -> str:
 def group_allocations(ds: Dataset, by: Sequence[str], sort: str = "bytes",
                       top: int | None = None, events: Sequence[str] | None = None,
                       *, name: str | None = None, title: str | None = None,
-                      _layer: str | None = None) -> Table:
+                      _layer: str | tuple[str, ...] | None = None) -> Table:
     """Allocations grouped by the ``by`` keys (see GROUP_KEYS), biggest first.
 
     Each row holds the key fields (named by their --by word) and ``count`` (successful
@@ -773,11 +877,13 @@ def fragmentation(ds: Dataset, by: str = "cache", top: int | None = None,
     return t
 
 
-def pages_by_order(ds: Dataset) -> Table:
+def pages_by_order(ds: Dataset, layer: str = "page") -> Table:
     """Page allocations per order: count, bytes (page_size << order each), failed,
     frees and live (pages still allocated at the end), sorted by order."""
-    t = group_allocations(ds, ("order",), _layer="page", name="pages_by_order",
-                          title="Page allocations by order")
+    t = group_allocations(ds, ("order",), _layer=layer,
+                          name="pages_by_order" if layer == "page" else "kprobe_pages_by_order",
+                          title="Page allocations by order" + (
+                              "" if layer == "page" else " (kprobes)"))
     cols = [Column("order", "ORDER"), Column("count", "ALLOCS", "count"),
             Column("bytes_alloc", "BYTES", "bytes"), _FAILED_COLUMN,
             Column("frees", "FREES", "count"), Column("live", "LIVE", "count")]
@@ -969,49 +1075,121 @@ def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
     if clock and clock not in NS_CLOCKS:
         out.append(f"note: the trace clock is {clock!r}: timestamps are its ticks, not "
                    "nanoseconds, and no duration is given")
+    nested = {}
     for fr in an.frames:
+        k = int(fr.nested.sum())
+        if k:
+            nested[fr.event] = nested.get(fr.event, 0) + k
+    if nested:
+        out.append("note: " + ", ".join(f"{n} {e}" for e, n in sorted(nested.items()))
+                   + " event(s) came from inside another kmalloc-family function (the "
+                   "kernel traces such a large kmalloc twice): each allocation is counted "
+                   "once")
+    kprobe_names = any(fr.src.layer == "kprobe" and fr.src.cache in fr.cols.fields
+                       for fr in an.frames)
+    for fr in an.frames:
+        if fr.src.layer in ("kprobe", "kprobe_page"):
+            continue  # a probed function without a cache argument: no name to expect
         if fr.src.cache and fr.src.cache not in fr.cols.fields and fr.n:
             out.append(f"note: {fr.event} has no {fr.src.cache!r} field on this kernel: "
-                       f"its cache is shown as {UNKNOWN_CACHE!r}")
+                       f"its cache is shown as {UNKNOWN_CACHE!r}"
+                       + (" (the kprobe events name it: see the kprobe tables, or "
+                          "--source kprobe)" if kprobe_names else ""))
     return out
+
+
+def _layers(source: str, page: bool) -> str:
+    if source == "kprobe":
+        return "kprobe_page" if page else "kprobe"
+    return "page" if page else "slab"
+
+
+def default_source(ds: Dataset) -> str:
+    """Tracepoints when the recording has any tracepoint allocation, else kprobes."""
+    an = _analysis(ds)
+    if _select(an, None, ("slab", "page")) or not _select(an, None, ("kprobe", "kprobe_page")):
+        return "tracepoint"
+    return "kprobe"
 
 
 def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                  top: int | None = 20, hist: bool = False,
-                 events: Sequence[str] | None = None) -> Report:
+                 events: Sequence[str] | None = None, source: str | None = None) -> Report:
     """The whole report.  Without ``by``: slab allocations by cache, by call site and by
     comm, slab waste by cache, pages by order, and the slabinfo diff when both snapshots
-    exist (main table: by cache).  With ``by``: that one grouped table (the main table),
-    over all allocation events unless ``events`` narrows it.  ``hist`` adds the size
-    histogram in both cases."""
+    exist (main table: by cache); with kprobe events, also the allocations per probed
+    function and per cache as the kprobes saw them.  With ``by``: that one grouped table
+    (the main table), over all allocation events of ``source`` unless ``events`` narrows
+    it.  ``hist`` adds the size histogram in both cases.
+
+    ``source``: ``tracepoint`` or ``kprobe`` (default: tracepoints if the recording has
+    any).  Kprobes and tracepoints see the same allocations, so no table adds the two
+    sources up: each table is of one source (``--by function`` is always kprobes)."""
     by = _check_by(by)
     _check_sort(sort)
+    if source is not None and source not in SOURCES:
+        raise UsageError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
     an = _analysis(ds)
+    has_kprobes = bool(_select(an, None, ("kprobe", "kprobe_page")))
+    src = source or default_source(ds)
+    if "function" in by:
+        src = "kprobe"
     tables: list[Table] = []
     if by:
         # Page allocations include the pages behind slabs: mixing the layers in one
         # table counts memory twice.  --by event keeps every event on rows of its own;
         # --by order is the page layer alone; every other key is the slab layer.
-        layer = None if "event" in by else "page" if "order" in by else "slab"
+        # --by function is each probed function on rows of its own.
+        if "event" in by or "function" in by:
+            layer = (_layers(src, False), _layers(src, True))
+        else:
+            layer = _layers(src, "order" in by)
         table = group_allocations(ds, by, sort, top, events, _layer=layer)
-        if layer == "slab" and _select(an, events, "page"):
+        if layer == _layers(src, False) and _select(an, events, _layers(src, True)):
             table.note = "; ".join(x for x in (table.note, "page allocations are not in "
                                                "this table (see --by order)") if x)
+        if has_kprobes and src == "tracepoint" and "event" not in by:
+            table.note = "; ".join(x for x in (table.note, "tracepoint events only "
+                                               "(kprobe view: --source kprobe)") if x)
         tables.append(table)
         main = tables[0].name
     else:
-        for key, title in (("cache", "Slab allocations by cache"),
-                           ("callsite", "Slab allocations by call site"),
-                           ("comm", "Slab allocations by command")):
-            tables.append(group_allocations(ds, (key,), sort, top, events, _layer="slab",
+        slab, page = _layers(src, False), _layers(src, True)
+        what = "Slab allocations" if src == "tracepoint" else "Slab allocations (kprobes)"
+        for key, title in (("cache", f"{what} by cache"),
+                           ("callsite", f"{what} by call site"),
+                           ("comm", f"{what} by command")):
+            tables.append(group_allocations(ds, (key,), sort, top, events, _layer=slab,
                                             name=f"by_{key}", title=title))
         main = "by_cache"
-        tables.append(fragmentation(ds, "cache", top, events))
-        tables.append(fragmentation(ds, "callsite", top, events))
-        if _select(an, None, "page"):
-            tables.append(pages_by_order(ds))
+        if src == "tracepoint":
+            tables.append(fragmentation(ds, "cache", top, events))
+            tables.append(fragmentation(ds, "callsite", top, events))
+        if _select(an, None, page):
+            tables.append(pages_by_order(ds, page))
+        if has_kprobes:
+            tables.insert(0, group_allocations(
+                ds, ("function",), sort, top, events, _layer=("kprobe", "kprobe_page"),
+                name="by_function", title="Kprobe events by probed function"))
+            if src == "kprobe":
+                main = "by_function"
+            else:
+                tables.append(group_allocations(
+                    ds, ("cache",), sort, top, events, _layer="kprobe",
+                    name="kprobe_by_cache",
+                    title="Slab allocations by cache, as the kprobes saw them"))
         if ds.meta.slabinfo_start and ds.meta.slabinfo_end:
             tables.append(slabinfo_diff(ds))
+    for t in tables:
+        if t.name in ("by_function", "kprobe_by_cache", "kprobe_pages_by_order") or (
+                src == "kprobe" and t.name != "slabinfo_diff"):
+            _without_pairing(t)
+            t.note = "; ".join(x for x in (t.note, _KPROBE_NOTE) if x)
     if hist:
-        tables.append(size_histogram(ds, events))
+        tables.append(size_histogram(ds, events, _layers(src, False)))
     return Report(summary(ds), tables, _warnings(ds, an), by=by, sort=sort, main=main)
+
+
+_KPROBE_NOTE = ("kprobes: REQUESTED is the size argument (object size for "
+                "kmem_cache_alloc*); ALLOCATED is the cache's object size where the function "
+                "takes a cache, else the request; frees are not probed")

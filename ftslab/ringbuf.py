@@ -66,6 +66,12 @@ class PageWalk:
 def _check_layout(hp: HeaderPage, he: HeaderEvent) -> None:
     if hp.timestamp_size != 8 or hp.commit_size not in (4, 8) or hp.data_offset <= 0:
         raise ParseError(f"unsupported ring-buffer page header layout: {hp}")
+    # the header's words lie before the data, on word boundaries (a damaged header_page
+    # could point the walkers anywhere)
+    if (hp.timestamp_offset % 4 or hp.commit_offset % 4 or hp.data_offset % 4
+            or hp.timestamp_offset + hp.timestamp_size > hp.data_offset
+            or hp.commit_offset + hp.commit_size > hp.data_offset):
+        raise ParseError(f"ring-buffer page header fields overlap its data: {hp}")
     if he.type_len_bits != 5 or he.time_delta_bits != 27:
         raise ParseError(f"unsupported ring-buffer event header layout: {he}")
 
@@ -466,7 +472,8 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
             sel_ts = ts[sel]
         pidf = fmt.field("common_pid")
         pid = (_gather_int(buf, o + pidf.offset, pidf.size, True).astype(np.int32)
-               if pidf else np.full(o.size, -1, np.int32))
+               if pidf and pidf.size in (1, 2, 4, 8)  # a damaged format can say any size
+               else np.full(o.size, -1, np.int32))
         decodable = {f.name: f for f in fmt.fields if _decodable(f)}
         cols = LazyFields(decodable, lambda name, o=o, ln=ln, d=decodable:
                           _field_column(buf, o, ln, d[name]))

@@ -80,6 +80,8 @@ def _generic_value(key: str, text: str) -> int | str:
     """Type a value without knowing how it was printed; keep the text when unsure."""
     if key == "call_site" or _SYM_RE.fullmatch(text):
         return text  # symbol+offset/size as printed
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        return text[1:-1]  # a string (kprobe ":string" args print name="filp")
     if _HASHED_RE.fullmatch(text):
         return int(text, 16)  # "%p": 16 hex digits; the kernel never zero-pads %d
     if _DEC_RE.fullmatch(text):
@@ -185,7 +187,9 @@ class _FmtMatcher:
                 # the "%lx" of its print fmt says (print_kprobe_event()).
                 group, convert = r"\S*?", str
             else:
-                group = _GROUP.get(conv, r" *\S*?" if conv.startswith("p") else r".*?")
+                # %pS of a module address ends in " [module]"
+                group = _GROUP.get(conv, r" *\S*?(?: \[[^\]\s]+\])?" if conv.startswith("p")
+                                   else r".*?")
                 convert = _converter(conv, arg)
             pattern.append(f"({group})")
             self.keys.append(key)

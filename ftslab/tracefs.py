@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,39 @@ from .errors import (FtslabError, KernelWriteError, PermissionDenied,
                      TracefsUnavailable, UsageError)
 
 __all__ = ["Tracefs", "Instance", "CpuStats", "INSTANCE_PREFIX",
-           "read_text_file", "pid_alive", "parse_cpu_stats", "online_cpus"]
+           "read_text_file", "pid_alive", "parse_cpu_stats", "online_cpus",
+           "read_probe_context", "read_lockdown", "read_slab_names", "read_kallsyms"]
 
 #: Every instance ftslab creates is called ``ftslab_<owner pid>[_<n>]``.
 INSTANCE_PREFIX = "ftslab_"
-_OWNED = re.compile(r"^ftslab_(\d+)(?:_\w+)?$")
+_OWNED = re.compile(r"^ftslab_(\d+)(?:_\w+)?\Z")  # not "$": it allows a final "\n"
+
+#: PID_MAX_LIMIT (include/linux/threads.h, 64-bit): no pid is larger.
+_PID_MAX_LIMIT = 4 * 1024 * 1024
 
 _CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+#: Where securityfs shows the lockdown level (absent when securityfs is not mounted).
+LOCKDOWN_PATH = "/sys/kernel/security/lockdown"
+
+
+def _denied(message: str, what: str = "tracefs") -> PermissionDenied:
+    """A refusal, explained by kernel lockdown when that is the reason (see lockdown.py:
+    tracefs itself checks only file modes, so root is refused nothing else)."""
+    from .lockdown import lockdown_refusal, parse_lockdown
+    try:  # not read_text_file: its own refusal would come back here
+        fd = os.open(LOCKDOWN_PATH, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 4096).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+    except OSError:
+        text = None
+    why = lockdown_refusal(parse_lockdown(text), what)
+    if why:
+        return PermissionDenied(f"{message}: {why}", hint="")
+    return PermissionDenied(message)
 
 
 def read_text_file(path: str | os.PathLike, limit: int | None = None) -> str:
@@ -36,7 +63,7 @@ def read_text_file(path: str | os.PathLike, limit: int | None = None) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except PermissionError as exc:
-        raise PermissionDenied(f"cannot read {path}: {exc.strerror}") from None
+        raise _denied(f"cannot read {path}: {exc.strerror}") from None
     try:
         chunks = []
         total = 0
@@ -54,6 +81,8 @@ def read_text_file(path: str | os.PathLike, limit: int | None = None) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    if not 0 < pid <= _PID_MAX_LIMIT:  # kill(0) is our group; a name can say anything
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -118,6 +147,10 @@ class Tracefs:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._pin: int | None = None
+        """O_PATH descriptor of the mount, taken before the first instance is made: if
+        tracefs is unmounted (lazily) under a session, its instance can still be removed
+        through it (a detached mount lives on while a descriptor refers to it)."""
 
     @classmethod
     def locate(cls, path: str | None = None) -> "Tracefs":
@@ -129,10 +162,13 @@ class Tracefs:
                 if (p / "events").is_dir() or (p / "instances").is_dir():
                     return cls(p)
             except PermissionError:
-                raise PermissionDenied(f"permission denied reading {p}") from None
+                raise _denied(f"permission denied reading {p}") from None
         if os.geteuid() != 0:
             raise PermissionDenied(
                 f"tracefs is not readable at {candidates[0]} by this user")
+        denied = _denied(f"tracefs at {candidates[0]} is empty or not mounted")
+        if denied.hint == "":  # lockdown at boot: the kernel never populates tracefs
+            raise denied
         raise TracefsUnavailable(f"tracefs is not mounted at {candidates[0]}")
 
     # -- reads -------------------------------------------------------------------
@@ -163,6 +199,49 @@ class Tracefs:
 
     def event_exists(self, system: str, name: str) -> bool:
         return self.exists(f"events/{system}/{name}/format")
+
+    def readme(self) -> str:
+        try:
+            return self.read("README")
+        except FtslabError:
+            return ""
+
+    # -- kprobe events (global: one kprobe_events file for every instance) ----------
+    def kprobe_events(self) -> list[tuple[str, str, str]]:
+        """(group, event, symbol) of every kprobe defined, by anyone."""
+        from .kprobes import parse_kprobe_events
+        if not self.has_kprobes():
+            return []
+        return parse_kprobe_events(self.read("kprobe_events"))
+
+    def ftslab_probes(self) -> list[tuple[str, str, int]]:
+        """(group, event, owner pid) of every probe in a group named for an ftslab
+        session (``ftslab_<pid>``)."""
+        out = []
+        for group, event, _sym in self.kprobe_events():
+            m = _OWNED.match(group)
+            if m:
+                out.append((group, event, int(m.group(1))))
+        return out
+
+    def stale_probes(self) -> list[tuple[str, str, int]]:
+        return [p for p in self.ftslab_probes() if not pid_alive(p[2])]
+
+    def kprobe_add(self, definition: str) -> None:
+        """Append one probe definition (O_APPEND: other probes stay; the kernel's
+        refusal and its error_log entry arrive with the write)."""
+        self._write("kprobe_events", definition, append=True,
+                    hint="the definition and the kernel's reason are above; "
+                         "`ftslab doctor` shows what this kernel offers")
+
+    def kprobe_remove(self, group: str, event: str) -> None:
+        """Remove one of ftslab's probes (it must be disabled in every instance)."""
+        if not _OWNED.match(group):
+            raise ValueError(f"refusing to remove a probe not made by ftslab: {group}/{event}")
+        if not self.exists(f"events/{group}/{event}"):
+            return
+        self._write("kprobe_events", f"-:{group}/{event}", append=True,
+                    hint="a probe still enabled somewhere cannot be removed (EBUSY)")
 
     def instances(self) -> list[str]:
         try:
@@ -229,7 +308,7 @@ class Tracefs:
         except FileNotFoundError:
             raise TracefsUnavailable(f"{path} does not exist") from None
         except PermissionError as exc:
-            raise PermissionDenied(f"cannot write {path}: {exc.strerror}") from None
+            raise _denied(f"cannot write {path}: {exc.strerror}") from None
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 raise PermissionDenied(f"cannot write {path}: tracefs is read-only") from None
@@ -242,8 +321,10 @@ class Tracefs:
                 raise KernelWriteError(str(path), text, "short write", None, hint)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES):
-                raise PermissionDenied(f"kernel refused writing {text!r} to {path}: "
-                                       f"{exc.strerror}") from None
+                raise _denied(f"kernel refused writing {text!r} to {path}: "
+                              f"{exc.strerror}",
+                              "kprobes" if path.name.endswith("_events") else "tracefs") \
+                    from None
             after = self.error_log_last(instance)
             log = self.error_log_brief(after) if after and after != before else None
             raise KernelWriteError(str(path), text, errno.errorcode.get(exc.errno, str(exc.errno)),
@@ -255,22 +336,146 @@ class Tracefs:
         if not _OWNED.match(name):
             raise ValueError(f"refusing to create an instance not named for ftslab: {name}")
         path = self.root / "instances" / name
+        if self._pin is None:
+            try:
+                self._pin = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                pass  # mkdir below says what is wrong
         try:
             os.mkdir(path)
         except FileExistsError:
             raise KernelWriteError(str(path), "mkdir", "EEXIST", None,
                                    "another ftslab session uses this name; see: ftslab reset") from None
         except PermissionError as exc:
-            raise PermissionDenied(f"cannot create tracefs instance {path}: {exc.strerror}") from None
+            raise _denied(f"cannot create tracefs instance {path}: {exc.strerror}") from None
         except FileNotFoundError:
             raise TracefsUnavailable(f"{self.root}/instances does not exist",
                                      hint="this kernel has no tracefs instances") from None
         except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise PermissionDenied(f"cannot create tracefs instance {path}: tracefs is "
+                                       f"mounted read-only at {self.root}",
+                                       hint="use a read-write tracefs mount") from None
             raise KernelWriteError(str(path), "mkdir", errno.errorcode.get(exc.errno, "?")) from None
         return Instance(self, name)
 
+    def mount_lost(self) -> bool:
+        """Whether the tracefs this session set up in was unmounted under it (its path
+        now leads elsewhere, or nowhere)."""
+        if self._pin is None:
+            return False
+        try:
+            return os.stat(self.root).st_dev != os.fstat(self._pin).st_dev
+        except OSError:
+            return True
+
+    def _rmdir_pinned(self, rel: str) -> None:
+        """rmdir through the mount taken at the first instance_create (see ``_pin``)."""
+        if self._pin is None:
+            return
+        try:
+            os.rmdir(rel, dir_fd=self._pin)
+        except FileNotFoundError:
+            pass
+
     def instance(self, name: str) -> "Instance":
         return Instance(self, name)
+
+
+def read_kallsyms() -> str:
+    try:
+        return read_text_file("/proc/kallsyms")
+    except (OSError, FtslabError):
+        return ""
+
+
+def read_lockdown() -> str | None:
+    """The lockdown line (``none [integrity] confidentiality``), None if no LSM file."""
+    try:
+        return read_text_file("/sys/kernel/security/lockdown").strip()
+    except (OSError, FtslabError):
+        return None
+
+
+def read_slab_names() -> set[str]:
+    """Names of this kernel's slab caches: /proc/slabinfo and /sys/kernel/slab."""
+    names: set[str] = set()
+    try:
+        for line in read_text_file("/proc/slabinfo").splitlines()[2:]:
+            if line.split():
+                names.add(line.split()[0])
+    except (OSError, FtslabError):
+        pass
+    try:
+        names.update(os.listdir("/sys/kernel/slab"))
+    except OSError:
+        pass
+    return names
+
+
+_BTF_CACHE: dict = {}
+
+
+def provoke_allocations() -> None:
+    """Make this process allocate from a few slab caches (a file, a pipe, a socket):
+    the kprobe check (capture.Session) needs some kmem_cache_alloc calls to look at."""
+    import socket
+    for _ in range(3):
+        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
+        os.read(fd, 4096)
+        os.close(fd)
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        try:
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close()
+        except OSError:
+            pass
+
+
+def read_probe_context(tracefs: "Tracefs", symbols=None):
+    """What kprobes.plan_probes needs to know about the running kernel: kprobe_events,
+    the README, kallsyms, and from BTF the kmem_cache offsets and the prototypes of
+    ``symbols`` (default: every candidate of kprobes.FAMILY)."""
+    from . import btf as btfmod
+    from .kprobes import FAMILY, ProbeContext, parse_function_list, parse_kallsyms_text
+    kallsyms = parse_kallsyms_text(read_kallsyms())
+    if symbols is None:
+        symbols = [c for m in FAMILY for c in m.candidates]
+    btf_params: dict = {}
+    offsets = None
+    btf_error = None
+    path = "/sys/kernel/btf/vmlinux"
+    present = os.path.exists(path)
+    if present:
+        try:
+            if path not in _BTF_CACHE:
+                with open(path, "rb") as f:
+                    _BTF_CACHE[path] = btfmod.parse(f.read())
+            b = _BTF_CACHE[path]
+            offsets = btfmod.kmem_cache_offsets(b)
+            if offsets is None:
+                btf_error = "BTF has no struct kmem_cache with name/size/object_size"
+            for sym in symbols:
+                if sym in kallsyms:
+                    params = b.func_params(sym)
+                    if params is not None:
+                        btf_params[sym] = [(p.name, p.type_name) for p in params]
+        except (OSError, FtslabError) as exc:
+            btf_error = f"cannot use {path}: {exc}"
+    ftrace = blacklist = None
+    try:
+        ftrace = parse_function_list(tracefs.read("available_filter_functions")) or None
+    except FtslabError:
+        pass
+    try:
+        blacklist = parse_function_list(read_text_file("/sys/kernel/debug/kprobes/blacklist"))
+    except (OSError, FtslabError):
+        pass
+    return ProbeContext(has_kprobe_events=tracefs.has_kprobes(), readme=tracefs.readme(),
+                        kallsyms=kallsyms, btf_params=btf_params, btf_offsets=offsets,
+                        btf_present=present, btf_error=btf_error, ftrace_functions=ftrace,
+                        blacklist=blacklist)
 
 
 class Instance:
@@ -289,14 +494,33 @@ class Instance:
         return self.path.is_dir()
 
     def destroy(self) -> None:
-        """rmdir the instance (the kernel frees its buffer and disables its events)."""
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise KernelWriteError(str(self.path), "rmdir",
-                                   errno.errorcode.get(exc.errno, str(exc.errno))) from None
+        """rmdir the instance (the kernel frees its buffer and disables its events).
+
+        EBUSY while any process has one of its files open (rmdir refuses then): retried
+        for a second, then explained."""
+        for attempt in range(21):
+            try:
+                try:
+                    os.rmdir(self.path)
+                except FileNotFoundError:
+                    # unmounted under us? the mount pinned at creation still reaches it
+                    self.tracefs._rmdir_pinned(self.rel)
+                return
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and attempt < 20:
+                    time.sleep(0.05)
+                    continue
+                if exc.errno == errno.EROFS:
+                    raise PermissionDenied(f"cannot remove {self.path}: tracefs is mounted "
+                                           f"read-only at {self.tracefs.root}",
+                                           hint="use a read-write tracefs mount") from None
+                hint = None
+                if exc.errno == errno.EBUSY:
+                    hint = ("another process has one of its files open (e.g. cat trace_pipe); "
+                            "its events are off; once that process ends: ftslab reset")
+                raise KernelWriteError(str(self.path), "rmdir",
+                                       errno.errorcode.get(exc.errno, str(exc.errno)),
+                                       hint=hint) from None
 
     def read(self, rel: str) -> str:
         return self.tracefs.read(f"{self.rel}/{rel}")

@@ -58,7 +58,7 @@ def _setup(fake_tracefs, monkeypatch, fail_at, **opts):
     tfs = Tracefs(fake_tracefs)
     warnings: list[str] = []
     session = Session(tfs, warnings.append, name="ftslab_999999")
-    steps = session.plan(RecordOptions(**opts), child_pid=4242)
+    steps = session.plan(RecordOptions(**opts), child_pid=4194305)
     return rec, session, steps, warnings
 
 
@@ -69,7 +69,7 @@ def test_plan_is_every_write_in_order(fake_tracefs, monkeypatch):
     assert paths[0] == "instances/ftslab_999999"
     assert "instances/ftslab_999999/set_event_pid" in paths
     pid_step = steps[paths.index("instances/ftslab_999999/set_event_pid")]
-    assert pid_step.value == "4242"
+    assert pid_step.value == "4194305"
     f = {s.path.split("/")[-2]: s.value for s in steps if s.path.endswith("/filter")}
     assert f["kmalloc"] == '(comm == "nginx") && (bytes_req >= 64)'
     assert f["kfree"] == 'comm == "nginx"'
@@ -196,7 +196,7 @@ def test_whole_system_session_excludes_itself(fake_tracefs, monkeypatch):
     steps = session.plan(RecordOptions())
     st = [s for s in steps if s.path.endswith("set_event_notrace_pid")]
     assert st and st[0].value == str(os.getpid())
-    steps = session.plan(RecordOptions(), child_pid=4242)  # a command: no need
+    steps = session.plan(RecordOptions(), child_pid=4194305)  # a command: no need
     assert not [s for s in steps if s.path.endswith("set_event_notrace_pid")]
 
 

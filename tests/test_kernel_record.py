@@ -362,9 +362,10 @@ def test_reset_keeps_running_sessions(kernel, tmp_path):
     p = popen_ftslab("record", "-o", tmp_path / "r.dat", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
     name = f"ftslab_{p.pid}"
+    on = Path(f"/sys/kernel/tracing/instances/{name}/tracing_on")
     deadline = time.time() + 20
-    while time.time() < deadline and name not in ftslab_leftovers():
-        time.sleep(0.05)
+    while time.time() < deadline and not (on.exists() and on.read_text().strip() == "1"):
+        time.sleep(0.05)  # recording (not only set up): a signal now ends it with exit 0
     cp = run_ftslab("reset", check=True)
     assert f"keeping {name}" in cp.stderr and name in ftslab_leftovers()
     p.send_signal(signal.SIGINT)
@@ -385,10 +386,13 @@ def test_disk_full_stops_cleanly_and_keeps_the_pages(kernel, tmp_path):
         assert "Traceback" not in cp.stderr
         spools = [p for p in mnt.iterdir() if ".ftslab-spool-" in p.name]
         assert len(spools) == 1
-        raws = list(spools[0].iterdir())
+        raws = list(spools[0].glob("cpu*.raw"))
         assert raws and all(p.stat().st_size % 4096 == 0 for p in raws)
         assert sum(p.stat().st_size for p in raws) > 0
         assert not (mnt / "x.dat").exists()
+        # the spool describes itself: it reads as a (truncated) recording
+        rep = run_ftslab("report", spools[0], "--format", "json", check=True)
+        assert json.loads(rep.stdout)["truncated"] is True
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 

@@ -248,7 +248,7 @@ def _session(root, monkeypatch, fail_at=None, names=("filp", "kmalloc-64"), **op
                         lambda: {"filp", "kmalloc-64", "vma"})
     warnings: list[str] = []
     s = Session(Tracefs(root), warnings.append, name="ftslab_999999")
-    steps = s.plan(RecordOptions(kprobes="on", **opts), child_pid=4242)
+    steps = s.plan(RecordOptions(kprobes="on", **opts), child_pid=4194305)
     return k, s, steps, warnings
 
 
@@ -356,3 +356,32 @@ def test_reset_keeps_live_owners_probes(fake_kprobe_tracefs, monkeypatch):
     assert removed == [f"-:ftslab_{dead}/kp___kmalloc"]
     with pytest.raises(ValueError):
         tfs.kprobe_remove("kprobes", "other")
+
+
+def test_kprobes_only_enables_no_tracepoint(fake_kprobe_tracefs, monkeypatch):
+    k = _Kernel(fake_kprobe_tracefs)
+    monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **kw: k(self, *a, **kw))
+    s = Session(Tracefs(fake_kprobe_tracefs), lambda m: None, name="ftslab_999999")
+    steps = s.plan(RecordOptions(kprobes="only", cache="filp"), child_pid=1)
+    enabled = [st.path for st in steps if st.path.endswith("/enable")]
+    assert enabled and all("/events/ftslab_999999/kp_" in p for p in enabled)
+    assert s.formats == {}  # no tracepoint formats: only the probes' once created
+
+
+def test_blacklist_and_ftrace_list():
+    from ftslab.kprobes import parse_function_list
+    assert parse_function_list("0xffffffff81000000-0xffffffff81000010\t__kmalloc\n") == {
+        "__kmalloc"}
+    assert parse_function_list("kfree\nfoo [bar]\n") == {"kfree", "foo"}
+    plan = plan_probes(ctx_61(blacklist={"__kmalloc"}, ftrace_functions={"kmalloc_trace"}),
+                       "ftslab_1", families=("kmalloc", "kmalloc_cache", "kmem_cache_alloc"))
+    assert dict(plan.skipped)["kmalloc"].endswith("kprobe blacklist")
+    ft = {p.symbol: p.ftrace for p in plan.probes}
+    assert ft == {"kmalloc_trace": True, "kmem_cache_alloc": False}
+
+
+def test_an_asked_for_symbol_that_cannot_be_probed_is_an_error(fake_kprobe_tracefs,
+                                                               monkeypatch):
+    for sym in ("no_such_function", "kfree.isra.0"):
+        with pytest.raises(UsageError, match=f"cannot probe {sym}"):
+            _session(fake_kprobe_tracefs, monkeypatch, kprobe_symbols=(sym,))

@@ -1,0 +1,75 @@
+"""signals_deferred holds a stop signal off until its block ends, also when another
+thread exists (numpy's OpenBLAS pool starts one at import: the kernel then hands the
+signal to that thread, which has it unblocked, and Python used to run ftslab's handler in
+the main thread at once: between a tracefs write and the push of its undo)."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from ftslab import capture
+from ftslab.undo import UndoStack, signals_deferred
+
+from robust_util import figure
+
+
+@pytest.fixture
+def raising_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    capture._stop_requested.clear()
+    capture.stop_signals_raise(True)
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+    capture._stop_requested.clear()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_waits_for_the_end_of_the_block_despite_other_threads(raising_handlers,
+                                                                     sig):
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=True)  # a thread with signals unblocked
+    t.start()
+    done = []
+    try:
+        with pytest.raises(capture.Interrupted) as exc:
+            with signals_deferred():
+                os.kill(os.getpid(), sig)  # to the process: any thread may take it
+                deadline = time.monotonic() + 0.3
+                while time.monotonic() < deadline:  # plenty of bytecode boundaries
+                    done.append(1)
+                done.append("end of block")
+        assert done[-1] == "end of block"  # the block ran to its end first
+        assert exc.value.signum == sig
+    finally:
+        stop.set()
+        t.join()
+    figure("fault", what=f"{sig.name} inside signals_deferred with a second thread")
+
+
+def test_undo_runs_every_step_when_a_signal_arrives_during_unwind(raising_handlers):
+    ran = []
+    u = UndoStack()
+    u.push("a", lambda: ran.append("a"))
+    u.push("b", lambda: (os.kill(os.getpid(), signal.SIGTERM), ran.append("b")))
+    u.push("c", lambda: ran.append("c"))
+    with pytest.raises(capture.Interrupted):
+        u.unwind()
+    assert ran == ["c", "b", "a"]
+
+
+def test_nested_blocks_release_only_at_the_outermost(raising_handlers):
+    seen = []
+    with pytest.raises(capture.Interrupted):
+        with signals_deferred():
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            seen.append("inner done")
+            time.sleep(0.05)
+            seen.append("outer done")
+    assert seen == ["inner done", "outer done"]

@@ -1,0 +1,1 @@
+"""Guest-side tests (see conftest.py); a package so that its conftest is not `conftest`."""

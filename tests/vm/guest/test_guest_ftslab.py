@@ -1,0 +1,353 @@
+"""ftslab's kprobe path on a real kprobe-capable kernel (run inside the guest).
+
+The workload is a known allocation: setxattr(2) with a value of N bytes copies it with
+vmemdup_user() -> kvmalloc(N), i.e. one kmalloc of exactly N bytes in the kmalloc_node
+member of the family (__kmalloc_node on 6.1, __kmalloc_node_noprof on 6.12) per call,
+from the call site vmemdup_user+off.  Nothing else in the workload asks for N bytes.
+The kernel copies the value before the filesystem is asked, so the call need not succeed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from .vmfacts import TRACEFS, kallsyms_text_counts, pahole_members, tool
+
+N = 3000   # bytes per setxattr value
+CALLS = 200
+WORKLOAD = [sys.executable, "-c",
+            "import os, tempfile\n"
+            "fd, path = tempfile.mkstemp()\n"
+            f"for i in range({CALLS}):\n"
+            "    try:\n"
+            f"        os.setxattr(path, 'user.ftslab', b'x' * {N})\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "os.unlink(path)\n"]
+
+_SYMBOL = re.compile(r"^[A-Za-z_][\w.]*\+0x[0-9a-f]+(?: \[\w+\])?$")
+
+
+def _slab_caches() -> dict[str, int]:
+    """This kernel's cache names -> object size in bytes (struct kmem_cache.object_size,
+    from /sys/kernel/slab/NAME/object_size; -1 where sysfs has no entry).  Names from
+    /proc/slabinfo and /sys/kernel/slab (aliases of merged caches too).  Not slabinfo's
+    objsize column: SLUB prints s->size there (filp on 6.12: 192, object_size 184)."""
+    names = set(os.listdir("/sys/kernel/slab"))
+    with open("/proc/slabinfo") as f:
+        names.update(line.split()[0] for line in f.read().splitlines()[2:])
+    out = {}
+    for name in names:
+        try:
+            with open(f"/sys/kernel/slab/{name}/object_size") as f:
+                out[name] = int(f.read())
+        except OSError:
+            out[name] = -1
+    return out
+
+
+def _tracefs_snapshot() -> dict[str, object]:
+    return {"kprobe_events": (TRACEFS / "kprobe_events").read_text(),
+            "dynamic_events": (TRACEFS / "dynamic_events").read_text(),
+            "instances": sorted(os.listdir(TRACEFS / "instances")),
+            "events": sorted(os.listdir(TRACEFS / "events"))}
+
+
+def _check(cp: subprocess.CompletedProcess, what: str, code: int = 0) -> None:
+    assert cp.returncode == code, (f"{what}: exit {cp.returncode} (expected {code})\n"
+                                   f"stdout: {cp.stdout[-3000:]}\nstderr: {cp.stderr[-3000:]}")
+
+
+# -- doctor and probes ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def doctor(ftslab) -> dict:
+    cp = ftslab("doctor", "--format", "json")
+    _check(cp, "ftslab doctor --format json")
+    return json.loads(cp.stdout)
+
+
+def test_doctor_text_exits_0(ftslab, kernel):
+    cp = ftslab("doctor")
+    _check(cp, "ftslab doctor")
+    assert "kprobes" in cp.stdout
+
+
+def test_doctor_json_contract(doctor, expect):
+    assert doctor["kprobes"] is True
+    assert doctor["btf"] is True
+    assert doctor["ok"] is True, doctor.get("problems")
+    assert doctor["arg_style"] in ("$arg", "regs", "btf")
+    assert "lockdown" in doctor
+    for key in ("name", "object_size", "size"):
+        assert doctor["offsets"][key] == {"value": expect["offsets"][key], "source": "btf"}
+    probes = doctor["probes"]
+    assert probes
+    for p in probes:
+        assert {"family", "symbol", "event", "definition"} <= set(p), p
+        assert re.match(rf"p:ftslab_\d+/{re.escape(p['event'])} {re.escape(p['symbol'])}( |$)",
+                        p["definition"]), p
+    # every kmalloc-family symbol this kernel has is probed
+    assert {p["symbol"] for p in probes} == set(expect["symbols"])
+
+
+def test_doctor_offsets_equal_pahole(doctor):
+    pahole = tool("pahole")
+    if not pahole:
+        pytest.skip("pahole not installed (Debian package dwarves)")
+    cp = subprocess.run([pahole, "-C", "kmem_cache", "/sys/kernel/btf/vmlinux"],
+                        capture_output=True, text=True, timeout=120)
+    members = pahole_members(cp.stdout)
+    for key in ("name", "object_size", "size"):
+        assert doctor["offsets"][key]["value"] == members[key][0], key
+
+
+_REGS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")  # x86-64 argument registers
+
+
+def test_doctor_arguments_follow_the_prototype(doctor, expect):
+    """Each fetch arg reads the argument the kernel's prototype says (vmfacts.EXPECT,
+    checked against BTF by test_guest_kernel.py): on 6.12 the `b` (kmem_buckets)
+    argument moves flags and node of __kmalloc_node_noprof one place to the right."""
+    style = doctor["arg_style"]
+    name_off = doctor["offsets"]["name"]["value"]
+    by_sym = {p["symbol"]: p for p in doctor["probes"]}
+    checked = 0
+    for sym, params in expect["prototypes"].items():
+        d = by_sym[sym]["definition"]
+
+        def ref(param: str) -> str:
+            pos = params.index(param) + 1
+            return {"$arg": f"$arg{pos}", "regs": _REGS[pos - 1]}.get(style, param)
+
+        fields = dict(a.split("=", 1) for a in d.split()[2:])
+        want = {}
+        if "size" in params:
+            want["size"] = f"{ref('size')}:u64"
+        if "s" in params:
+            want["name"] = f"+0(+{name_off}({ref('s')})):string"
+        for flags in ("flags", "gfpflags", "gfp"):
+            if flags in params:
+                want["gfp"] = ref(flags) + ":"
+        for node in ("node", "preferred_nid"):
+            if node in params:
+                want["node"] = ref(node) + ":"
+        if "order" in params:
+            want["order"] = ref("order") + ":"
+        if "caller" in params:
+            want["caller"] = f"{ref('caller')}:symbol"
+        for field, spec in want.items():
+            got = fields.get(field, "")
+            ok = got.startswith(spec) if spec.endswith(":") else got == spec
+            assert ok, f"{sym}: {field}={got!r}, expected {spec!r} (definition: {d})"
+            checked += 1
+    assert checked >= 20
+
+
+def test_probes_dry_run_writes_nothing(ftslab, kernel, doctor):
+    before = _tracefs_snapshot()
+    cp = ftslab("probes", "--dry-run")
+    _check(cp, "ftslab probes --dry-run")
+    lines = [l for l in cp.stdout.splitlines() if re.search(r"p:ftslab_\d+/", l)]
+    assert len(lines) == len(doctor["probes"]), cp.stdout
+    assert all("kprobe_events" in l for l in lines), lines
+    cp = ftslab("record", "--dry-run", "--kprobes", "on", "-o", "/tmp/never.dat", "--", "true")
+    _check(cp, "ftslab record --dry-run --kprobes on")
+    assert len(re.findall(r"p:ftslab_\d+/", cp.stdout)) == len(doctor["probes"]), cp.stdout
+    assert _tracefs_snapshot() == before
+    assert not os.path.exists("/tmp/never.dat")
+
+
+# -- a recording with a known allocation ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recording(ftslab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "kp.dat"
+    cp = ftslab("record", "--kprobes", "on", "-o", out, "--", *WORKLOAD)
+    _check(cp, "ftslab record --kprobes on")
+    return out, cp
+
+
+def _kprobe_events(path):
+    import ftslab
+    return [ev for ev in ftslab.read(path) if ev.system.startswith("ftslab_")]
+
+
+def test_record_counts_the_known_kmalloc(recording, expect):
+    out, cp = recording
+    assert "lost 0" in cp.stderr, cp.stderr
+    import ftslab
+    ds = ftslab.load(out)
+    evs = _kprobe_events(out)
+    assert evs, "no kprobe event in the recording"
+    fn = expect["setxattr_function"]
+    hits = [ev for ev in evs if ev.fields.get("size") == N]
+    by_fn = Counter(ev.name for ev in hits)
+    assert by_fn == {f"kp_{fn}": CALLS}, by_fn
+    sites = Counter((ds.symbolize(ev.fields["caller"]) or "?").split("+")[0] for ev in hits)
+    assert sites == {expect["setxattr_caller"]: CALLS}, sites
+    # the tracepoint saw the same allocations
+    tp = [ev for ev in ftslab.read(out) if (ev.system, ev.name) == ("kmem", "kmalloc")
+          and ev.fields.get("bytes_req") == N]
+    assert len(tp) == CALLS, len(tp)
+
+
+def test_report_json_by_function_and_callsite(recording, ftslab, expect):
+    out, _ = recording
+    cp = ftslab("report", out, "--format", "json", "--source", "kprobe", "--by", "function",
+                "--by", "callsite", "--top", "100000")
+    _check(cp, "ftslab report --source kprobe --by function --by callsite")
+    rep = json.loads(cp.stdout)
+    assert rep["lost"] == 0
+    rows = rep["rows"]
+    assert rows
+    ours = [r for r in rows if r["function"] == expect["setxattr_function"]
+            and r["callsite"].startswith(expect["setxattr_caller"] + "+")]
+    assert len(ours) == 1, [(r["function"], r["callsite"]) for r in rows][:40]
+    assert ours[0]["count"] >= CALLS and ours[0]["bytes_req"] >= CALLS * N, ours
+    bad = [r["callsite"] for r in rows if not _SYMBOL.match(r["callsite"])]
+    assert not bad, f"call sites that are not symbol+offset: {bad[:10]}"
+
+
+def test_cache_names_and_object_sizes_are_the_kernels(recording):
+    out, _ = recording
+    named = [ev for ev in _kprobe_events(out) if "name" in ev.fields]
+    assert named, "no kprobe event carries a cache name"
+    caches = _slab_caches()
+    names = Counter(ev.fields["name"] for ev in named)
+    unknown = [n for n in names if n not in caches]
+    assert not unknown, f"cache names that are not this kernel's: {unknown[:10]}"
+    wrong = {(ev.fields["name"], ev.fields["objsize"]) for ev in named
+             if "objsize" in ev.fields and caches.get(ev.fields["name"], -1) > 0
+             and ev.fields["objsize"] != caches[ev.fields["name"]]}
+    assert not wrong, f"objsize differs from /sys/kernel/slab/*/object_size: {sorted(wrong)[:10]}"
+
+
+def test_stream_json_sees_the_known_kmalloc(ftslab, kernel, expect):
+    cp = ftslab("stream", "--kprobes", "on", "--format", "json", "--", *WORKLOAD)
+    _check(cp, "ftslab stream --kprobes on --format json")
+    evs = [json.loads(l) for l in cp.stdout.splitlines()]
+    kp = [e for e in evs if e["event"].split(":")[-1].startswith("kp_")]
+    assert kp, "no kprobe event streamed"
+    hits = [e for e in kp if e.get("size") == N]
+    assert Counter(e.get("function") for e in hits) == {expect["setxattr_function"]: CALLS}
+    assert {e["caller_sym"].split("+")[0] for e in hits} == {expect["setxattr_caller"]}
+    caches = _slab_caches()
+    unknown = {e["name"] for e in kp if "name" in e} - set(caches)
+    assert not unknown, unknown
+    assert all(_SYMBOL.match(e["caller_sym"]) for e in kp if "caller_sym" in e)
+
+
+# -- failures: the kernel's own words, and nothing left behind ---------------------------------
+
+def _blacklisted_symbol() -> str:
+    """A text symbol kprobes refuse (the kprobe blacklist, on debugfs)."""
+    with open("/sys/kernel/debug/kprobes/blacklist") as f:
+        names = [line.split()[-1] for line in f if line.strip()]
+    syms = kallsyms_text_counts()
+    return "asm_exc_divide_error" if "asm_exc_divide_error" in names else next(
+        n for n in names if syms.get(n) == 1)
+
+
+def test_refused_definition_shows_error_log(ftslab, kernel, tmp_path):
+    """A definition the kernel refuses: ftslab checks the kprobe blacklist when debugfs
+    is mounted, so it runs here in a mount namespace without debugfs (as on a system
+    that does not mount it): then only the kernel can say no, in error_log."""
+    sym = _blacklisted_symbol()
+    out = tmp_path / "bad.dat"
+    cmd = [sys.executable, "-m", "ftslab", "record", "--kprobes", "on", "--kprobe-family",
+           "kmalloc", "--kprobe-symbol", sym, "-o", str(out), "--", "true"]
+    cp = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                         'umount /sys/kernel/debug && exec "$@"', "sh", *cmd],
+                        capture_output=True, text=True, timeout=300)
+    _check(cp, f"record --kprobe-symbol {sym} (without debugfs)", code=5)
+    # the kernel's reason from error_log, with what was written
+    assert "Failed to register probe event" in cp.stderr, cp.stderr
+    assert "p:ftslab_" in cp.stderr and sym in cp.stderr, cp.stderr
+    assert "Traceback" not in cp.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["unknown", "blacklisted"])
+def test_unprobeable_symbol_is_refused_by_name(ftslab, kernel, tmp_path, which):
+    """An asked-for symbol ftslab cannot probe (not in kallsyms; on the kprobe blacklist
+    read from debugfs) stops the recording before any write, naming it and why."""
+    sym = "no_such_function_ftslab" if which == "unknown" else _blacklisted_symbol()
+    out = tmp_path / "nosuch.dat"
+    cp = ftslab("record", "--kprobes", "on", "--kprobe-symbol", sym, "-o", out, "--", "true")
+    assert cp.returncode == 2 and f"cannot probe {sym}" in cp.stderr, cp.stderr
+    why = "not in /proc/kallsyms" if which == "unknown" else "kprobe blacklist"
+    assert why in cp.stderr and "Traceback" not in cp.stderr, cp.stderr
+    assert not out.exists()
+
+
+def _setup_points() -> dict[str, int]:
+    """Setup step indices of a `record --kprobes on -- COMMAND` session on this kernel,
+    from ftslab's own plan (the pause hook counts the same steps)."""
+    from ftslab.capture import RecordOptions, Session
+    from ftslab.tracefs import Tracefs
+    s = Session(Tracefs(TRACEFS), lambda m: None, name="ftslab_0")
+    steps = s.plan(RecordOptions(kprobes="on", command=("true",)), child_pid=os.getpid())
+    kinds = [st.kind for st in steps]
+    kprobe = [i for i, k in enumerate(kinds) if k == "kprobe"]
+    enables = [i for i, st in enumerate(steps)
+               if st.path.endswith("/enable") and "/events/ftslab_" in st.path]
+    return {"instance made": 1, "one probe defined": kprobe[0] + 1,
+            "all probes defined": kprobe[-1] + 1, "probes being enabled": enables[len(enables) // 2]}
+
+
+KILLS = [("instance made", signal.SIGTERM), ("one probe defined", signal.SIGINT),
+         ("all probes defined", signal.SIGTERM), ("probes being enabled", signal.SIGINT),
+         ("capture", signal.SIGTERM)]
+
+
+@pytest.mark.parametrize("point,sig", KILLS, ids=[f"{p.replace(' ', '_')}-{s.name}"
+                                                    for p, s in KILLS])
+def test_signal_during_kprobe_setup_cleans_up(ftslab_spawn, kernel, tmp_path, point, sig):
+    """Held at a setup step (ftslab/_testhook.py) and signalled there: exit 128+N if
+    recording had not started (the command never runs), 0 with the data kept if it had
+    (the command is stopped with the recording: whether it got to run first is a race);
+    either way no probe, event group or instance of it is left."""
+    hook = "capture" if point == "capture" else f"setup:{_setup_points()[point]}"
+    marker, out, ran = tmp_path / "paused", tmp_path / "k.dat", tmp_path / "ran"
+    p = ftslab_spawn("record", "--kprobes", "on", "-o", out, "--", "sh", "-c",
+                     f"echo yes > {ran}; sleep 1",
+                     env={"FTSLAB_TEST_PAUSE": hook, "FTSLAB_TEST_PAUSE_FILE": str(marker)},
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"ftslab never paused at {hook} (exit {p.poll()})"
+        group = f"ftslab_{p.pid}"
+        probes = [l for l in (TRACEFS / "kprobe_events").read_text().splitlines() if group in l]
+        if point == "instance made":
+            assert not probes and (TRACEFS / "instances" / group).is_dir()
+        elif point == "one probe defined":
+            assert len(probes) == 1, probes
+        elif point in ("all probes defined", "probes being enabled"):
+            assert len(probes) > 1, probes
+        p.send_signal(sig)
+        _out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    if point == "capture":
+        # recording had started: a clean stop that keeps what was captured
+        assert p.returncode == 0, err
+        assert f"stopped by {sig.name}" in err, err
+        import ftslab
+        ftslab.load(out)
+    else:
+        assert p.returncode == 128 + sig, err
+        assert not ran.exists(), "the command ran although recording never started"
+        assert "Traceback" not in err, err

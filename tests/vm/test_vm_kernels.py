@@ -1,0 +1,92 @@
+"""ftslab's kprobe path on Debian's own kernels, booted under QEMU (TCG).
+
+The kernel of the developers' and CI machines has no kprobes; Debian's 6.1 and 6.12 do.
+For each, tests/vm/vmrun.py boots the kernel once (cold cache: it installs QEMU and
+busybox-static and downloads the kernel package first) and runs the guest suite,
+tests/vm/guest/, inside it in one pytest process; this test passes when that suite
+passes, and shows its output when it does not.
+
+Runs only with FTSLAB_VM_TESTS=1 or FTSLAB_KERNEL_TESTS=1 (it takes minutes).  Under
+FTSLAB_KERNEL_TESTS=1, a harness that cannot boot a guest is a failure, not a skip.
+FTSLAB_VM_TIMEOUT (seconds, default 600) bounds each guest.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import vmrun
+
+STRICT = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
+ENABLED = STRICT or os.environ.get("FTSLAB_VM_TESTS") == "1"
+TIMEOUT = float(os.environ.get("FTSLAB_VM_TIMEOUT", "600"))
+
+pytestmark = pytest.mark.skipif(
+    not ENABLED, reason="boots Debian kernels under QEMU (minutes): set FTSLAB_VM_TESTS=1 "
+                        "(FTSLAB_KERNEL_TESTS=1 runs it too)")
+
+GUEST_SUITE = "tests/vm/guest"
+
+
+def _guest_command() -> str:
+    # one python process for the whole suite: under TCG every start costs seconds
+    return (f"{sys.executable} -m pytest -q -p no:cacheprovider -rfEsx --durations=8 "
+            f"--junitxml={vmrun.GUEST_RESULTS}/junit.xml {GUEST_SUITE}")
+
+
+@pytest.fixture(scope="module", params=sorted(vmrun.KERNELS, key=lambda k: tuple(
+    map(int, k.split(".")))))
+def guest(request, tmp_path_factory) -> vmrun.VMResult:
+    kernel = request.param
+    try:
+        # results under pytest's basetemp: kept for the last few sessions, then removed
+        res = vmrun.run(kernel, _guest_command(), timeout=TIMEOUT,
+                        results_dir=tmp_path_factory.mktemp(f"vm-{kernel}-"),
+                        env={"FTSLAB_KERNEL_TESTS": "1", "FTSLAB_GUEST_KERNEL": kernel})
+    except vmrun.VMError as exc:
+        if STRICT:
+            pytest.fail(f"cannot boot the {kernel} guest: {exc}")
+        pytest.skip(f"cannot boot the {kernel} guest: {exc}")
+    return res
+
+
+def _explain(res: vmrun.VMResult) -> str:
+    return (f"{res.describe()}\n"
+            f"---- guest pytest output ----\n{res.output[-20000:]}\n"
+            f"---- guest console (tail) ----\n{res.console[-4000:]}\n"
+            f"(all of it in {res.results_dir})")
+
+
+def _junit(res: vmrun.VMResult) -> ET.Element | None:
+    try:
+        return ET.parse(res.results_dir / "junit.xml").getroot()
+    except (OSError, ET.ParseError):
+        return None
+
+
+def test_guest_suite_passes(guest, record_property):
+    record_property("guest_kernel_package", guest.package)
+    record_property("guest_seconds", round(guest.seconds, 1))
+    assert guest.booted, _explain(guest)
+    assert not guest.timed_out, _explain(guest)
+    assert guest.exit_code == 0, _explain(guest)
+    # a suite that passed by skipping everything proves nothing
+    root = _junit(guest)
+    assert root is not None, "guest wrote no junit.xml\n" + _explain(guest)
+    cases = root.iter("testcase")
+    ran = skipped = 0
+    unexpected = []
+    for case in cases:
+        ran += 1
+        sk = case.find("skipped")
+        if sk is not None:
+            skipped += 1
+            why = sk.get("message", "")
+            # only an optional tool may be missing; an xfail is reported as skipped too
+            if "not installed" not in why and sk.get("type") != "pytest.xfail":
+                unexpected.append(f"{case.get('name')}: {why}")
+    assert ran >= 15, f"only {ran} guest tests ran\n" + _explain(guest)
+    assert not unexpected, f"guest tests skipped: {unexpected}\n" + _explain(guest)
