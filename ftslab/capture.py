@@ -194,7 +194,9 @@ class Session:
                                             "tracepoints only")
             self.warn(msg + "; recording the kmem tracepoints only")
             return None
-        ctx = read_probe_context(self.tracefs)
+        from .kprobes import FAMILY
+        ctx = read_probe_context(self.tracefs, [c for m in FAMILY for c in m.candidates]
+                                 + list(opts.kprobe_symbols))
         plan = plan_probes(ctx, self.name, name_offset=opts.cache_name_offset,
                            families=opts.kprobe_families, extra_symbols=opts.kprobe_symbols)
         for note in plan.notes:
@@ -228,15 +230,18 @@ class Session:
         from .formats import parse_format
         events = self.resolve_events(opts.events if opts.kprobes != "only" else ())
         inst = f"instances/{self.name}"
-        steps = [Step("create private instance", inst, None, None),
-                 Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
-                 Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb", str(opts.buffer_kb),
-                      hint="the kernel could not allocate that much: ask for less with -b")]
         probe_plan = self.plan_kprobes(opts)
         probes = probe_plan.probes if probe_plan else []
-        for pr in probes:
-            steps.append(Step(f"kprobe on {pr.symbol} ({pr.family})", "kprobe_events",
-                              pr.definition, pr.removal, kind="kprobe"))
+        # The probes are defined BEFORE the instance exists: undone newest first, the
+        # instance's removal (which disables everything enabled in it) then always comes
+        # before the probes' removal, whatever enable undo a signal may have cut short.
+        steps = [Step(f"kprobe on {pr.symbol} ({pr.family})", "kprobe_events",
+                      pr.definition, pr.removal, kind="kprobe") for pr in probes]
+        steps += [Step("create private instance", inst, None, None),
+                  Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
+                  Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb",
+                       str(opts.buffer_kb),
+                       hint="the kernel could not allocate that much: ask for less with -b")]
         if any("name" in pr.fields for pr in probes):
             off = probe_plan.offsets
             steps.append(Step(f"check the cache names read at offset {off.name} "
@@ -305,19 +310,16 @@ class Session:
                 expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                 steps.append(Step(f"kernel-side filter for {sysname}:{name}",
                                   f"{inst}/events/{sysname}/{name}/filter", expr, "0"))
-        for text, evs in unfiltered.items():
-            if len(evs) == len(events):
-                raise UsageError(f"filter {text!r} names a field none of the recorded events "
-                                 f"has ({', '.join(evs)})",
-                                 hint="see the fields in events/<system>/<event>/format")
-            self.warn(f"filter {text!r} does not apply to {', '.join(evs)} (no such field "
-                      "there): those events are recorded unfiltered by it")
         for pr in probes:
             parts = []
             names = set(pr.fields)
             for fx in user_filters:
                 if fx.fields <= (names | _COMMON_FILTER_FIELDS):
                     parts.append(fx.text)
+                else:
+                    unfiltered.setdefault(fx.text, []).append(f"{pr.group}:{pr.event}")
+            if opts.min_size is not None and not names & {"size", "objsize", "order"}:
+                no_size.append(f"{pr.group}:{pr.event}")
             if opts.min_size is not None:
                 if "size" in names:
                     parts.append(f"size >= {int(opts.min_size)}")
@@ -337,6 +339,17 @@ class Session:
                 expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                 steps.append(Step(f"kernel-side filter for kprobe {pr.symbol}",
                                   f"{inst}/events/{pr.group}/{pr.event}/filter", expr, "0"))
+        n_recorded = len(events) + sum(1 for pr in probes
+                                       if opts.cache is None or "name" in pr.fields)
+        for text, evs in unfiltered.items():
+            if len(evs) >= n_recorded:
+                raise UsageError(f"filter {text!r} names a field none of the recorded events "
+                                 f"has ({', '.join(evs)})",
+                                 hint="see the fields in events/<system>/<event>/format "
+                                      "(kprobe events: size, name, objsize, gfp, node, "
+                                      "order, caller)")
+            self.warn(f"filter {text!r} does not apply to {', '.join(evs)} (no such field "
+                      "there): those events are recorded unfiltered by it")
         if no_size:
             self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
         for pr in probes:
@@ -402,19 +415,21 @@ class Session:
         enabled = []
         try:
             for p in probes:
-                inst.event_enable(p.group, p.event, True)
-                enabled.append(p)
+                with signals_deferred():  # no signal between the enable and its record
+                    inst.event_enable(p.group, p.event, True)
+                    enabled.append(p)
             inst.trace_clear()
             inst.tracing_on(True)
             provoke_allocations()
             inst.tracing_on(False)
             text = inst.read("trace")
         finally:
-            if inst.exists():
-                inst.tracing_on(False)
-                for p in reversed(enabled):
-                    inst.event_enable(p.group, p.event, False)
-                inst.trace_clear()
+            with signals_deferred():  # every disable runs, a second signal or not
+                if inst.exists():
+                    inst.tracing_on(False)
+                    for p in reversed(enabled):
+                        inst.event_enable(p.group, p.event, False)
+                    inst.trace_clear()
         names = cache_names_in_trace(text, {p.event for p in probes})
         known = read_slab_names()
         checked, bad = check_cache_names(names, known)

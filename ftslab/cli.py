@@ -138,6 +138,13 @@ def _record_options(events, duration, pids, comm, min_size, cache, filters, buff
                          "whole system anyway)")
     if pids and command:
         raise UsageError("give either -p PID or a COMMAND, not both")
+    if kprobes == "only" and events:
+        raise UsageError("--kprobes only records no tracepoints: drop -e, or use "
+                         "--kprobes on to record both")
+    if kprobes == "off" and (kprobe_symbols or kprobe_families or
+                             cache_name_offset is not None):
+        raise UsageError("--kprobe-symbol/--kprobe-family/--cache-name-offset need kprobes: "
+                         "not with --kprobes off")
     return RecordOptions(events=tuple(events) or DEFAULT_EVENTS, duration=duration,
                          output=Path(output or "ftslab.dat"), pids=tuple(pids), comm=comm,
                          buffer_kb=buffer_kb, command=tuple(command),
@@ -337,7 +344,11 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     if fmt == "json":
         line_of = lambda ev: render.event_to_json(ev, sym)
     elif fmt == "seed":
-        line_of = render.event_to_seed
+        # the module's lines came from its kprobes: with kprobe events in the session,
+        # the tracepoints' lines for the same allocations would print everything twice
+        kp = kprobes in ("on", "only") or (kprobes == "auto" and tfs.has_kprobes())
+        line_of = ((lambda ev: render.event_to_seed(ev) if ev.name.startswith("kp_")
+                    else None) if kp else render.event_to_seed)
     else:
         namer = _gfp_namer(tfs)
         line_of = lambda ev: render.event_to_text(ev, sym, namer)
@@ -427,7 +438,8 @@ def doctor(fmt, kprobes, cache_name_offset, tracefs_path):
     kprobes, BTF, each kmalloc-family member's symbol and arguments, struct kmem_cache
     offsets and their source, the kmem tracepoints and their fields.
 
-    Exit 0 when recording can work, 1 with the reason when it cannot.
+    Exit 0 when recording can work; otherwise 3 (not root, lockdown), 4 (no tracefs) or
+    8 (a feature asked for is missing), with the reason.
     """
     import json
     from .doctor import diagnose, render_text
@@ -438,7 +450,11 @@ def doctor(fmt, kprobes, cache_name_offset, tracefs_path):
         for line in render_text(d):
             click.echo(line)
     if not d["ok"]:
-        raise FtslabError("recording cannot work here: " + "; ".join(d["problems"]))
+        from .errors import PermissionDenied, TracefsUnavailable, Unsupported
+        why = "recording cannot work here: " + "; ".join(d["problems"])
+        cls = (PermissionDenied if not d["root"] or "lockdown" in why else
+               TracefsUnavailable if d["tracefs"] is None else Unsupported)
+        raise cls(why, hint="see the PROBLEM lines" if fmt == "text" else None)
 
 
 @cli.command()
@@ -484,6 +500,7 @@ def reset(all_ftslab, tracefs_path):
     removed = 0
     failed: list[FtslabError] = []
     owners_kept: set[int] = set()
+    busy_groups: set[str] = set()
     for name, pid in tfs.ftslab_instances():
         if pid_alive(pid) and not all_ftslab:
             _err(f"keeping {name}: its owner (pid {pid}) is still running")
@@ -493,6 +510,7 @@ def reset(all_ftslab, tracefs_path):
             Instance(tfs, name).destroy()  # disables its events: its probes can go next
         except FtslabError as exc:
             failed.append(exc)  # the others still go
+            busy_groups.add(f"ftslab_{pid}")
             _err(f"could not remove {name}: {exc}")
             continue
         removed += 1
@@ -504,7 +522,16 @@ def reset(all_ftslab, tracefs_path):
                 _err(f"keeping kprobe {group}/{event}: its owner (pid {pid}) is still "
                      "running")
             continue
-        tfs.kprobe_remove(group, event)
+        if f"ftslab_{pid}" in busy_groups:
+            _err(f"keeping kprobe {group}/{event}: its instance could not be removed "
+                 "(still enabled there)")
+            continue
+        try:
+            tfs.kprobe_remove(group, event)
+        except FtslabError as exc:
+            failed.append(exc)  # the others still go
+            _err(f"could not remove kprobe {group}/{event}: {exc}")
+            continue
         probes_removed += 1
         _err(f"removed kprobe {group}/{event}")
     _err(f"removed {removed} stale instance(s) and {probes_removed} stale kprobe(s)")

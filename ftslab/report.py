@@ -374,6 +374,20 @@ def kmalloc_round_up(size: int, page_size: int = 4096) -> int:
     return size
 
 
+def kmalloc_round_up_array(sizes: np.ndarray, page_size: int = 4096) -> np.ndarray:
+    """kmalloc_round_up over an array; above 2 pages, whole pages of the power-of-two
+    order the page allocator hands out (PAGE_SIZE << get_order(size))."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    classes = np.array(_KMALLOC_CLASSES, dtype=np.int64)
+    idx = np.searchsorted(classes, np.maximum(sizes, 1))
+    small = classes[np.minimum(idx, len(classes) - 1)]
+    pages = np.maximum((sizes + page_size - 1) // page_size, 1)
+    order = np.ceil(np.log2(pages.astype(np.float64))).astype(np.int64)
+    large = np.left_shift(np.int64(page_size), order)
+    out = np.where(sizes > 2 * page_size, large, small)
+    return np.where(sizes == 0, 0, out)
+
+
 def _label_order(label) -> tuple:
     """Sort key for mixed labels: numbers numerically, then text, None last."""
     if label is None:
@@ -410,6 +424,9 @@ class _Frame:
             if breq is None and balloc is None:
                 breq = balloc = np.zeros(n, np.int64)
                 self.notes.append(f"{self.event} carries no size field: bytes not counted")
+            elif balloc is None and src.layer == "kprobe" and src.size_class:
+                # __kmalloc*(size) kprobes: the kmalloc class the request is served from
+                balloc = kmalloc_round_up_array(breq, page_size)
             elif balloc is None:
                 balloc = breq
                 self.notes.append(f"{self.event} has no allocated-size field: "
@@ -461,6 +478,9 @@ class _Analysis:
         self.symbolize = ds.symbolize
         self.frames: list[_Frame] = []
         frees: dict[str, list[tuple]] = {}
+        from .kprobes import function_of_event
+        self._probed = {function_of_event(n) for (s, n), c in ds.columns.items()
+                        if n.startswith("kp_") and len(c)}
         for (system, name), cols in sorted(ds.columns.items()):
             src = alloc_source(system, name)
             if src is not None:
@@ -487,7 +507,13 @@ class _Analysis:
         if not (fr.src.call_site and fr.src.call_site in fr.cols.fields) or not fr.n:
             return
         from .kprobes import FAMILY
-        family = {c for m in FAMILY if m.layer == "slab" for c in m.candidates}
+        if fr.src.layer == "kprobe":
+            # only when the outer function was probed too: its event counts this one
+            family = self._probed
+        else:  # both halves are kmem:kmalloc events
+            family = {c for m in FAMILY if m.layer == "slab" for c in m.candidates}
+        if not family:
+            return
         codes, labels = self.local_key(fr, "callsite")
         inner = np.array([isinstance(lab, str) and lab.split("+")[0] in family
                           for lab in labels], dtype=bool)
@@ -784,10 +810,10 @@ def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
 
 def _without_pairing(t: Table) -> Table:
     """Kprobe events carry no pointer: frees/live cannot be known, so not shown."""
-    t.columns = [c for c in t.columns if c.name not in ("frees", "live")]
     for r in t.rows:
-        r.pop("frees", None)
-        r.pop("live", None)
+        for k in ("frees", "live"):
+            if k in r:
+                r[k] = None
     return t
 
 
@@ -1190,6 +1216,7 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     return Report(summary(ds), tables, _warnings(ds, an), by=by, sort=sort, main=main)
 
 
-_KPROBE_NOTE = ("kprobes: REQUESTED is the size argument (object size for "
-                "kmem_cache_alloc*); ALLOCATED is the cache's object size where the function "
-                "takes a cache, else the request; frees are not probed")
+_KPROBE_NOTE = ("kprobes: ALLOCS counts calls (kmalloc(0) included, failures unseen); "
+                "REQUESTED is the size argument (the object size for kmem_cache_alloc*); "
+                "ALLOCATED is the cache's object size, or the kmalloc size class of the "
+                "request; frees are not probed (FREES/LIVE: n/a)")

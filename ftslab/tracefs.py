@@ -517,7 +517,7 @@ class Instance:
                 hint = None
                 if exc.errno == errno.EBUSY:
                     hint = ("another process has one of its files open (e.g. cat trace_pipe); "
-                            "its events are off; once that process ends: ftslab reset")
+                            "once that process ends: ftslab reset")
                 raise KernelWriteError(str(self.path), "rmdir",
                                        errno.errorcode.get(exc.errno, str(exc.errno)),
                                        hint=hint) from None

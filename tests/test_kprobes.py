@@ -385,3 +385,64 @@ def test_an_asked_for_symbol_that_cannot_be_probed_is_an_error(fake_kprobe_trace
     for sym in ("no_such_function", "kfree.isra.0"):
         with pytest.raises(UsageError, match=f"cannot probe {sym}"):
             _session(fake_kprobe_tracefs, monkeypatch, kprobe_symbols=(sym,))
+
+
+def test_probes_exist_before_the_instance_and_go_after_it(fake_kprobe_tracefs, monkeypatch):
+    """Undone newest first, the instance's removal (which disables all that is enabled in
+    it) precedes the probes' removal even if a signal cut an enable's undo short."""
+    k, s, steps, _ = _session(fake_kprobe_tracefs, monkeypatch)
+    kinds = [st.kind or ("mkdir" if st.value is None else "write") for st in steps]
+    assert kinds.index("mkdir") > max(i for i, x in enumerate(kinds) if x == "kprobe")
+    inst_dir = fake_kprobe_tracefs / "instances/ftslab_999999"
+    seen = []
+    real = k.__call__
+
+    def spy(tfs, rel, text, *a, **kw):
+        if text.startswith("-:"):
+            seen.append(inst_dir.exists())
+        return real(tfs, rel, text, *a, **kw)
+    monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **kw: spy(self, *a, **kw))
+    s.apply(steps)
+    s.close()
+    assert seen and not any(seen)
+
+
+def test_kprobe_option_combinations_refused_up_front():
+    from ftslab.cli import main
+    assert main(["record", "--kprobes", "only", "-e", "kmem:kfree", "--dry-run"]) == 2
+    assert main(["record", "--kprobes", "off", "--kprobe-symbol", "kfree", "--dry-run"]) == 2
+
+
+def test_filters_reach_probes_or_are_refused(fake_kprobe_tracefs, monkeypatch):
+    _, _, steps, warnings = _session(fake_kprobe_tracefs, monkeypatch,
+                                     filters=("gfp_flags & 0x400",))
+    said = " ".join(warnings)
+    assert "kp_kmalloc_trace" in said and "unfiltered" in said
+    k = _Kernel(fake_kprobe_tracefs)
+    monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **kw: k(self, *a, **kw))
+    s = Session(Tracefs(fake_kprobe_tracefs), lambda m: None, name="ftslab_999999")
+    with pytest.raises(UsageError, match="none of the recorded events"):
+        s.plan(RecordOptions(kprobes="only", filters=("bytes_req > 100",)), child_pid=1)
+    s = Session(Tracefs(fake_kprobe_tracefs), lambda m: None, name="ftslab_999999")
+    steps = s.plan(RecordOptions(kprobes="only", filters=("size > 100",)), child_pid=1)
+    f = {st.path.split("/")[-2] for st in steps if st.path.endswith("/filter")}
+    assert "kp___kmalloc" in f and "kp_kmem_cache_alloc" not in f
+
+
+def test_inner_probe_counted_when_its_outer_function_was_not_probed():
+    from ftslab.report import build_report
+    from ftslab.textparse import parse_text
+    line = (" a-1 [000] ..... 1.00000{i}: kp___kmalloc_large_node_noprof: "
+            "(__kmalloc_large_node_noprof+0x4/0x100) size=20000 gfp=0xcc0 node=-1 "
+            "caller={c}\n")
+    text = "".join(line.format(i=i, c=c) for i, c in enumerate(
+        ["__kmalloc_node_noprof+0x36b/0x4a0", "__kmalloc_node_noprof+0x36b/0x4a0",
+         "foo+0x1/0x10"]))
+    rep = build_report(parse_text(text), source="kprobe")
+    assert sum(r["count"] for r in rep.table("by_function").rows) == 3
+    outer = text + (" a-1 [000] ..... 1.000009: kp___kmalloc_node_noprof: "
+                    "(__kmalloc_node_noprof+0x4/0x4a0) size=20000 gfp=0xcc0 node=-1 "
+                    "caller=bar+0x1/0x10\n")
+    rows = {r["function"]: r["count"] for r in build_report(
+        parse_text(outer), source="kprobe").table("by_function").rows}
+    assert rows == {"__kmalloc_large_node_noprof": 1, "__kmalloc_node_noprof": 1}
