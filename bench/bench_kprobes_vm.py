@@ -21,6 +21,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,21 +63,41 @@ def _with_recorder(argv, workload: str, seconds: float, settle: float, tmp: Path
     """Start the recorder, let it set up (``settle`` s: TCG is slow), run the workload
     beside it (not under it), wait for the recorder to end.  CPU: the recorder's own."""
     rec = _spawn(argv, tmp / "rec.log")
-    time.sleep(settle)
+    # start the workload only once the recorder records: its instance's tracing_on is
+    # 1 (ftslab), or the kmem events are on at the top level (trace-cmd)
+    t0 = time.monotonic()
+    tfs = Path("/sys/kernel/tracing")
+    while time.monotonic() - t0 < settle and rec.poll() is None:
+        inst = tfs / "instances" / f"ftslab_{rec.pid}" / "tracing_on"
+        try:
+            if argv[0] == "trace-cmd":
+                on = (tfs / "events/kmem/kmalloc/enable").read_text().strip() == "1"
+            else:
+                on = inst.read_text().strip() == "1"
+        except OSError:
+            on = False
+        if on:
+            break
+        time.sleep(0.2)
+    else:
+        raise SystemExit(f"{argv[:3]}: not recording after {settle:.0f} s: "
+                         f"{(tmp / 'rec.log').read_text()[-800:]}")
     wl = _spawn([workload, str(seconds)], tmp / "wl.log")
     _reap(wl)
+    time.sleep(0.5)
+    rec.send_signal(signal.SIGINT)  # both recorders end cleanly on Ctrl-C
     cpu = _reap(rec)
     return {"rc": rec.returncode, "stderr": (tmp / "rec.log").read_text()[-1500:],
             "rate": _rate((tmp / "wl.log").read_text()), "cpu_with_workload_s": cpu}
 
 
-def guest(seconds: float, workload: str, out_dir: Path, settle: float = 10.0) -> dict:
+def guest(seconds: float, workload: str, out_dir: Path, settle: float = 120.0) -> dict:
     """Runs inside the guest: every mode once, in the same boot."""
     py = [sys.executable, "-m", "ftslab"]
     rows = {}
     cp, wall, wl_cpu = _measured([workload, str(seconds)])
     rows["baseline"] = {"rate": _rate(cp.stdout), "cpu_total_s": wl_cpu}
-    dur = settle + seconds + 1.0
+    dur = seconds + 60.0  # ended by SIGINT once the workload is done
     for mode, kp in (("tracepoints", "off"), ("kprobes", "only"), ("both", "on")):
         dat = out_dir / f"{mode}.dat"
         r = _with_recorder(py + ["record", "-d", str(dur), "--kprobes", kp, "-o", str(dat)],

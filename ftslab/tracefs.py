@@ -392,7 +392,7 @@ def read_kallsyms() -> str:
 def read_lockdown() -> str | None:
     """The lockdown line (``none [integrity] confidentiality``), None if no LSM file."""
     try:
-        return read_text_file("/sys/kernel/security/lockdown").strip()
+        return read_text_file(LOCKDOWN_PATH).strip()
     except (OSError, FtslabError):
         return None
 
