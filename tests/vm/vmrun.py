@@ -397,6 +397,8 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || die "tmp"
 mount -t tmpfs -o mode=0755 tmpfs $R/run
+# host directories under the guest's own /tmp and /run (a checkout in /tmp): shared again
+while read -r tag path; do layer $tag $R$path; done < /results/late-mounts
 mkdir -p $R/boot $R""" + GUEST_RESULTS + r"""
 # Debian's kernel config where Debian puts it (there is no /proc/config.gz)
 cp /config $R/boot/config-$(uname -r)
@@ -575,6 +577,16 @@ def run(kernel: str, command: str, *, timeout: float = 900, env: dict | None = N
     shares = _extra_shares([cwd, repo_root(), sys.prefix, sys.base_prefix,
                             *site.getsitepackages(), *extra_paths])
     (results / "mounts").write_text("".join(f"ro{i} {p}\n" for i, p in enumerate(shares)))
+    # the guest mounts fresh tmpfs on /tmp and /run: a checkout (or cwd) below them would
+    # be hidden, so it gets a share of its own, mounted after those
+    late: list[Path] = []
+    for p in (repo_root(), cwd):
+        p = Path(p).resolve()
+        if (any(str(p).startswith(d + "/") for d in ("/tmp", "/run", "/dev/shm"))
+                and p not in late and not any(p.is_relative_to(x) for x in late)):
+            late.append(p)
+    (results / "late-mounts").write_text("".join(f"late{i} {p}\n"
+                                                 for i, p in enumerate(late)))
     (results / "hide").write_text("".join(f"{p}\n" for p in _host_mount_points()))
     # PYTHONPATH: this checkout's ftslab, whatever an editable install points at
     guest_env = {"PATH": _guest_path(), "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
@@ -601,6 +613,9 @@ def run(kernel: str, command: str, *, timeout: float = 900, env: dict | None = N
                        "multidevs=forbid"]
     for i, p in enumerate(shares):
         argv += ["-virtfs", f"local,path={p},mount_tag=ro{i},security_model=none,"
+                            "readonly=on,multidevs=forbid"]
+    for i, p in enumerate(late):
+        argv += ["-virtfs", f"local,path={p},mount_tag=late{i},security_model=none,"
                             "readonly=on,multidevs=forbid"]
     t0 = time.monotonic()
     try:
