@@ -1051,15 +1051,8 @@ def _describe_spool(tracefs: Tracefs, session: Session, spool_dir: Path, output:
     """Everything decoding the spool needs, written before the first page (spool.py): a
     session that dies by SIGKILL leaves a readable recording."""
     from . import spool
-    event_formats: dict[str, list[str]] = {}
-    for (sysname, _name), text in session.formats.items():
-        event_formats.setdefault(sysname, []).append(text)
-
-    def opt(rel):
-        try:
-            return tracefs.read(rel)
-        except FtslabError:
-            return ""
+    event_formats = _formats_by_system(session)
+    opt = lambda rel: _read_or_empty(tracefs, rel)  # noqa: E731
     u = os.uname()
     spool.describe(spool_dir, {
         "pid": os.getpid(), "output": str(output.resolve()), "started": time.time(),
@@ -1075,19 +1068,28 @@ def _describe_spool(tracefs: Tracefs, session: Session, spool_dir: Path, output:
     }, _read_kallsyms(), warn)
 
 
+def _formats_by_system(session: Session) -> dict[str, list[str]]:
+    """The session's format texts grouped by event system (as trace.dat stores them)."""
+    out: dict[str, list[str]] = {}
+    for (sysname, _name), text in session.formats.items():
+        out.setdefault(sysname, []).append(text)
+    return out
+
+
+def _read_or_empty(tracefs: Tracefs, rel: str) -> str:
+    try:
+        return tracefs.read(rel)
+    except FtslabError:
+        return ""
+
+
 def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler: _Spooler,
                      header_page_text: str, header_event_text: str, meta: dict,
                      stats: list[CpuStats]) -> int:
     from .tracedat import TraceDat, write_tracedat
-    event_formats: dict[str, list[str]] = {}
-    for (sysname, _name), text in session.formats.items():
-        event_formats.setdefault(sysname, []).append(text)
+    event_formats = _formats_by_system(session)
     ftrace_formats = _ftrace_formats(tracefs)
-    def opt(rel):
-        try:
-            return tracefs.read(rel)
-        except FtslabError:
-            return ""
+    opt = lambda rel: _read_or_empty(tracefs, rel)  # noqa: E731
     u = os.uname()
     td = TraceDat(
         version=7, little_endian=sys.byteorder == "little", long_size=8,

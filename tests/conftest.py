@@ -105,3 +105,53 @@ def popen_ftslab(*args, extra_env: dict | None = None, **kw) -> subprocess.Popen
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, "-m", "ftslab", *map(str, args)],
                             env=env, **kw)
+
+
+def as_nobody(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI in a forked child that dropped to uid/gid 65534 (nobody).
+
+    Forked rather than exec'ed: this machine's Python lives under /root, which nobody
+    cannot read; the parent has already imported everything the CLI needs."""
+    import ftslab.capture, ftslab.cli, ftslab.load, ftslab.render, ftslab.report  # noqa
+    import ftslab.stream, ftslab.tracefs, ftslab.tracedat  # noqa
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.dup2(w, 2)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            code = ftslab.cli.main(argv)
+        except BaseException:
+            code = 99
+        os._exit(code)
+    os.close(w)
+    err = b""
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        err += b
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err.decode()
+
+
+def make_fake_tracefs(tmp_path) -> Path:
+    """A tracefs tree for control-path tests: the real 6.18 kmem format files and page
+    headers, an empty instances/ (writes are intercepted by the tests)."""
+    import shutil
+    root = tmp_path / "tracing"
+    six = FIXTURES / "6.18"
+    for ev in ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
+               "mm_page_free"):
+        d = root / "events" / "kmem" / ev
+        d.mkdir(parents=True)
+        shutil.copy(six / f"kmem-{ev}.format", d / "format")
+    shutil.copy(six / "header_page", root / "events" / "header_page")
+    shutil.copy(six / "header_event", root / "events" / "header_event")
+    (root / "instances").mkdir()
+    return root

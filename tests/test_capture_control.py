@@ -8,7 +8,6 @@ paths run against the real kernel in test_kernel_record.py.)
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from ftslab.capture import RecordOptions, Session
 from ftslab.errors import KernelWriteError, TracefsUnavailable, UsageError, PermissionDenied
 from ftslab.tracefs import Tracefs
 from ftslab.undo import UndoStack
+from conftest import make_fake_tracefs
 
 FIX = Path(__file__).parent / "fixtures" / "6.18"
 EVENTS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
@@ -26,15 +26,7 @@ EVENTS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_al
 
 @pytest.fixture
 def fake_tracefs(tmp_path):
-    root = tmp_path / "tracing"
-    for ev in EVENTS:
-        d = root / "events" / "kmem" / ev
-        d.mkdir(parents=True)
-        shutil.copy(FIX / f"kmem-{ev}.format", d / "format")
-    shutil.copy(FIX / "header_page", root / "events" / "header_page")
-    shutil.copy(FIX / "header_event", root / "events" / "header_event")
-    (root / "instances").mkdir()
-    return root
+    return make_fake_tracefs(tmp_path)
 
 
 class _Recorder:

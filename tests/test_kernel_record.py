@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ftslab_leftovers, need_tool, popen_ftslab, run_ftslab, run_tracecmd
+from conftest import (as_nobody, ftslab_leftovers, need_tool, popen_ftslab, run_ftslab,
+                      run_tracecmd)
 
 N_FILES = 2000
 OPEN_FILES = [sys.executable, "-c",
@@ -267,43 +268,10 @@ def test_stream_text_format(kernel):
     assert "streamed" in cp.stderr
 
 
-def _as_nobody(argv: list[str]) -> tuple[int, str]:
-    """Run the CLI in a forked child that dropped to uid/gid 65534 (nobody).
-
-    Forked rather than exec'ed: this machine's Python lives under /root, which nobody
-    cannot read; the parent has already imported everything the CLI needs."""
-    import ftslab.capture, ftslab.cli, ftslab.load, ftslab.render, ftslab.report  # noqa
-    import ftslab.stream, ftslab.tracefs, ftslab.tracedat  # noqa
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.dup2(w, 2)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            code = ftslab.cli.main(argv)
-        except BaseException:
-            code = 99
-        os._exit(code)
-    os.close(w)
-    err = b""
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        err += b
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), err.decode()
-
-
 def test_not_root_is_one_clear_line(kernel):
     for argv in (["record", "-d", "1", "-o", "/tmp/ftslab-nobody.dat"],
                  ["stream", "-d", "1"], ["record", "--dry-run"]):
-        code, err = _as_nobody(argv)
+        code, err = as_nobody(argv)
         assert code == 3, (argv, code, err)
         assert "Traceback" not in err and err.count("\n") == 1, err
         assert "root" in err, err

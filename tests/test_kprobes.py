@@ -23,6 +23,7 @@ from ftslab.kprobes import (FAMILY, KNOWN_PROTOTYPES, ProbeContext, cache_names_
                             check_cache_names, parse_kallsyms_text, parse_kprobe_events,
                             plan_probes, roles_from_params, validate_symbol)
 from ftslab.tracefs import Tracefs
+from conftest import make_fake_tracefs
 
 FIX = Path(__file__).parent / "fixtures"
 KERNEL_TESTS = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
@@ -174,33 +175,13 @@ def test_parsers():
 
 # ------------------------------------------------------------- control path -------
 
-KPROBE_FORMAT = """name: {event}
-ID: 2000
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:unsigned long __probe_ip;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:u64 size;\toffset:16;\tsize:8;\tsigned:0;
-
-print fmt: "(%lx) size=%Lu", REC->__probe_ip, REC->size
-"""
+#: a real kprobe format file (Debian 6.1, tests/fixtures/6.1): every fake probe gets it
+KPROBE_FORMAT = (FIX / "6.1" / "kprobe-kp_kmalloc.format").read_text()
 
 
 @pytest.fixture
 def fake_kprobe_tracefs(tmp_path, monkeypatch):
-    root = tmp_path / "tracing"
-    six = FIX / "6.18"
-    for ev in ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
-               "mm_page_free"):
-        d = root / "events" / "kmem" / ev
-        d.mkdir(parents=True)
-        shutil.copy(six / f"kmem-{ev}.format", d / "format")
-    shutil.copy(six / "header_page", root / "events" / "header_page")
-    shutil.copy(six / "header_event", root / "events" / "header_event")
-    (root / "instances").mkdir()
+    root = make_fake_tracefs(tmp_path)
     (root / "kprobe_events").write_text("")
     (root / "README").write_text(README_ARG)
     monkeypatch.setattr("ftslab.tracefs.read_probe_context",
@@ -229,7 +210,8 @@ class _Kernel:
             d = self.root / "events" / group / event
             if kind == "p":
                 d.mkdir(parents=True)
-                (d / "format").write_text(KPROBE_FORMAT.format(event=event))
+                (d / "format").write_text(KPROBE_FORMAT.replace("name: kp_kmalloc\n",
+                                                                 f"name: {event}\n", 1))
             elif kind == "-":
                 shutil.rmtree(d)
                 if not os.listdir(d.parent):

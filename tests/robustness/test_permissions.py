@@ -8,55 +8,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from robust_util import TRACEFS, env_for, figure, ftslab_argv, instances_of, run
+from conftest import as_nobody, make_fake_tracefs
 
 from ftslab.lockdown import lockdown_refusal, parse_lockdown
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "6.18"
 
 
-def _as_nobody(argv: list[str]) -> tuple[int, str]:
-    """The CLI in a forked child that dropped to uid/gid 65534.  Forked, not exec'ed
-    (setpriv --reuid=nobody): this machine's Python lives under /root, which nobody cannot
-    read; the parent has imported what the CLI needs."""
-    import ftslab.capture, ftslab.cli, ftslab.load, ftslab.spool, ftslab.stream  # noqa
-    import ftslab.tracedat, ftslab.tracefs, ftslab.render, ftslab.report  # noqa
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.dup2(w, 2)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            code = ftslab.cli.main(argv)
-        except BaseException:
-            code = 99
-        os._exit(code)
-    os.close(w)
-    err = b""
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        err += b
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), err.decode()
-
-
 @pytest.mark.parametrize("argv", [["record", "-d", "1", "-o", "/tmp/ftslab-nobody.dat"],
                                   ["stream", "-d", "1"], ["record", "--dry-run"],
                                   ["reset"]])
 def test_not_root_is_one_clear_line(kernel, argv):
-    code, err = _as_nobody(argv)
+    code, err = as_nobody(argv)
     assert code == 3, (argv, code, err)
     assert "Traceback" not in err and err.count("ftslab: error:") == 1, err
     assert "root" in err, err
@@ -153,16 +121,7 @@ def test_this_kernels_lockdown_level_is_read_and_recording_works(kernel, tmp_pat
 
 @pytest.fixture
 def fake_tracefs(tmp_path):
-    root = tmp_path / "tracing"
-    for ev in ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
-               "mm_page_free"):
-        d = root / "events" / "kmem" / ev
-        d.mkdir(parents=True)
-        shutil.copy(FIX / f"kmem-{ev}.format", d / "format")
-    shutil.copy(FIX / "header_page", root / "events" / "header_page")
-    shutil.copy(FIX / "header_event", root / "events" / "header_event")
-    (root / "instances").mkdir()
-    return root
+    return make_fake_tracefs(tmp_path)
 
 
 @pytest.fixture
