@@ -298,10 +298,13 @@ def _setup_points() -> dict[str, int]:
     steps = s.plan(RecordOptions(kprobes="on", command=("true",)), child_pid=os.getpid())
     kinds = [st.kind for st in steps]
     kprobe = [i for i, k in enumerate(kinds) if k == "kprobe"]
+    mkdir = next(i for i, st in enumerate(steps) if not st.kind and st.value is None)
     enables = [i for i, st in enumerate(steps)
                if st.path.endswith("/enable") and "/events/ftslab_" in st.path]
-    return {"instance made": 1, "one probe defined": kprobe[0] + 1,
-            "all probes defined": kprobe[-1] + 1, "probes being enabled": enables[len(enables) // 2]}
+    # the probes are defined first, then the instance (its removal disables them first)
+    assert kprobe[-1] < mkdir
+    return {"one probe defined": kprobe[0] + 1, "all probes defined": kprobe[-1] + 1,
+            "instance made": mkdir + 1, "probes being enabled": enables[len(enables) // 2]}
 
 
 KILLS = [("instance made", signal.SIGTERM), ("one probe defined", signal.SIGINT),
@@ -329,12 +332,13 @@ def test_signal_during_kprobe_setup_cleans_up(ftslab_spawn, kernel, tmp_path, po
         assert marker.exists(), f"ftslab never paused at {hook} (exit {p.poll()})"
         group = f"ftslab_{p.pid}"
         probes = [l for l in (TRACEFS / "kprobe_events").read_text().splitlines() if group in l]
-        if point == "instance made":
-            assert not probes and (TRACEFS / "instances" / group).is_dir()
-        elif point == "one probe defined":
-            assert len(probes) == 1, probes
-        elif point in ("all probes defined", "probes being enabled"):
-            assert len(probes) > 1, probes
+        inst_made = (TRACEFS / "instances" / group).is_dir()
+        if point == "one probe defined":
+            assert len(probes) == 1 and not inst_made, probes
+        elif point == "all probes defined":
+            assert len(probes) > 1 and not inst_made, probes
+        elif point in ("instance made", "probes being enabled"):
+            assert len(probes) > 1 and inst_made, probes
         p.send_signal(sig)
         _out, err = p.communicate(timeout=120)
     finally:
