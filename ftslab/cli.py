@@ -347,7 +347,8 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
         # the module's lines came from its kprobes: with kprobe events in the session,
         # the tracepoints' lines for the same allocations would print everything twice
         kp = kprobes in ("on", "only") or (kprobes == "auto" and tfs.has_kprobes())
-        line_of = ((lambda ev: render.event_to_seed(ev) if ev.name.startswith("kp_")
+        from .kprobes import is_probe_event
+        line_of = ((lambda ev: render.event_to_seed(ev) if is_probe_event(ev.system, ev.name)
                     else None) if kp else render.event_to_seed)
     else:
         namer = _gfp_namer(tfs)

@@ -140,31 +140,25 @@ KNOWN_PROTOTYPES: dict[str, tuple[tuple[str, str] | None, ...]] = {
     "__alloc_pages": (("gfp", "gfp_t"), ("order", "unsigned int"),
                       ("preferred_nid", "int"), ("nodemask", "nodemask_t *")),
     "kmalloc_slab": (("size", "size_t"), ("flags", "gfp_t")),
-    # v6.10+: *_noprof (v6.11 renames above); SLAB_BUCKETS adds `b` (None: maybe there)
-    "__kmalloc_noprof": (("size", "size_t"), ("flags", "gfp_t")),
+    # v6.10+: SLAB_BUCKETS adds `b` (None: maybe there); the other *_noprof functions
+    # (and their v6.11 renames) kept their v6.1 prototypes: aliased below
     "__kmalloc_node_noprof": (("size", "size_t"), None, ("flags", "gfp_t"), ("node", "int")),
-    "__kmalloc_cache_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                               ("size", "size_t")),
-    "__kmalloc_cache_node_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                                    ("node", "int"), ("size", "size_t")),
-    "kmalloc_trace_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                             ("size", "size_t")),
-    "kmalloc_node_trace_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                                  ("node", "int"), ("size", "size_t")),
-    "__kmalloc_large_noprof": (("size", "size_t"), ("flags", "gfp_t")),
-    "__kmalloc_large_node_noprof": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int")),
-    "kmalloc_large_noprof": (("size", "size_t"), ("flags", "gfp_t")),
-    "kmalloc_large_node_noprof": (("size", "size_t"), ("flags", "gfp_t"), ("node", "int")),
     "__kmalloc_node_track_caller_noprof": (("size", "size_t"), None, ("flags", "gfp_t"),
                                            ("node", "int"), ("caller", "long unsigned int")),
-    "kmem_cache_alloc_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t")),
-    "kmem_cache_alloc_node_noprof": (("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                                     ("node", "int")),
-    "kmem_cache_alloc_lru_noprof": (("s", "struct kmem_cache *"), ("lru", "struct list_lru *"),
-                                    ("gfpflags", "gfp_t")),
-    "__alloc_pages_noprof": (("gfp", "gfp_t"), ("order", "unsigned int"),
-                             ("preferred_nid", "int"), ("nodemask", "nodemask_t *")),
 }
+
+KNOWN_PROTOTYPES.update({new: KNOWN_PROTOTYPES[old] for new, old in (
+    ("__kmalloc_noprof", "__kmalloc"),
+    ("__kmalloc_cache_noprof", "kmalloc_trace"), ("kmalloc_trace_noprof", "kmalloc_trace"),
+    ("__kmalloc_cache_node_noprof", "kmalloc_node_trace"),
+    ("kmalloc_node_trace_noprof", "kmalloc_node_trace"),
+    ("__kmalloc_large_noprof", "kmalloc_large"), ("kmalloc_large_noprof", "kmalloc_large"),
+    ("__kmalloc_large_node_noprof", "kmalloc_large_node"),
+    ("kmalloc_large_node_noprof", "kmalloc_large_node"),
+    ("kmem_cache_alloc_noprof", "kmem_cache_alloc"),
+    ("kmem_cache_alloc_node_noprof", "kmem_cache_alloc_node"),
+    ("kmem_cache_alloc_lru_noprof", "kmem_cache_alloc_lru"),
+    ("__alloc_pages_noprof", "__alloc_pages"))})
 
 #: role -> (probe field name, kprobe fetch type)
 _FIELDS = {"size": ("size", "u64"), "gfp": ("gfp", "x32"), "node": ("node", "s32"),
@@ -470,8 +464,9 @@ def parse_kprobe_events(text: str) -> list[tuple[str, str, str]]:
 
 
 def is_probe_event(system: str, name: str) -> bool:
-    """An event made by an ftslab session (its group is ``ftslab_<pid>``)."""
-    return system.startswith("ftslab_") and name.startswith(EVENT_PREFIX)
+    """An event made by an ftslab session (its group is ``ftslab_<pid>``; a text trace
+    read without format files has no system: the name decides)."""
+    return name.startswith(EVENT_PREFIX) and (not system or system.startswith("ftslab_"))
 
 
 def function_of_event(name: str) -> str:

@@ -55,6 +55,7 @@ import json
 from typing import Callable, Iterator
 
 from .records import Event
+from .kprobes import function_of_event, is_probe_event
 from .report import Report, Table, alloc_source, event_label, normalize_call_site
 
 __all__ = ["render_text", "render_json", "render_csv", "human_bytes",
@@ -227,8 +228,7 @@ def event_to_json(ev: Event, symbolize: Callable[[int], str | None] | None = Non
         cs = ev.fields.get(k)
         if symbolize is not None and isinstance(cs, int):
             obj[f"{k}_sym"] = symbolize(cs & 0xFFFFFFFFFFFFFFFF)
-    if ev.name.startswith("kp_") and (ev.system.startswith("ftslab_") or not ev.system):
-        from .kprobes import function_of_event
+    if is_probe_event(ev.system, ev.name):
         obj["function"] = function_of_event(ev.name)
     return json.dumps(obj, separators=(",", ":"))
 
@@ -272,7 +272,6 @@ def event_to_seed(ev: Event, page_size: int = 4096) -> str | None:
         return None
     tag = src.seed_tag or ev.name
     if src.layer in ("kprobe", "kprobe_page"):
-        from .kprobes import function_of_event
         tag = function_of_event(ev.name)  # the probed function, as the module printed
     who = f"[{tag}]: Process '{ev.comm}' with PID {ev.pid} allocated"
     f = ev.fields

@@ -47,6 +47,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import FtslabError, ParseError, UsageError
+from .kprobes import FAMILY, function_of_event, is_probe_event
 from .records import Dataset, EventColumns
 
 __all__ = [
@@ -478,9 +479,8 @@ class _Analysis:
         self.symbolize = ds.symbolize
         self.frames: list[_Frame] = []
         frees: dict[str, list[tuple]] = {}
-        from .kprobes import function_of_event
         self._probed = {function_of_event(n) for (s, n), c in ds.columns.items()
-                        if n.startswith("kp_") and len(c)}
+                        if is_probe_event(s, n) and len(c)}
         for (system, name), cols in sorted(ds.columns.items()):
             src = alloc_source(system, name)
             if src is not None:
@@ -506,7 +506,6 @@ class _Analysis:
         the outer function's event counts the allocation, the inner one is dropped."""
         if not (fr.src.call_site and fr.src.call_site in fr.cols.fields) or not fr.n:
             return
-        from .kprobes import FAMILY
         if fr.src.layer == "kprobe":
             # only when the outer function was probed too: its event counts this one
             family = self._probed
@@ -612,9 +611,7 @@ class _Analysis:
                 labels = [self._symbol(int(a)) for a in sites]
             return _merge_labels(codes, labels)
         if key == "function":
-            from .kprobes import function_of_event, is_probe_event
-            if is_probe_event(fr.cols.system, fr.cols.name) or (
-                    not fr.cols.system and fr.cols.name.startswith("kp_")):
+            if is_probe_event(fr.cols.system, fr.cols.name):
                 return fr.const(function_of_event(fr.cols.name))
             return fr.const(fr.event)
         if key == "order":
