@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from toplevel import restore_toplevel, toplevel_state  # noqa: E402
+from toplevel import expand_toplevel_buffer, restore_toplevel, toplevel_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -76,6 +76,15 @@ def kernel():
     assert not left, f"ftslab left tracefs instances behind: {left}"
     changed = {k for k, v in toplevel_state().items() if top.get(k) != v}
     assert not changed, f"top-level tracing settings changed: {sorted(changed)}"
+
+
+@pytest.fixture
+def toplevel_expanded():
+    """For tests that run another tool (trace-cmd) on the top-level buffer: request it
+    BEFORE ``kernel`` so the expansion that tool makes on a fresh boot, which cannot be
+    undone, happens before ``kernel`` takes its snapshot."""
+    if _kernel_problem() is None:
+        expand_toplevel_buffer()
 
 
 def need_tool(name: str) -> str:

@@ -108,7 +108,7 @@ def test_tracecmd_reads_ftslab_recording(kernel, tmp_path):
     assert any("name=filp" in l for l in lines)
 
 
-def test_ftslab_reads_tracecmd_recording(kernel, tmp_path):
+def test_ftslab_reads_tracecmd_recording(toplevel_expanded, kernel, tmp_path):
     tc = need_tool("trace-cmd")
     out = tmp_path / "tc.dat"
     cp = run_tracecmd([tc, "record", "-d", "-k", "-e", "kmem:kmalloc", "-e",

@@ -33,6 +33,30 @@ def toplevel_state() -> dict[str, str]:
     return state
 
 
+def _expanded_size(val: str) -> str:
+    """The size a buffer_size_kb text stands for: "7 (expanded: 1408)" -> "1408".
+
+    On a fresh boot the top-level buffer is only allocated at its configured size when a
+    tracer first uses it; until then the file shows both figures."""
+    if "(expanded:" in val:
+        return val.split("(expanded:")[1].strip(" )\n")
+    return val.split()[0]
+
+
+def expand_toplevel_buffer() -> None:
+    """Do, before a test's snapshot, the one thing a tool on the top level does that can't
+    be put back: allocate the top-level buffer at its configured size.
+
+    trace-cmd on the top level turns "7 (expanded: 1408)" into "1408" and the kernel has
+    no way back (the flag is only ever set).  A test that runs such a tool calls this
+    first, so its before/after comparison is between like states; every other test keeps
+    the unexpanded text and so would catch ftslab expanding the top level."""
+    path = TRACEFS / "buffer_size_kb"
+    val = path.read_text()
+    if "(expanded:" in val:
+        _write(path, _expanded_size(val))
+
+
 def _write(path: Path, text: str, append: bool = False) -> None:
     fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
     try:
@@ -59,7 +83,8 @@ def restore_toplevel(state: dict[str, str]) -> None:
         elif key == "current_tracer" or key == "set_event_pid":
             _write(path, val.strip())
         elif key == "buffer_size_kb":
-            _write(path, val.split()[0])
+            # the size it stands for, never the pre-expansion 7 KB placeholder
+            _write(path, _expanded_size(val))
         else:
             _write(path, val.strip())
 

@@ -80,7 +80,7 @@ def test_record_and_stream_at_once(kernel, tmp_path):
     figure("concurrency", what="record + stream", events=got)
 
 
-def test_next_to_tracecmd_on_the_top_level_buffer(kernel, tmp_path):
+def test_next_to_tracecmd_on_the_top_level_buffer(toplevel_expanded, kernel, tmp_path):
     """trace-cmd records the top-level buffer (it only works as `record -d -k` on this
     kernel, and leaves its settings behind: put back afterwards).  ftslab's session, from
     start to end, changes nothing of the top level, and both see every event."""
