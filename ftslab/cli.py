@@ -95,7 +95,8 @@ def _capture_options(f):
                      metavar="KB",
                      default=8192, show_default=True, help="Ring buffer per CPU, KiB."),
         click.option("-a", "--all", "system_wide", is_flag=True,
-                     help="With a COMMAND: record the whole system while it runs."),
+                     help="The whole system (the default without a COMMAND or -p; with a "
+                          "COMMAND: every process while it runs, not only the COMMAND)."),
         click.option("--dry-run", is_flag=True,
                      help="Print every tracefs write that would be made, make none."),
         click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True,
@@ -133,9 +134,10 @@ def _record_options(events, duration, pids, comm, min_size, cache, filters, buff
     for pid in pids:
         if not pid_alive(pid):
             raise UsageError(f"-p {pid}: no such process")
-    if system_wide and not command:
-        raise UsageError("-a/--all goes with a COMMAND (without one, ftslab records the "
-                         "whole system anyway)")
+    # -a without a COMMAND is redundant, not wrong (perf and trace-cmd accept it too)
+    if system_wide and pids:
+        raise UsageError("-a records the whole system and -p only these processes: "
+                         "give one of them")
     if pids and command:
         raise UsageError("give either -p PID or a COMMAND, not both")
     if kprobes == "only" and events:
@@ -320,7 +322,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     """Print allocations live, one line per event (json: one object per line)."""
     from . import capture, render
     from .kallsyms import Symbolizer
-    from .stream import stream as run_stream
+    from .stream import DRAIN_S, stream as run_stream
     from .tracefs import read_text_file
     opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                            system_wide, command, None, kprobes, cache_name_offset,
@@ -382,7 +384,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
                 closed.append(True)
                 capture.request_stop()
 
-    run, n, lost = run_stream(tfs, opts, _err, flushing_status, sink)
+    run, n, lost, unread = run_stream(tfs, opts, _err, flushing_status, sink)
     try:
         out.flush()
     except BrokenPipeError:
@@ -393,7 +395,12 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     if closed:
         _quiet_stdout()  # stdout is gone: keep Python from complaining about it at exit
     _err(f"streamed {n:,} events in {run.duration:.1f}s, lost {lost:,}"
+         + (f", not shown {unread:,}" if unread else "")
          + (" (output closed)" if closed else ""))
+    if unread and not closed:
+        _err(f"WARNING: the stream fell behind: {unread:,} events recorded before the end "
+             f"were still in the buffer after {DRAIN_S:g}s of draining and were not shown "
+             "(use ftslab record, which keeps every event)")
     if lost:
         _err(f"WARNING: {lost:,} events were lost (stream cannot keep up at this rate: "
              "use ftslab record, which is lossless)")

@@ -64,14 +64,29 @@ def _open_kind(path: Path) -> str:
 
 
 def _missing(path: Path) -> BadInput:
-    """No such file: but a session that was writing it may have left its spool."""
-    from .spool import orphans_next_to, spool_has_pages
-    for spool, pid in orphans_next_to(path):
+    """No such file: but a session writing it, dead or still running, has a spool."""
+    from .spool import spools_next_to, spool_has_pages
+    spools = spools_next_to(path)
+    for spool, pid, alive in spools:
+        if alive:
+            return BadInput(f"{path}: not written yet; ftslab session {pid} is recording it "
+                            f"(spool {spool})",
+                            hint=f"stop that session (Ctrl-C or kill -INT {pid}) and report "
+                                 "again, or read what it has so far with: "
+                                 f"ftslab report {spool}")
+    for spool, pid, _alive in spools:
         if spool_has_pages(spool):
             return BadInput(f"{path}: no such file; ftslab session {pid}, which was "
                             f"recording it, died and left what it captured in {spool}",
                             hint=f"read it with: ftslab report {spool}  or write the "
                                  f"recording with: ftslab recover {spool}")
+    for spool, pid, _alive in spools:
+        # killed before the first full page reached the disk: its events, if any, are
+        # still in its instance's ring buffer, which `reset` removes
+        return BadInput(f"{path}: no such file; ftslab session {pid}, which was recording "
+                        f"it, died before it saved any event: {spool} holds none",
+                        hint="clean up with: ftslab reset  (removes that spool and the "
+                             "session's leftovers), then record again")
     return BadInput(f"{path}: no such file", hint="record one with: ftslab record")
 
 

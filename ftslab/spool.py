@@ -32,7 +32,7 @@ from .errors import BadInput, OutputError, UsageError
 
 __all__ = ["SPOOL_INFO", "SPOOL_FORMAT", "spool_dir_for", "spool_owner", "is_spool",
            "spool_has_pages", "describe", "save_cmdlines", "read_spool", "recover",
-           "orphans_next_to", "registry_add", "registry_remove", "registry_orphans",
+           "orphans_next_to", "spools_next_to", "registry_add", "registry_remove", "registry_orphans",
            "run_dir"]
 
 SPOOL_INFO = "spool.json"
@@ -357,6 +357,11 @@ def recover(spool: str | os.PathLike, output: str | os.PathLike | None = None
 
 def orphans_next_to(output: str | os.PathLike) -> list[tuple[Path, int]]:
     """(spool, owner pid) of every spool of ``output`` whose owner is dead."""
+    return [(p, pid) for p, pid, alive in spools_next_to(output) if not alive]
+
+
+def spools_next_to(output: str | os.PathLike) -> list[tuple[Path, int, bool]]:
+    """(spool, owner pid, owner alive) of every spool directory of ``output``."""
     output = Path(output)
     parent = output.parent if str(output.parent) else Path(".")
     out = []
@@ -368,8 +373,8 @@ def orphans_next_to(output: str | os.PathLike) -> list[tuple[Path, int]]:
         m = _NAME.match(name)
         if m and m.group("base") == output.name:
             pid = int(m.group("pid"))
-            if not _alive(pid) and (parent / name).is_dir():
-                out.append((parent / name, pid))
+            if (parent / name).is_dir():
+                out.append((parent / name, pid, _alive(pid)))
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .capture import RecordOptions, RunResult, run_session, _stop_requested
 from .formats import parse_format, parse_header_event, parse_header_page
@@ -18,7 +18,16 @@ from .records import Event
 from .tracefs import Tracefs, read_text_file
 from . import ringbuf
 
-__all__ = ["stream", "SinkClosed"]
+__all__ = ["stream", "StreamResult", "SinkClosed", "PUMP_SLICE_S", "DRAIN_S"]
+
+PUMP_SLICE_S = 0.2
+"""Longest one pump() call decodes before returning: the session loop checks -d, signals
+and the command between calls, and decoding is slow where the CPU is (TCG guests)."""
+DRAIN_S = 2.0
+"""After the end (-d, the command, a signal): time left to print what is still in the
+buffer.  A stream that fell behind would otherwise keep printing for as long as the
+backlog lasts (minutes for a full 8 MiB buffer under emulation); what is left is counted
+and said, never silently dropped."""
 
 
 class SinkClosed(Exception):
@@ -52,6 +61,7 @@ class _PageDecoder:
         self.events = 0
         self._comms_at = time.monotonic()
         self.draining = False
+        self.drain_until: float | None = None
 
     def _comm(self, pid: int) -> str:
         c = self.comms.get(pid)
@@ -75,8 +85,11 @@ class _PageDecoder:
             self.comms[0] = "<idle>"
             self._comms_at = now
         moved = 0
+        until = now + PUMP_SLICE_S
+        if self.drain_until is not None:
+            until = min(until, self.drain_until)
         for _ in range(max_pages):
-            if self.stopping():
+            if self.stopping() or time.monotonic() >= until:
                 break
             try:
                 page = os.read(self.fds[cpu], self.page_size)
@@ -98,8 +111,11 @@ class _PageDecoder:
         return len(_stop_requested) > (1 if self.draining else 0)
 
     def flush(self, cpu: int) -> None:
+        """After tracing stopped: print what is left, within one DRAIN_S for all CPUs."""
         self.draining = True
-        while self.pump(cpu):
+        if self.drain_until is None:
+            self.drain_until = time.monotonic() + DRAIN_S
+        while time.monotonic() < self.drain_until and self.pump(cpu):
             pass
 
     def close(self) -> None:
@@ -111,10 +127,19 @@ class _PageDecoder:
         self.fds.clear()
 
 
+class StreamResult(NamedTuple):
+    run: RunResult
+    events: int
+    """Events decoded and passed to the sink."""
+    lost: int
+    """Events the kernel lost (page flags or per-CPU stats, the larger)."""
+    unread: int
+    """Events still in the buffer when the drain time ran out (the stream fell behind)."""
+
+
 def stream(tracefs: Tracefs, opts: RecordOptions, warn, status, sink: Callable[[Event], None]
-           ) -> tuple[RunResult, int, int]:
-    """Run a live session, passing each decoded event to ``sink``.  Returns the run,
-    the number of events emitted and the number lost (page flags / stats)."""
+           ) -> StreamResult:
+    """Run a live session, passing each decoded event to ``sink``."""
     decoders: list[_PageDecoder] = []
 
     def make_reader(session):
@@ -123,7 +148,9 @@ def stream(tracefs: Tracefs, opts: RecordOptions, warn, status, sink: Callable[[
 
     run = run_session(tracefs, opts, warn, status, make_reader, {})
     if not decoders:
-        return run, 0, 0
+        return StreamResult(run, 0, 0, 0)
     d = decoders[0]
     lost = max(d.lost, sum(s.lost for s in run.stats))
-    return run, d.events, lost
+    # per_cpu stats are read after the drain: `entries` is what it did not reach
+    unread = sum(s.entries for s in run.stats)
+    return StreamResult(run, d.events, lost, unread)

@@ -296,6 +296,7 @@ def test_truncated_recording_reports_what_is_readable(kernel, tmp_path):
 def test_missing_and_non_recording_inputs(tmp_path):
     cp = run_ftslab("report", tmp_path / "nope.dat")
     assert cp.returncode == 6 and "no such file" in cp.stderr
+    assert "record one with: ftslab record" in cp.stderr
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(4096))
     cp = run_ftslab("report", junk)
@@ -313,7 +314,13 @@ def test_sigkill_leftover_is_named_and_reset_removes_it(kernel, tmp_path):
     p.kill()
     p.communicate(timeout=30)
     assert name in ftslab_leftovers(), "SIGKILL cannot clean up: the instance must remain"
+    spool = tmp_path / f"k.dat.ftslab-spool-{p.pid}"
+    assert spool.is_dir()
     try:
+        # `report OUT` names the spool the killed session left, whatever it holds
+        cp = run_ftslab("report", out)
+        assert cp.returncode == 6 and str(spool) in cp.stderr, cp.stderr
+        assert "record one with" not in cp.stderr and "Traceback" not in cp.stderr
         # a new session names the leftover on stderr (and leaves it alone)
         cp = run_ftslab("record", "--dry-run")
         assert name in cp.stderr and "ftslab reset" in cp.stderr
@@ -401,9 +408,12 @@ def test_stream_text_stops_on_time_and_on_sigint(kernel, tmp_path):
     assert not ftslab_leftovers()
 
 
-def test_whole_system_recording_leaves_ftslab_itself_out(kernel, tmp_path):
+@pytest.mark.parametrize("flags", [(), ("-a",)], ids=["default", "-a"])
+def test_whole_system_recording_leaves_ftslab_itself_out(kernel, tmp_path, flags):
+    """Without a COMMAND or -p the whole system is recorded; -a says so again and, as in
+    perf and trace-cmd, is accepted (it was refused without a COMMAND)."""
     out = tmp_path / "sys.dat"
-    p = popen_ftslab("record", "-d", "3", "-o", out, stdout=subprocess.PIPE,
+    p = popen_ftslab("record", *flags, "-d", "3", "-o", out, stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 20
     while time.time() < deadline and not ftslab_leftovers():
@@ -449,6 +459,8 @@ def test_bad_numbers_and_pids_are_usage_errors(kernel):
     assert run_ftslab("record", "-p", "99999999", "-d", "1").returncode == 2
     assert run_ftslab("record", "-d", "nan").returncode == 2
     assert run_ftslab("stream", "-p", "99999999", "-d", "1").returncode == 2
+    cp = run_ftslab("record", "-a", "-p", str(os.getpid()), "-d", "1")
+    assert cp.returncode == 2 and "give one of them" in cp.stderr, cp.stderr
 
 
 def test_stream_keeps_the_commands_output_off_stdout(kernel):
@@ -522,3 +534,49 @@ def test_temp_file_is_not_a_predictable_path(kernel, tmp_path):
     run_ftslab("record", "-o", tmp_path / "out.dat", "-d", "0.3", check=True)
     assert victim.read_text() == "precious"
     assert (tmp_path / "out.dat").is_file() and not (tmp_path / "out.dat").is_symlink()
+
+
+def test_stream_that_falls_behind_still_ends_on_time(kernel, tmp_path):
+    """A consumer slower than the events (here: a pipe read 4 KiB per 20 ms) leaves a
+    backlog in the buffer at -d.  The stream drains it for at most DRAIN_S, says how many
+    events it did not show, and ends: -d 3 is over within 3 + DRAIN_S + a few seconds of
+    tracing starting (it used to print the whole backlog, minutes of it)."""
+    import threading
+    from ftslab.stream import DRAIN_S
+    load = subprocess.Popen([sys.executable, "-c",
+                             "import os, time\nend = time.monotonic() + 12\n"
+                             "while time.monotonic() < end:\n"
+                             "    os.close(os.open('/dev/null', os.O_RDONLY))"])
+    try:
+        p = popen_ftslab("stream", "--format", "json", "-e", "kmem:kmem_cache_alloc", "-d", "3",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        got = []
+
+        def slow_reader():
+            while True:
+                b = p.stdout.read1(4096)
+                if not b:
+                    return
+                got.append(len(b))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=slow_reader, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not ftslab_leftovers():
+            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read()
+            time.sleep(0.02)
+        t_started = time.monotonic()  # the instance exists: tracing starts right after
+        p.wait(timeout=60)
+        took = time.monotonic() - t_started
+        err = p.stderr.read().decode()
+        t.join(timeout=30)
+    finally:
+        load.kill()
+        load.wait()
+    assert p.returncode == 0, err
+    assert took < 3 + DRAIN_S + 4, (took, err)
+    m = re.search(r"streamed ([\d,]+) events .*, not shown ([\d,]+)", err)
+    assert m and int(m.group(2).replace(",", "")) > 0, err
+    assert "the stream fell behind" in err, err
+    assert not ftslab_leftovers()
