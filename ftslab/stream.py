@@ -24,10 +24,11 @@ PUMP_SLICE_S = 0.2
 """Longest one pump() call decodes before returning: the session loop checks -d, signals
 and the command between calls, and decoding is slow where the CPU is (TCG guests)."""
 DRAIN_S = 2.0
-"""After the end (-d, the command, a signal): time left to print what is still in the
-buffer.  A stream that fell behind would otherwise keep printing for as long as the
-backlog lasts (minutes for a full 8 MiB buffer under emulation); what is left is counted
-and said, never silently dropped."""
+"""After -d or a stop signal: time left to print what is still in the buffer.  A stream
+that fell behind would otherwise keep printing for as long as the backlog lasts (minutes
+for a full 8 MiB buffer under emulation); what is left is counted and said, never
+silently dropped.  When the COMMAND (or every -p process) ended instead, the backlog is
+that command's events, which the user asked for: it is printed whole."""
 
 
 class SinkClosed(Exception):
@@ -35,7 +36,7 @@ class SinkClosed(Exception):
 
 
 class _PageDecoder:
-    def __init__(self, session, sink: Callable[[Event], None]):
+    def __init__(self, session, sink: Callable[[Event], None], duration: float | None = None):
         tracefs = session.tracefs
         self.hp = parse_header_page(tracefs.read("events/header_page"))
         self.he = parse_header_event(tracefs.read("events/header_event"))
@@ -62,6 +63,9 @@ class _PageDecoder:
         self._comms_at = time.monotonic()
         self.draining = False
         self.drain_until: float | None = None
+        # made just before tracing starts: -d has passed once this much time has
+        self._made = time.monotonic()
+        self._duration = duration
 
     def _comm(self, pid: int) -> str:
         c = self.comms.get(pid)
@@ -111,11 +115,15 @@ class _PageDecoder:
         return len(_stop_requested) > (1 if self.draining else 0)
 
     def flush(self, cpu: int) -> None:
-        """After tracing stopped: print what is left, within one DRAIN_S for all CPUs."""
+        """After tracing stopped: print what is left (within one DRAIN_S for all CPUs
+        when the end was -d or a signal)."""
         self.draining = True
-        if self.drain_until is None:
-            self.drain_until = time.monotonic() + DRAIN_S
-        while time.monotonic() < self.drain_until and self.pump(cpu):
+        now = time.monotonic()
+        if self.drain_until is None and (_stop_requested or (
+                self._duration is not None and now - self._made >= self._duration)):
+            self.drain_until = now + DRAIN_S
+        while (self.drain_until is None or time.monotonic() < self.drain_until) and \
+                self.pump(cpu):
             pass
 
     def close(self) -> None:
@@ -143,7 +151,7 @@ def stream(tracefs: Tracefs, opts: RecordOptions, warn, status, sink: Callable[[
     decoders: list[_PageDecoder] = []
 
     def make_reader(session):
-        decoders.append(_PageDecoder(session, sink))
+        decoders.append(_PageDecoder(session, sink, opts.duration))
         return decoders[0]
 
     run = run_session(tracefs, opts, warn, status, make_reader, {})

@@ -131,6 +131,15 @@ class VMResult:
         return f"{self.package} ({self.kernel}): {what} after {self.seconds:.1f}s"
 
 
+# One host thread runs every vCPU (thread=single).  With a thread per vCPU
+# (thread=multi) the guest kernel has died, under load, with "Oops: int3" in a function
+# whose static key it had just switched (kmem_cache_free+0xaf while a kmem tracepoint was
+# being enabled, 6.12): another vCPU still ran the translation of the half-patched code.
+# Cross-modifying code is only seen at once by every vCPU when they share a thread.
+# FTSLAB_VM_TCG_THREAD=multi brings the faster mode back.
+TCG_THREAD = os.environ.get("FTSLAB_VM_TCG_THREAD", "single")
+
+
 def _log(msg: str) -> None:
     print(f"vmrun: {msg}", file=sys.stderr, flush=True)
 
@@ -599,7 +608,7 @@ def run(kernel: str, command: str, *, timeout: float = 900, env: dict | None = N
     # boot takes ~7 s under TCG; keep 30 s for it and for powering off
     (results / "timeout").write_text(f"{max(10, int(timeout) - 30)}\n")
     console = results / "console.log"
-    argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
+    argv = ["qemu-system-x86_64", "-accel", f"tcg,thread={TCG_THREAD}", "-cpu", "max",
             "-smp", str(cpus), "-m", str(memory_mb), "-nodefaults", "-no-user-config",
             "-display", "none", "-no-reboot",
             "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",

@@ -402,7 +402,8 @@ def test_kprobe_stream_json_ends_on_time_beside_ls(ftslab_spawn, kernel, tmp_pat
     sys.stderr.write(f"[stream -d 6 beside ls -R] setup {setup:.1f}s, tracing to exit "
                      f"{ran:.1f}s; {err.strip().splitlines()[-1] if err.strip() else ''}\n")
     _check(subprocess.CompletedProcess(p.args, p.returncode, "", err), "stream -d 6")
-    assert ran < 6 + DRAIN_S + 6, f"stream -d 6 took {ran:.1f}s after tracing began\n{err}"
+    # teardown (disable, remove 11 kprobes) takes ~5 s under single-threaded TCG
+    assert ran < 6 + DRAIN_S + 12, f"stream -d 6 took {ran:.1f}s after tracing began\n{err}"
     lines = out.read_text().splitlines()
     evs = [json.loads(l) for l in lines]  # every printed line is whole
     m = re.search(r"streamed ([\d,]+) events in [\d.]+s, lost ([\d,]+)(?:, not shown ([\d,]+))?",
