@@ -65,6 +65,59 @@ class _Status:
             self.width = 0
 
 
+class _ProgressLine:
+    """A progress bar on stderr for a report that takes long: only on a terminal, only
+    once FTSLAB_PROGRESS_AFTER seconds (default 1) have passed, redrawn by a thread
+    every 0.2 s while the work runs, erased when it ends (stdout is never touched)."""
+
+    def __init__(self):
+        from .progress import Progress
+        self.progress = Progress()
+        try:
+            self.after = float(os.environ.get("FTSLAB_PROGRESS_AFTER", "1"))
+        except ValueError:
+            self.after = 1.0
+        self.width = 0
+        self._thread = None
+        if sys.stderr.isatty():
+            import threading
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="ftslab-progress",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        while True:
+            self._draw()
+            if self._stop.wait(0.2):
+                return
+
+    def _draw(self):
+        text, frac, el = self.progress.snapshot()
+        if el >= self.after:
+            n = int(frac * 24)
+            line = f"ftslab: [{'#' * n}{'.' * (24 - n)}] {frac:4.0%} {el:5.1f}s  {text}"
+            try:
+                sys.stderr.write("\r" + line.ljust(self.width))
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                self.after = float("inf")  # stderr is gone: stop drawing
+                return
+            self.width = max(self.width, len(line))
+
+    def close(self):
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if self.width:
+            try:
+                sys.stderr.write("\r" + " " * self.width + "\r")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+
 def _tracefs(path: str | None):
     from .tracefs import Tracefs
     return Tracefs.locate(path)
@@ -279,12 +332,20 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
+    from .progress import Part
     from . import render
     if len(files) > 1 and fmt != "table":
         raise UsageError(f"--format {fmt} reports one file at a time (got {len(files)})")
     hint = _live_kmem_formats()
     for path in files:
-        ds = load(path, formats_hint=hint, buffer=buffer)
+        bar = _ProgressLine()
+        try:
+            ds = load(path, formats_hint=hint, buffer=buffer,
+                      progress=Part(bar.progress, 0.0, 0.45))
+            rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist,
+                               source=source, progress=Part(bar.progress, 0.45, 1.0))
+        finally:
+            bar.close()
         if strict:
             if ds.meta.truncated:
                 raise TruncatedRecording(f"{path} is truncated: {ds.meta.truncated_detail}")
@@ -294,7 +355,6 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None):
                 raise e
             if ds.meta.unparsed:
                 raise BadInput(f"{path}: {ds.meta.unparsed} lines/pages could not be decoded")
-        rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist, source=source)
         if len(files) > 1 and fmt == "table":
             click.echo(f"== {path}")
         out = sys.stdout

@@ -15,6 +15,7 @@ from typing import Iterator
 from .errors import BadInput, ParseError
 from .formats import EventFormat, parse_format, parse_header_event, parse_header_page
 from .kallsyms import Symbolizer
+from .progress import NO_PROGRESS, Progress
 from .records import Dataset, Event, Loss, Metadata
 from . import ringbuf
 
@@ -90,7 +91,7 @@ def _missing(path: Path) -> BadInput:
     return BadInput(f"{path}: no such file", hint="record one with: ftslab record")
 
 
-def load_tracedat(path: Path, buffer: str | None = None):
+def load_tracedat(path: Path, buffer: str | None = None, progress: Progress = NO_PROGRESS):
     if Path(path).is_dir():  # a spool directory (what a dead session left)
         from .spool import read_spool
         td = read_spool(path)
@@ -101,7 +102,13 @@ def load_tracedat(path: Path, buffer: str | None = None):
     he = parse_header_event(td.header_event)
     fmts = formats_of(td)
     walks = []
+    total = sum(len(d) for d in td.cpu_data.values()) or 1
+    done = 0
     for cpu, data in sorted(td.cpu_data.items()):
+        # reading and decompressing was ~1/4 of a load, walking the pages the rest
+        progress.stage(f"walking the pages of CPU {cpu} ({len(data) >> 20} MiB)",
+                       0.2 + 0.7 * done / total)
+        done += len(data)
         walks.append((cpu, data, ringbuf.walk_pages(data, cpu, hp, he, td.buffer_page_size,
                                                    td.little_endian)))
     return td, fmts, walks
@@ -177,9 +184,10 @@ def _clock_name(text: str) -> str:
 
 
 def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = None,
-         buffer: str | None = None) -> Dataset:
+         buffer: str | None = None, progress: Progress = NO_PROGRESS) -> Dataset:
     """Decode a recording into columns (trace.dat or text trace).  ``buffer`` picks an
-    instance buffer of a trace.dat by name (default: the top-level one)."""
+    instance buffer of a trace.dat by name (default: the top-level one).  ``progress``
+    is told each stage (reading, each CPU's pages) with the fraction of the load done."""
     path = Path(path)
     kind = _open_kind(path)
     if kind == "text":
@@ -188,7 +196,9 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
             ds = parse_text(f, formats_hint)
         _check_text(path, head, ds.events, ds.meta.unparsed)
         return ds
-    td, fmts, walks = load_tracedat(path, buffer)
+    progress.stage(f"reading {path.name}", 0.0)
+    td, fmts, walks = load_tracedat(path, buffer, progress)
+    progress.stage("splitting events by type", 0.9)
     parts = []
     for _cpu, data, walk in walks:
         parts.append(ringbuf.decode_columns(data, walk, fmts))

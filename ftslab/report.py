@@ -48,6 +48,7 @@ import numpy as np
 
 from .errors import FtslabError, ParseError, UsageError
 from .kprobes import FAMILY, function_of_event, is_probe_event
+from .progress import NO_PROGRESS, Part, Progress
 from .records import Dataset, EventColumns
 
 __all__ = [
@@ -472,7 +473,7 @@ class _Analysis:
     """Everything derived once per Dataset: frames, free matching, key codes.
     Holds no reference to the Dataset itself (it is cached beside it)."""
 
-    def __init__(self, ds: Dataset):
+    def __init__(self, ds: Dataset, progress: Progress = NO_PROGRESS):
         self.page_size = int(ds.meta.extra.get("page_size", 4096) or 4096)
         self.cmdlines = dict(ds.meta.cmdlines)
         self.formats = ds.formats
@@ -481,7 +482,10 @@ class _Analysis:
         frees: dict[str, list[tuple]] = {}
         self._probed = {function_of_event(n) for (s, n), c in ds.columns.items()
                         if is_probe_event(s, n) and len(c)}
-        for (system, name), cols in sorted(ds.columns.items()):
+        todo = sorted(ds.columns.items())
+        for i, ((system, name), cols) in enumerate(todo):
+            progress.stage(f"decoding {system}:{name} ({len(cols):,} events)",
+                           0.5 * i / max(len(todo), 1))
             src = alloc_source(system, name)
             if src is not None:
                 fr = _Frame(src, cols, self.page_size)
@@ -493,10 +497,12 @@ class _Analysis:
                 keys = _ptr_keys(cols.fields[fsrc.ptr])
                 frees.setdefault(fsrc.layer, []).append(
                     (_as_u64(cols.ts), keys, cols.seq))
+        progress.stage("pairing allocations with frees", 0.5)
         for layer in {f.src.layer for f in self.frames}:
             self._match_frees([f for f in self.frames if f.src.layer == layer],
                               frees.get(layer, []))
         self._global: dict[str, dict] = {}
+        self._rows: dict[tuple, "_Rows"] = {}
 
     def _nested_calls(self, fr: _Frame) -> None:
         """One allocation, two events: on 6.10+ kernels __do_kmalloc_node() calls the
@@ -682,7 +688,7 @@ def _fingerprint(ds: Dataset) -> tuple:
             id(ds.symbolize), ds.meta.extra.get("page_size", 4096))
 
 
-def _analysis(ds: Dataset) -> _Analysis:
+def _analysis(ds: Dataset, progress: Progress = NO_PROGRESS) -> _Analysis:
     """The analysis of ``ds``, computed once: build_report asks for many tables, and
     free matching (a sort of all allocations and frees) is the expensive part."""
     key = id(ds)
@@ -690,7 +696,7 @@ def _analysis(ds: Dataset) -> _Analysis:
     hit = _CACHE.get(key)
     if hit is not None and hit[0] == fp:
         return hit[1]
-    an = _Analysis(ds)
+    an = _Analysis(ds, progress)
     if hit is None:
         weakref.finalize(ds, _CACHE.pop, key, None)  # drop it with the Dataset
     _CACHE[key] = (fp, an)
@@ -740,39 +746,79 @@ def _check_sort(sort: str) -> None:
         raise UsageError(f"unknown sort key {sort!r}", f"use one of {', '.join(SORT_KEYS)}")
 
 
-def _sum(gid: np.ndarray, weights: np.ndarray | None, ngroups: int) -> np.ndarray:
-    if weights is not None and weights.dtype == bool:
-        weights = weights.astype(np.float64)
-    s = np.bincount(gid, weights=weights, minlength=ngroups)
-    return np.rint(s).astype(np.int64) if weights is not None else s.astype(np.int64)
+class _Rows:
+    """The per-row inputs of every grouped table over one set of frames, built once:
+    build_report groups the same frames by cache, call site and comm, twice over.
+    Rebuilding them per table allocated ~100 bytes per event each time, and on a
+    10 M-event recording fresh memory (the kernel zeroing it) cost more than the sums."""
+
+    def __init__(self, frames: list[_Frame]):
+        def cat(attr):
+            arrs = [getattr(fr, attr) for fr in frames]
+            return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+        self.n = sum(fr.n for fr in frames)
+        ok, freed = cat("ok"), cat("freed")
+        # bincount weighs in float64: convert once (sizes are far below 2**53)
+        self.bytes_req = cat("bytes_req").astype(np.float64)
+        self.bytes_alloc = cat("bytes_alloc").astype(np.float64)
+        # the boolean metrics as the (usually few) rows where they differ from the bulk
+        self.not_ok = np.flatnonzero(~ok)
+        self.failed = np.flatnonzero(~ok & ~cat("nested"))
+        self.not_freed = np.flatnonzero(~freed)  # frees = all rows - these
+        self.live = np.flatnonzero(ok & ~freed & cat("matchable"))
+        self.codes: dict[str, tuple[np.ndarray, list]] = {}
+
+
+def _rows(an: _Analysis, frames: list[_Frame]) -> _Rows:
+    key = tuple(id(fr) for fr in frames)
+    got = an._rows.get(key)
+    if got is None:
+        got = an._rows[key] = _Rows(frames)
+    return got
+
+
+def _count(gid: np.ndarray, rows: np.ndarray, ngroups: int) -> np.ndarray:
+    return np.bincount(gid[rows], minlength=ngroups).astype(np.int64)
 
 
 def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
     """Group rows of ``frames`` by ``by``: (per-key label lists, per-key codes of each
     group, metric arrays per group)."""
-    n = sum(fr.n for fr in frames)
+    rows = _rows(an, frames)
+    n = rows.n
     key_codes, key_labels = [], []
     for k in by:
-        per_frame, labels = an.global_key(frames, k)
-        key_codes.append(np.concatenate(per_frame) if per_frame else np.zeros(0, np.int64))
+        if k not in rows.codes:
+            per_frame, labels = an.global_key(frames, k)
+            codes = (per_frame[0] if len(per_frame) == 1 else np.concatenate(per_frame)
+                     if per_frame else np.zeros(0, np.int64))
+            rows.codes[k] = (codes, labels)
+        codes, labels = rows.codes[k]
+        key_codes.append(codes)
         key_labels.append(labels)
     cards = [max(len(lab), 1) for lab in key_labels]
     total = math.prod(cards)
     if total < 1 << 62:
-        combined = np.zeros(n, np.int64)
-        stride = 1
-        strides = []
-        for codes, card in zip(reversed(key_codes), reversed(cards)):
-            combined += codes * stride
-            strides.append(stride)
-            stride *= card
-        strides.reverse()
+        if len(key_codes) == 1:
+            combined, strides = key_codes[0], [1]
+        else:
+            combined = np.zeros(n, np.int64)
+            stride = 1
+            strides = []
+            for codes, card in zip(reversed(key_codes), reversed(cards)):
+                combined += codes * stride
+                strides.append(stride)
+                stride *= card
+            strides.reverse()
         if total <= max(4 * n, 1 << 20):
             present = np.bincount(combined, minlength=total) > 0
             gkeys = np.flatnonzero(present)
-            lut = np.zeros(total, np.int64)
-            lut[gkeys] = np.arange(gkeys.shape[0])
-            gid = lut[combined]
+            if gkeys.shape[0] == total:
+                gid = combined  # every combination occurs: the codes are the groups
+            else:
+                lut = np.zeros(total, np.int64)
+                lut[gkeys] = np.arange(gkeys.shape[0])
+                gid = lut[combined]
         else:
             gkeys, gid = np.unique(combined, return_inverse=True)
             gid = gid.reshape(-1)
@@ -785,21 +831,15 @@ def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
         group_codes = [gk[:, i] for i in range(len(by))]
         ng = gk.shape[0]
 
-    def cat(attr):
-        return np.concatenate([getattr(fr, attr) for fr in frames])
-
-    ok = cat("ok")
-    breq = cat("bytes_req").astype(np.float64)
-    balloc = cat("bytes_alloc").astype(np.float64)
-    freed = cat("freed")
-    live = ok & cat("matchable") & ~freed
+    everything = np.bincount(gid, minlength=ng).astype(np.int64)
+    count = everything - _count(gid, rows.not_ok, ng)
     metrics = {
-        "count": _sum(gid, ok, ng),
-        "failed": _sum(gid, ~ok & ~cat("nested"), ng),
-        "bytes_req": _sum(gid, breq, ng),
-        "bytes_alloc": _sum(gid, balloc, ng),
-        "frees": _sum(gid, freed, ng),
-        "live": _sum(gid, live, ng),
+        "count": count,
+        "failed": _count(gid, rows.failed, ng),
+        "bytes_req": np.rint(np.bincount(gid, rows.bytes_req, ng)).astype(np.int64),
+        "bytes_alloc": np.rint(np.bincount(gid, rows.bytes_alloc, ng)).astype(np.int64),
+        "frees": everything - _count(gid, rows.not_freed, ng),
+        "live": _count(gid, rows.live, ng),
     }
     metrics["waste"] = metrics["bytes_alloc"] - metrics["bytes_req"]
     return key_labels, group_codes, metrics
@@ -1137,7 +1177,8 @@ def default_source(ds: Dataset) -> str:
 
 def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                  top: int | None = 20, hist: bool = False,
-                 events: Sequence[str] | None = None, source: str | None = None) -> Report:
+                 events: Sequence[str] | None = None, source: str | None = None,
+                 progress: Progress = NO_PROGRESS) -> Report:
     """The whole report.  Without ``by``: slab allocations by cache, by call site and by
     comm, slab waste by cache, pages by order, and the slabinfo diff when both snapshots
     exist (main table: by cache); with kprobe events, also the allocations per probed
@@ -1147,12 +1188,14 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
 
     ``source``: ``tracepoint`` or ``kprobe`` (default: tracepoints if the recording has
     any).  Kprobes and tracepoints see the same allocations, so no table adds the two
-    sources up: each table is of one source (``--by function`` is always kprobes)."""
+    sources up: each table is of one source (``--by function`` is always kprobes).
+    ``progress`` is told each stage with the fraction of the report done."""
     by = _check_by(by)
     _check_sort(sort)
     if source is not None and source not in SOURCES:
         raise UsageError(f"unknown source {source!r}", f"use one of {', '.join(SOURCES)}")
-    an = _analysis(ds)
+    an = _analysis(ds, Part(progress, 0.0, 0.6))
+    progress.stage("grouping", 0.6)
     has_kprobes = bool(_select(an, None, ("kprobe", "kprobe_page")))
     src = source or default_source(ds)
     if "function" in by:
@@ -1182,9 +1225,11 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
         for key, title in (("cache", f"{what} by cache"),
                            ("callsite", f"{what} by call site"),
                            ("comm", f"{what} by command")):
+            progress.stage(f"grouping by {key}", 0.6 + 0.1 * len(tables))
             tables.append(group_allocations(ds, (key,), sort, top, events, _layer=slab,
                                             name=f"by_{key}", title=title))
         main = "by_cache"
+        progress.stage("waste and pages", 0.9)
         if src == "tracepoint":
             tables.append(fragmentation(ds, "cache", top, events))
             tables.append(fragmentation(ds, "callsite", top, events))
