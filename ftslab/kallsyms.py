@@ -18,6 +18,7 @@ class Symbolizer:
         # a recording's texts are read with surrogateescape: keep its bytes as they were
         raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
         self._raw = raw
+        self._memo: dict[tuple[int, bool], str | None] = {}
         buf = np.frombuffer(raw, dtype=np.uint8)
         nl = np.flatnonzero(buf == 10)
         starts = np.concatenate(([0], nl + 1))
@@ -69,10 +70,21 @@ class Symbolizer:
         return self._name(i), int(addr) - start, int(self._addrs[i + 1]) - start
 
     def __call__(self, addr: int, full: bool = False) -> str | None:
+        # a stream asks for the same few thousand call sites again and again: the
+        # binary search and the name cut cost more than the rest of a JSON line
+        memo = self._memo
+        key = (addr, full)
+        if key in memo:
+            return memo[key]
         hit = self.lookup(addr)
         if hit is None:
-            return None
-        name, off, size = hit
-        name, _, module = name.partition(" ")
-        text = f"{name}+{off:#x}/{size:#x}" if full else f"{name}+{off:#x}"
-        return f"{text} {module}" if module else text
+            text = None
+        else:
+            name, off, size = hit
+            name, _, module = name.partition(" ")
+            text = f"{name}+{off:#x}/{size:#x}" if full else f"{name}+{off:#x}"
+            text = f"{text} {module}" if module else text
+        if len(memo) >= 1 << 16:
+            memo.clear()
+        memo[key] = text
+        return text

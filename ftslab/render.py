@@ -230,7 +230,10 @@ def event_to_json(ev: Event, symbolize: Callable[[int], str | None] | None = Non
             obj[f"{k}_sym"] = symbolize(cs & 0xFFFFFFFFFFFFFFFF)
     if is_probe_event(ev.system, ev.name):
         obj["function"] = function_of_event(ev.name)
-    return json.dumps(obj, separators=(",", ":"))
+    return _JSON.encode(obj)
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one per call
 
 
 def _field_text(k: str, v, symbolize, flags=None) -> str:
