@@ -380,12 +380,16 @@ def _string_rows(v: "_Views", starts: np.ndarray, lens: np.ndarray, w8: int) -> 
     return q
 
 
+def _second_hash_agrees(h2: np.ndarray, first: np.ndarray, inv: np.ndarray) -> bool:
+    return bool(np.array_equal(h2[first][inv], h2))
+
+
 def _gather_strings(v: "_Views", starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Strings at buf[starts:starts+lens] (NUL-terminated within), as an object array.
 
     Few distinct strings (cache names) among many events: each row is hashed to one
-    u64, the distinct hashes give one representative row each, and every row is then
-    checked against its representative (a collision falls back to exact comparison)."""
+    u64, the distinct hashes give one representative row each; a second, independent
+    hash of every row must agree with its representative's (else: exact comparison)."""
     n = starts.size
     if n == 0:
         return np.zeros(0, dtype=object)
@@ -394,22 +398,27 @@ def _gather_strings(v: "_Views", starts: np.ndarray, lens: np.ndarray) -> np.nda
     if width <= 0:
         return np.full(n, "", dtype=object)
     w8 = (width + 7) // 8
+    # two independent 64-bit hashes per row in one pass; rows with the same first hash
+    # must have the same second one, or the rows are compared exactly
     h = np.empty(n, dtype=np.uint64)
+    h2 = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i in range(0, n, _CHUNK):
             q = _string_rows(v, starts[i:i + _CHUNK], lens[i:i + _CHUNK], w8)
             hc = np.zeros(q.shape[0], dtype=np.uint64)
+            hd = np.full(q.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
             for j in range(w8):
                 hc *= np.uint64(0x100000001B3)
                 hc ^= q[:, j]
+                hd ^= q[:, j]
+                hd *= np.uint64(0xFF51AFD7ED558CCD)
+                hd ^= hd >> np.uint64(29)
             h[i:i + _CHUNK] = hc
+            h2[i:i + _CHUNK] = hd
     _uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
     inv = inv.ravel()
     reps = _string_rows(v, starts[first], lens[first], w8)
-    exact = all(np.array_equal(_string_rows(v, starts[i:i + _CHUNK], lens[i:i + _CHUNK], w8),
-                               reps[inv[i:i + _CHUNK]])
-                for i in range(0, n, _CHUNK))
-    if exact:
+    if _second_hash_agrees(h2, first, inv):
         texts = [r.tobytes() for r in reps]
     else:  # a hash collision: do it exactly (slow, never seen in practice)
         q = _string_rows(v, starts, lens, w8)

@@ -169,3 +169,28 @@ def test_module_symbols_carry_their_module_like_pS():
     assert s(0xffffffffc0000010) == "modfn+0x10 [mymod]"
     assert s(0xffffffffc0000010, full=True) == "modfn+0x10/0x40 [mymod]"
     assert s(0xffffffff81000010, full=True) == "a+0x10/0x100"
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["hashed", "exact-fallback"])
+def test_string_columns_are_exact(monkeypatch, collide):
+    """Cache names are gathered by hashing each row; whatever the hashes say, every
+    string comes out exactly (the exact path is forced for the second run)."""
+    import random
+    if collide:
+        monkeypatch.setattr(ringbuf, "_second_hash_agrees", lambda *a: False)
+    rnd = random.Random(7)
+    names = ["kmalloc-192", "kmalloc-1k", "kmalloc-1k\0junk", "filp", "", "x" * 40,
+             "kmalloc-rcl-192", "\xe9t\xe9"] + [f"c{i}" for i in range(50)]
+    buf, starts, lens, want = bytearray(), [], [], []
+    for _ in range(5000):
+        s = rnd.choice(names).encode()
+        while len(buf) % 4:
+            buf += b"\xff"
+        starts.append(len(buf))
+        lens.append(len(s) + 1)
+        buf += s + b"\0"
+        want.append(s.split(b"\0")[0].decode())
+    buf += b"\xff" * 64
+    got = ringbuf._gather_strings(ringbuf._Views(bytes(buf)), np.array(starts, np.int64),
+                                  np.array(lens, np.int64))
+    assert got.tolist() == want
