@@ -81,9 +81,10 @@ def _missing(path: Path) -> BadInput:
                             f"recording it, died and left what it captured in {spool}",
                             hint=f"read it with: ftslab report {spool}  or write the "
                                  f"recording with: ftslab recover {spool}")
-    for spool, pid, _alive in spools:
+    if spools:
         # killed before the first full page reached the disk: its events, if any, are
         # still in its instance's ring buffer, which `reset` removes
+        spool, pid, _alive = spools[0]
         return BadInput(f"{path}: no such file; ftslab session {pid}, which was recording "
                         f"it, died before it saved any event: {spool} holds none",
                         hint="clean up with: ftslab reset  (removes that spool and the "

@@ -32,8 +32,8 @@ from .errors import BadInput, OutputError, UsageError
 
 __all__ = ["SPOOL_INFO", "SPOOL_FORMAT", "spool_dir_for", "spool_owner", "is_spool",
            "spool_has_pages", "describe", "save_cmdlines", "read_spool", "recover",
-           "orphans_next_to", "spools_next_to", "registry_add", "registry_remove", "registry_orphans",
-           "run_dir"]
+           "orphans_next_to", "spools_next_to", "registry_add", "registry_remove",
+           "registry_orphans", "run_dir"]
 
 SPOOL_INFO = "spool.json"
 SPOOL_FORMAT = "ftslab-spool"
