@@ -281,20 +281,24 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
 @click.option("--hist", is_flag=True, help="Add a log2 histogram of requested sizes.")
+@click.option("--live", is_flag=True,
+              help="What is still allocated at the end of the recording (not freed): "
+                   "objects, bytes, age and the outstanding bytes over time, by cache, "
+                   "call site and comm (or --by).")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 9/10/6) on a truncated recording, lost events or "
                    "unreadable lines instead of warning.")
 @click.option("--buffer", metavar="NAME", default=None,
               help="Which buffer of a trace.dat with several (trace-cmd -B): its instance "
                    "name; default the top-level one (or the first that has data).")
-def report(files, by, sort, top, fmt, hist, strict, buffer, source):
+def report(files, by, sort, top, fmt, hist, strict, buffer, source, live):
     """Aggregate a recording: by cache, call site, comm, pid, event, page order, gfp.
 
     FILES: trace.dat files (ftslab's or trace-cmd's), text traces (what `cat trace`
     printed), or the spool directory a killed `record` left (OUT.ftslab-spool-PID).
     """
     try:
-        _report(files, by, sort, top, fmt, hist, strict, buffer, source)
+        _report(files, by, sort, top, fmt, hist, strict, buffer, source, live)
     except BrokenPipeError:
         _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
     except OSError as exc:
@@ -350,7 +354,7 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None):
+def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=False):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
@@ -366,7 +370,8 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None):
             ds = load(path, formats_hint=hint, buffer=buffer,
                       progress=Part(bar.progress, 0.0, 0.45))
             rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist,
-                               source=source, progress=Part(bar.progress, 0.45, 1.0))
+                               source=source, progress=Part(bar.progress, 0.45, 1.0),
+                               live=live)
         finally:
             bar.close()
         if strict:

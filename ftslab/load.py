@@ -128,7 +128,7 @@ def _meta_from(td, walks) -> Metadata:
         if n == 0 and walk.missed_unknown:
             n = walk.missed_unknown  # at least one event per flagged page
         if n:
-            lost.append(Loss(cpu, n))
+            lost.append(Loss(cpu, n, tuple((a, b) for a, b, _n in walk.missed_spans)))
     bad = sum(w.bad_pages for _c, _d, w in walks)
     version = f"trace.dat v{td.version}" + (f" ({td.compression})" if td.compression else "")
     if td.tracecmd_version == "ftslab spool":

@@ -105,6 +105,9 @@ class Loss:
     cpu: int
     lost: int
     """Events lost (missed-events page flags plus per_cpu stats overrun/dropped)."""
+    spans: tuple = ()
+    """(after_ns, before_ns) windows the losses fell in, where the pages say (the
+    missed-events flags); empty when unknown (counters only, text input)."""
 
 
 @dataclass

@@ -58,7 +58,8 @@ from .records import Event
 from .kprobes import function_of_event, is_probe_event
 from .report import Report, Table, alloc_source, event_label, normalize_call_site
 
-__all__ = ["render_text", "render_json", "render_csv", "human_bytes",
+__all__ = ["render_text", "render_json", "render_csv", "human_bytes", "human_duration",
+           "sparkline",
            "event_to_json", "event_to_text", "event_to_seed", "JSON_SCHEMA_VERSION"]
 
 JSON_SCHEMA_VERSION = 1
@@ -83,9 +84,39 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def human_duration(ns: int) -> str:
+    """``850 ns``, ``12.0 us``, ``3.4 ms``, ``2.50 s``, ``4.0 min``."""
+    v = abs(ns)
+    if v < 1000:
+        return f"{ns} ns"
+    if v < 1_000_000:
+        return f"{ns / 1e3:.1f} us"
+    if v < 1_000_000_000:
+        return f"{ns / 1e6:.1f} ms"
+    if v < 120_000_000_000:
+        return f"{ns / 1e9:.2f} s"
+    return f"{ns / 60e9:.1f} min"
+
+
+_SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values) -> str:
+    """One character per value, scaled from 0 (blank) to the largest (a full block)."""
+    peak = max(values, default=0)
+    if peak <= 0:
+        return "".join(_SPARK[0] for _ in values)
+    top = len(_SPARK) - 1
+    return "".join(_SPARK[max(0, min(top, round(top * v / peak)))] for v in values)
+
+
 def _cell(value, unit: str) -> str:
     if value is None:
         return "-"
+    if unit == "series" and isinstance(value, list):
+        return sparkline(value) + f" {human_bytes(value[-1])}" if value else ""
+    if unit == "ns" and isinstance(value, int):
+        return human_duration(value)
     if unit == "bytes" and isinstance(value, int):
         return human_bytes(value)
     if unit == "%" and isinstance(value, (int, float)):
@@ -113,7 +144,7 @@ def _table_lines(t: Table) -> Iterator[str]:
             # Any non-empty bucket gets at least one mark so it is not mistaken for 0.
             cells.append("#" * (max(1, round(_BAR_WIDTH * v / peak)) if v else 0))
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    right = [c.unit != "" for c in cols] + ([False] if t.bar else [])
+    right = [c.unit not in ("", "series") for c in cols] + ([False] if t.bar else [])
 
     def fmt(cells):
         out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
@@ -188,6 +219,14 @@ def render_json(report: Report) -> str:
     return json.dumps(doc, indent=2)
 
 
+def _csv_cell(v):
+    if v is None:
+        return ""
+    if isinstance(v, list):  # a series: its points, space-separated
+        return " ".join(str(x) for x in v)
+    return v
+
+
 def render_csv(report: Report, table: Table | str | None = None) -> str:
     """One table (default: the main one) as CSV: a header of column names, then rows.
     Exact integers; a not-applicable value is an empty cell."""
@@ -204,7 +243,7 @@ def render_csv(report: Report, table: Table | str | None = None) -> str:
         return ""
     w.writerow([c.name for c in table.columns])
     for r in table.rows:
-        w.writerow(["" if r.get(c.name) is None else r.get(c.name) for c in table.columns])
+        w.writerow([_csv_cell(r.get(c.name)) for c in table.columns])
     return buf.getvalue()
 
 

@@ -453,6 +453,9 @@ class _Frame:
         self.bytes_req = np.where(ok, breq, 0)
         self.bytes_alloc = np.where(ok, balloc, 0)
         self.freed = np.zeros(n, dtype=bool)
+        self.free_ts = None
+        """uint64 timestamp of the free of each freed allocation (0 where not freed);
+        set by free matching, None when the event type is never matched."""
         self.nested = np.zeros(n, dtype=bool)
         self._keys: dict[str, tuple[np.ndarray, list]] = {}
 
@@ -537,16 +540,19 @@ class _Analysis:
         by_seq = all(f.cols.seq is not None for f in frames) and \
             all(seq is not None for _, _, seq in frees)
         ak = np.concatenate([f.ptr[f.matchable] for f in frames])
+        a_real = np.concatenate([f.ts[f.matchable] for f in frames])
+        f_real = np.concatenate([t for t, _, _ in frees])
         if by_seq:
             at = np.concatenate([f.cols.seq[f.matchable] for f in frames]).astype(np.uint64)
             ft = np.concatenate([seq for _, _, seq in frees]).astype(np.uint64)
         else:
-            at = np.concatenate([f.ts[f.matchable] for f in frames])
-            ft = np.concatenate([t for t, _, _ in frees])
+            at, ft = a_real, f_real
         fk = np.concatenate([k for _, k, _ in frees])
         keep = fk > np.uint64(16)  # kfree(NULL) is traced too; it frees nothing
-        fk, ft = fk[keep], ft[keep]
+        fk, ft, f_real = fk[keep], ft[keep], f_real[keep]
         na = ak.shape[0]
+        for f in frames:
+            f.free_ts = np.zeros(f.n, np.uint64)
         if na == 0 or fk.shape[0] == 0:
             return
         keys = np.concatenate([ak, fk])
@@ -558,17 +564,24 @@ class _Analysis:
             order = np.lexsort((ts * np.uint64(2) + kind, keys))
         else:
             order = np.lexsort((kind, ts, keys))
+        del ts
         sk = keys[order]
         skind = kind[order]
         freed_sorted = np.zeros(order.shape[0], dtype=bool)
         freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
+        del sk
         is_alloc = skind == 0
         freed = np.empty(na, dtype=bool)
         freed[order[is_alloc]] = freed_sorted[is_alloc]
+        # the time of each allocation's free: the next row of the sorted order
+        fpos = np.flatnonzero(freed_sorted)
+        free_ts = np.zeros(na, np.uint64)
+        free_ts[order[fpos]] = f_real[order[fpos + 1] - na]
         start = 0
         for f in frames:
             m = int(f.matchable.sum())
             f.freed[f.matchable] = freed[start:start + m]
+            f.free_ts[f.matchable] = free_ts[start:start + m]
             start += m
 
     # -- keys ---------------------------------------------------------------------------
@@ -767,6 +780,16 @@ class _Rows:
         self.not_freed = np.flatnonzero(~freed)  # frees = all rows - these
         self.live = np.flatnonzero(ok & ~freed & cat("matchable"))
         self.codes: dict[str, tuple[np.ndarray, list]] = {}
+        self._frames = frames
+
+    def live_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(alloc ts of the live rows; rows ok and matched, with their alloc ts and free
+        ts (0 = not freed)): what --live needs beyond the counts, built on demand."""
+        fr = self._frames
+        ts = np.concatenate([f.ts for f in fr]) if len(fr) > 1 else fr[0].ts
+        fts = np.concatenate([f.free_ts for f in fr]) if len(fr) > 1 else fr[0].free_ts
+        held = np.flatnonzero(np.concatenate([f.ok & f.matchable for f in fr]))
+        return ts[self.live], ts[held], fts[held], held
 
 
 def _rows(an: _Analysis, frames: list[_Frame]) -> _Rows:
@@ -842,7 +865,153 @@ def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
         "live": _count(gid, rows.live, ng),
     }
     metrics["waste"] = metrics["bytes_alloc"] - metrics["bytes_req"]
-    return key_labels, group_codes, metrics
+    return key_labels, group_codes, metrics, gid
+
+
+LIVE_POINTS = 16
+"""Points of the outstanding-bytes curve of each --live row (evenly spaced in time)."""
+
+_LIVE_COLUMNS = [
+    Column("live", "LIVE", "count"),
+    Column("live_bytes", "LIVE BYTES", "bytes"),
+    Column("unsure", "UNSURE", "count", quiet_if_zero=True),
+    Column("count", "ALLOCS", "count"),
+    Column("oldest_ns", "OLDEST", "ns"),
+    Column("median_age_ns", "MEDIAN AGE", "ns"),
+    Column("growth", "OUTSTANDING BYTES OVER TIME", "series"),
+]
+
+
+def _span(ds: Dataset) -> tuple[int, int] | None:
+    lo = hi = None
+    for c in ds.columns.values():
+        if len(c):
+            ts = _as_u64(c.ts)
+            lo = int(ts.min()) if lo is None else min(lo, int(ts.min()))
+            hi = int(ts.max()) if hi is None else max(hi, int(ts.max()))
+    return None if lo is None else (lo, hi)
+
+
+def loss_horizon(ds: Dataset) -> int | None:
+    """The timestamp after which no event is known to be lost: None without loss; the
+    recording's end when some loss has no known time (its live counts are all unsure)."""
+    if not ds.meta.total_lost:
+        return None
+    span = _span(ds)
+    end = span[1] if span else 0
+    horizon = 0
+    for loss in ds.meta.lost:
+        if not loss.spans:
+            return end
+        horizon = max(horizon, max(b for _a, b in loss.spans))
+    return horizon
+
+
+def _loss_note(ds: Dataset, lo: int) -> str:
+    parts = []
+    for loss in ds.meta.lost:
+        where = "CPU ?" if loss.cpu < 0 else f"CPU {loss.cpu}"
+        if loss.spans:
+            a = min(x for x, _ in loss.spans)
+            b = max(y for _, y in loss.spans)
+            when = f"between {max(a - lo, 0) / 1e9:.3f} s and {max(b - lo, 0) / 1e9:.3f} s"
+        else:
+            when = "at an unknown time"
+        parts.append(f"{where} lost {loss.lost:,} events {when}")
+    return ("; ".join(parts) + ": a lost free shows as live, so LIVE is an upper bound for "
+            "the UNSURE rows (allocated before the last loss); a lost allocation is not "
+            "seen at all, so memory allocated then is missing (a lower bound)")
+
+
+def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
+                     events: Sequence[str] | None = None, *, name: str | None = None,
+                     title: str | None = None,
+                     _layer: str | tuple[str, ...] | None = "slab") -> Table:
+    """Allocations made during the recording and not freed by its end, grouped by
+    ``by``, most bytes first.  Each row: ``live`` (objects), ``live_bytes``
+    (bytes_alloc), ``unsure`` (live objects allocated before the last lost event: their
+    free may be the lost event), ``count`` (all allocations of the group), ``oldest_ns``
+    and ``median_age_ns`` (how long the live ones have been held at the end of the
+    recording, ns), ``growth`` (bytes outstanding at LIVE_POINTS evenly spaced times,
+    the last one at the end of the recording: of the allocations seen, so it starts
+    near 0).  Groups with nothing live are left out."""
+    by = _check_by(by)
+    an = _analysis(ds)
+    frames = [fr for fr in _select(an, events, _layer) if fr.free_ts is not None and fr.n]
+    name = name or ("live_by_" + "_".join(by) if by else "live")
+    title = title or ("Live (not freed) allocations by " + ", ".join(by) if by
+                      else "Live (not freed) allocations")
+    columns = [_KEY_COLUMNS[k] for k in by] + list(_LIVE_COLUMNS)
+    span = _span(ds)
+    if not frames or span is None:
+        return Table(name, title, columns, [], note="no allocation events with a pointer "
+                     "(kprobe events carry none: --live needs the tracepoints)")
+    lo, hi = span
+    key_labels, group_codes, m, gid = _group(an, frames, by)
+    rows_in = _rows(an, frames)
+    live_ts, held_ts, held_free, held = rows_in.live_times()
+    ng = m["count"].shape[0]
+    lg = gid[rows_in.live]
+    bytes_alloc = rows_in.bytes_alloc
+    live_bytes = np.rint(np.bincount(lg, bytes_alloc[rows_in.live], ng)).astype(np.int64)
+    horizon = loss_horizon(ds)
+    unsure = (np.bincount(lg[live_ts <= np.uint64(horizon)], minlength=ng)
+              if horizon is not None else np.zeros(ng, np.int64))
+    age = (np.uint64(hi) - live_ts).astype(np.int64)
+    # oldest and median age per group: sort the live rows by (group, age)
+    order = np.lexsort((age, lg))
+    sg, sage = lg[order], age[order]
+    first = np.searchsorted(sg, np.arange(ng), "left")
+    last = np.searchsorted(sg, np.arange(ng), "right")
+    # growth: bytes allocated minus bytes freed, per group and time bin, summed up
+    k = LIVE_POINTS
+    width = max(hi - lo + 1, 1)
+
+    def bins(t):
+        return np.minimum(((t - np.uint64(lo)).astype(np.float64) * k / width)
+                          .astype(np.int64), k - 1)
+    hg = gid[held]
+    hb = bytes_alloc[held]
+    grid = np.bincount(hg * k + bins(held_ts), hb, ng * k)
+    fmask = held_free != 0
+    grid -= np.bincount(hg[fmask] * k + bins(held_free[fmask]), hb[fmask], ng * k)
+    curve = np.rint(np.cumsum(grid.reshape(ng, k), axis=1)).astype(np.int64)
+    live = m["live"]
+    pick = np.flatnonzero(live > 0)
+    ranks = []
+    for labels, codes in zip(key_labels, group_codes):
+        lorder = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
+        rank = np.empty(max(len(labels), 1), np.int64)
+        rank[lorder] = np.arange(len(lorder))
+        ranks.append(rank[codes[pick]])
+    sel = pick[np.lexsort(tuple(reversed(ranks)) + (-live[pick], -live_bytes[pick]))]
+    shown = sel[:top] if top is not None else sel
+    clock = str(ds.meta.extra.get("trace_clock", "") or "")
+    ns_clock = clock in NS_CLOCKS or clock == ""
+    out = []
+    for g in shown.tolist():
+        row = {kk: key_labels[i][int(group_codes[i][g])] for i, kk in enumerate(by)}
+        a, b = int(first[g]), int(last[g])
+        row.update(live=int(live[g]), live_bytes=int(live_bytes[g]), unsure=int(unsure[g]),
+                   count=int(m["count"][g]),
+                   oldest_ns=int(sage[b - 1]) if ns_clock else None,
+                   median_age_ns=int(np.median(sage[a:b])) if ns_clock else None,
+                   growth=[int(x) for x in curve[g]])
+        out.append(row)
+    notes = []
+    if top is not None and sel.shape[0] > top:
+        notes.append(f"top {top} of {sel.shape[0]} rows by live bytes")
+    if not out:
+        notes.append("nothing allocated during the recording is still allocated at its end")
+    if ns_clock:
+        notes.append(f"ages at the end of the recording; the curve has {k} points over "
+                     f"{(hi - lo) / 1e9:.3f} s")
+    else:
+        notes.append(f"the trace clock {clock!r} does not count nanoseconds: no ages; the "
+                     f"curve has {k} points over the recording")
+    if horizon is not None:
+        notes.append(_loss_note(ds, lo))
+    return Table(name, title, columns, out, note="; ".join(notes))
 
 
 def _without_pairing(t: Table) -> Table:
@@ -891,7 +1060,7 @@ def group_allocations(ds: Dataset, by: Sequence[str], sort: str = "bytes",
     columns = [_KEY_COLUMNS[k] for k in by] + list(_METRIC_COLUMNS)
     if not frames or sum(fr.n for fr in frames) == 0:
         return Table(name, title, columns, [], note="no allocation events")
-    key_labels, group_codes, m = _group(an, frames, by)
+    key_labels, group_codes, m, _gid = _group(an, frames, by)
     primary = {"bytes": "bytes_alloc", "count": "count", "waste": "waste"}[sort]
     tiebreak = [m[k] for k in ("bytes_alloc", "count", "waste") if k != primary]
     ranks = []
@@ -1178,7 +1347,7 @@ def default_source(ds: Dataset) -> str:
 def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                  top: int | None = 20, hist: bool = False,
                  events: Sequence[str] | None = None, source: str | None = None,
-                 progress: Progress = NO_PROGRESS) -> Report:
+                 progress: Progress = NO_PROGRESS, live: bool = False) -> Report:
     """The whole report.  Without ``by``: slab allocations by cache, by call site and by
     comm, slab waste by cache, pages by order, and the slabinfo diff when both snapshots
     exist (main table: by cache); with kprobe events, also the allocations per probed
@@ -1189,7 +1358,10 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     ``source``: ``tracepoint`` or ``kprobe`` (default: tracepoints if the recording has
     any).  Kprobes and tracepoints see the same allocations, so no table adds the two
     sources up: each table is of one source (``--by function`` is always kprobes).
-    ``progress`` is told each stage with the fraction of the report done."""
+    ``progress`` is told each stage with the fraction of the report done.
+
+    ``live``: what is still allocated at the end instead (live_allocations): by cache,
+    call site and comm, and pages by order; with ``by``, by those keys."""
     by = _check_by(by)
     _check_sort(sort)
     if source is not None and source not in SOURCES:
@@ -1201,6 +1373,31 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     if "function" in by:
         src = "kprobe"
     tables: list[Table] = []
+    if live:
+        if src == "kprobe":
+            raise UsageError("--live pairs allocations with their frees by pointer, and "
+                             "kprobe events carry no pointer",
+                             hint="record the kmem tracepoints (ftslab record without "
+                                  "--kprobes only)")
+        if by:
+            layer = "page" if "order" in by else "slab"
+            if "event" in by:
+                layer = ("slab", "page")
+            tables.append(live_allocations(ds, by, top, events, _layer=layer))
+        else:
+            for key, title in (("cache", "Live (not freed) slab allocations by cache"),
+                               ("callsite", "Live (not freed) slab allocations by call "
+                                            "site"),
+                               ("comm", "Live (not freed) slab allocations by command")):
+                progress.stage(f"live by {key}", 0.6 + 0.1 * len(tables))
+                tables.append(live_allocations(ds, (key,), top, events, _layer="slab",
+                                               name=f"live_by_{key}", title=title))
+            if _select(an, None, "page"):
+                tables.append(live_allocations(ds, ("order",), top, events, _layer="page",
+                                               name="live_pages_by_order",
+                                               title="Live (not freed) pages by order"))
+        return Report(summary(ds), tables, _warnings(ds, an), by=by, sort="live",
+                      main=tables[0].name)
     if by:
         # Page allocations include the pages behind slabs: mixing the layers in one
         # table counts memory twice.  --by event keeps every event on rows of its own;

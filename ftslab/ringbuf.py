@@ -61,6 +61,10 @@ class PageWalk:
     """Pages flagged 'events missed' without a stored count."""
     bad_pages: int = 0
     """Pages whose header or events did not make sense (skipped, counted)."""
+    missed_spans: tuple = ()
+    """(after_ns, before_ns, count) per page flagged 'events missed': the events were
+    lost after the previous page's timestamp (0: before the first page) and before this
+    page's; count 0 when the page does not store it."""
 
 
 def _check_layout(hp: HeaderPage, he: HeaderEvent) -> None:
@@ -92,6 +96,38 @@ def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEve
     if psize % 4 or psize <= hp.data_offset + 8:
         raise ParseError(f"bad ring-buffer page size {psize}")
     n_pages = len(data) // psize
+    w = _walk_all(data, cpu, hp, he, psize, n_pages)
+    w.missed_spans = _missed_spans(data, hp, psize, n_pages)
+    return w
+
+
+def _missed_spans(data, hp: HeaderPage, psize: int, n_pages: int) -> tuple:
+    """Where (in time) each CPU lost events: see PageWalk.missed_spans."""
+    if not n_pages:
+        return ()
+    words = np.frombuffer(data, dtype="<u4", count=n_pages * (psize // 4)).reshape(n_pages, -1)
+    commit_raw = words[:, hp.commit_offset // 4].astype(np.int64)
+    commit = commit_raw & ~(MISSED_EVENTS | MISSED_STORED) & 0xFFFFFFFF
+    max_data = psize - hp.data_offset
+    flagged = np.flatnonzero(((commit_raw & MISSED_EVENTS) != 0) & (commit <= max_data)
+                             & (commit % 4 == 0))
+    if not flagged.size:
+        return ()
+    t0 = hp.timestamp_offset // 4
+    page_ts = words[:, t0].astype(np.uint64) | (words[:, t0 + 1].astype(np.uint64)
+                                                << np.uint64(32))
+    out = []
+    for p in flagged.tolist():
+        n = 0
+        c = int(commit[p])
+        if commit_raw[p] & MISSED_STORED and c + 8 <= max_data:
+            i = hp.data_offset // 4 + c // 4
+            n = int(words[p, i]) | (int(words[p, i + 1]) << 32)
+        out.append((int(page_ts[p - 1]) if p else 0, int(page_ts[p]), n))
+    return tuple(out)
+
+
+def _walk_all(data, cpu, hp, he, psize, n_pages) -> PageWalk:
     if n_pages < 8:
         return _walk_loop(data, cpu, hp, he, psize, n_pages)
     if n_pages <= _BLOCK_PAGES:

@@ -60,7 +60,15 @@ def test_loss_shows_everywhere(kernel, tmp_path):
     assert "LOST" in csv.stderr
     assert run(tmp_path, "report", out, "--strict").returncode == 10
     import ftslab
-    assert ftslab.load(out).meta.total_lost > 0
+    ds = ftslab.load(out)
+    assert ds.meta.total_lost > 0
+    # the pages say when: every loss has its time window, and --live says which rows
+    # the loss makes unsure
+    assert all(loss.spans for loss in ds.meta.lost), ds.meta.lost
+    live = json.loads(run(tmp_path, "report", out, "--live", "--format", "json").stdout)
+    for t in live["tables"].values():
+        assert re.search(r"CPU \d+ lost [\d,]+ events between [\d.]+ s and", t["note"]), t
+        assert all(0 <= r["unsure"] <= r["live"] for r in t["rows"])
     figure("lost", what="record -b 4", lost=json.loads(js.stdout)["lost"])
 
 
