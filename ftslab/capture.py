@@ -117,6 +117,8 @@ class RecordOptions:
     """Family members to probe (kprobes.FAMILY names); None: the default set."""
     kprobe_symbols: tuple[str, ...] = ()
     """Extra functions to probe as they are."""
+    stacks: bool = False
+    """Record the kernel stack of every allocation event (the ``stacktrace`` trigger)."""
 
 
 @dataclass
@@ -164,6 +166,8 @@ class Session:
         """(system, event) -> format text of every event the session records."""
         self.probe_plan = None
         """kprobes.ProbePlan when kprobe events are part of the session."""
+        self.stack_events: list[str] = []
+        """``system:event`` of the events whose kernel stacks are recorded (--stacks)."""
         self._probes_planned = False
 
     def plan_kprobes(self, opts: RecordOptions):
@@ -352,6 +356,8 @@ class Session:
                       "there): those events are recorded unfiltered by it")
         if no_size:
             self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
+        if opts.stacks:
+            steps += self._stack_steps(inst, events, probes, steps, opts)
         for pr in probes:
             if opts.cache is not None and "name" not in pr.fields:
                 continue
@@ -361,6 +367,35 @@ class Session:
             steps.append(Step(f"enable {sysname}:{name}",
                               f"{inst}/events/{sysname}/{name}/enable", "1", "0"))
         return steps
+
+    def _stack_steps(self, inst: str, events, probes, steps: list[Step],
+                     opts: RecordOptions) -> list[Step]:
+        """A ``stacktrace`` trigger on each allocation event.  It is given a condition
+        (the event's own filter, or one always true) on purpose: a trigger without one
+        runs before the event is filtered (by set_event_pid too) and writes its stack
+        first, for events that are then dropped; one with a condition runs on the
+        event's record, so the stack follows the event it belongs to
+        (include/linux/trace_events.h, trace_trigger_soft_disabled)."""
+        from .report import alloc_source
+        if not self.tracefs.exists("events/ftrace/kernel_stack/format"):
+            raise UsageError("--stacks: this kernel cannot record stacks "
+                             "(no events/ftrace/kernel_stack: CONFIG_STACKTRACE is off)")
+        filters = {st.path: st.value for st in steps if st.path.endswith("/filter")}
+        targets = [(f"{sysname}:{name}", f"{inst}/events/{sysname}/{name}")
+                   for sysname, name in events if alloc_source(sysname, name) is not None]
+        targets += [(f"{pr.group}:{pr.event}", f"{inst}/events/{pr.group}/{pr.event}")
+                    for pr in probes if opts.cache is None or "name" in pr.fields]
+        out = []
+        for label, base in targets:
+            cond = filters.get(f"{base}/filter") or "common_pid >= 0"
+            out.append(Step(f"kernel stack of each {label} event", f"{base}/trigger",
+                            f"stacktrace if {cond}", "!stacktrace",
+                            hint="the kernel refused the stacktrace trigger: record "
+                                 "without --stacks"))
+        if not out:
+            raise UsageError("--stacks: none of the recorded events is an allocation")
+        self.stack_events = [label for label, _ in targets]
+        return out
 
     # -- applying ----------------------------------------------------------------
     def apply(self, steps: list[Step]) -> None:
@@ -701,6 +736,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             steps = session.plan(opts, child_pid=(child.pid if child and not opts.system_wide
                                                   else None))
             meta["tracefs_writes"] = [f"{s.path} <- {s.value}" for s in steps]
+            if session.stack_events:
+                meta["stack_events"] = list(session.stack_events)
             session.apply(steps)
             inst = session.instance
             with signals_deferred():  # the reader's fds must be ours to close

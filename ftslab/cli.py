@@ -227,9 +227,13 @@ def cli():
 @click.option("-o", "--output", default="ftslab.dat", show_default=True, metavar="FILE",
               help="Recording to write (a trace-cmd trace.dat v7 file).")
 @_capture_options
+@click.option("--stacks", is_flag=True,
+              help="Also record the kernel stack of every allocation (the stacktrace "
+                   "trigger; costs the kernel an unwind per allocation): report --by "
+                   "stack, --format folded.")
 def record(output, events, duration, pids, comm, min_size, cache, filters, buffer_kb,
            system_wide, dry_run, tracefs_path, kprobes, cache_name_offset, kprobe_families,
-           kprobe_symbols, command):
+           kprobe_symbols, command, stacks):
     """Record allocations into a trace.dat file, until COMMAND exits, -d SECONDS pass or
     Ctrl-C.
 
@@ -240,6 +244,7 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
     opts = _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                            system_wide, command, output, kprobes, cache_name_offset,
                            kprobe_families, kprobe_symbols)
+    opts.stacks = stacks
     tfs = _tracefs(tracefs_path)
     if dry_run:
         capture.print_dry_run(tfs, opts, _err, click.echo,
@@ -267,9 +272,9 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--by", "by", multiple=True,
               type=click.Choice(["comm", "pid", "cache", "callsite", "event", "order", "gfp",
-                                 "function"]),
+                                 "function", "stack"]),
               help="Group by these keys (repeatable, combinable); function: the probed "
-                   "function of kprobe events.")
+                   "function of kprobe events; stack: the kernel stack (record --stacks).")
 @click.option("--source", type=click.Choice(["tracepoint", "kprobe"]), default=None,
               help="Which events the tables count when a recording has both (they see "
                    "the same allocations, so they are never added up). Default: "
@@ -278,8 +283,13 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
               show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
               help="Rows per table.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "folded"]),
+              default="table", show_default=True,
+              help="folded: Brendan Gregg's folded kernel stacks (comm;outer;...;inner "
+                   "WEIGHT) for flamegraph.pl, inferno or speedscope; needs record "
+                   "--stacks.")
+@click.option("--weight", type=click.Choice(["bytes", "count"]), default="bytes",
+              show_default=True, help="What --format folded weighs each stack by.")
 @click.option("--hist", is_flag=True, help="Add a log2 histogram of requested sizes.")
 @click.option("--live", is_flag=True,
               help="What is still allocated at the end of the recording (not freed): "
@@ -291,14 +301,14 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
 @click.option("--buffer", metavar="NAME", default=None,
               help="Which buffer of a trace.dat with several (trace-cmd -B): its instance "
                    "name; default the top-level one (or the first that has data).")
-def report(files, by, sort, top, fmt, hist, strict, buffer, source, live):
+def report(files, by, sort, top, fmt, hist, strict, buffer, source, live, weight):
     """Aggregate a recording: by cache, call site, comm, pid, event, page order, gfp.
 
     FILES: trace.dat files (ftslab's or trace-cmd's), text traces (what `cat trace`
     printed), or the spool directory a killed `record` left (OUT.ftslab-spool-PID).
     """
     try:
-        _report(files, by, sort, top, fmt, hist, strict, buffer, source, live)
+        _report(files, by, sort, top, fmt, hist, strict, buffer, source, live, weight)
     except BrokenPipeError:
         _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
     except OSError as exc:
@@ -332,6 +342,18 @@ def _live_kmem_formats() -> dict | None:
         return None
 
 
+def _folded(ds, weight: str, source: str | None, live: bool, by) -> list:
+    from .report import default_source, folded_stacks
+    if by:
+        raise UsageError("--format folded folds by comm and stack: drop --by")
+    src = source or default_source(ds)
+    if live and src == "kprobe":
+        raise UsageError("--live pairs allocations with their frees by pointer, and "
+                         "kprobe events carry no pointer")
+    return folded_stacks(ds, weight, layer="slab" if src == "tracepoint" else "kprobe",
+                         live=live)
+
+
 def _keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of giving it back at once.
 
@@ -354,7 +376,8 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
-def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=False):
+def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=False,
+            weight="bytes"):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
@@ -369,9 +392,13 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
         try:
             ds = load(path, formats_hint=hint, buffer=buffer,
                       progress=Part(bar.progress, 0.0, 0.45))
-            rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist,
-                               source=source, progress=Part(bar.progress, 0.45, 1.0),
-                               live=live)
+            if fmt == "folded":
+                rep = None
+                folded = _folded(ds, weight, source, live, by)
+            else:
+                rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist,
+                                   source=source, progress=Part(bar.progress, 0.45, 1.0),
+                                   live=live)
         finally:
             bar.close()
         if strict:
@@ -386,6 +413,14 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
         if len(files) > 1 and fmt == "table":
             click.echo(f"== {path}")
         out = sys.stdout
+        if fmt == "folded":
+            for stack, w in folded:
+                out.write(f"{stack} {w}\n")
+            out.flush()
+            from .report import _analysis, _warnings
+            for w in _warnings(ds, _analysis(ds)):
+                _err(w)
+            continue
         if fmt == "json":
             out.write(render.render_json(rep) + "\n")
         elif fmt == "csv":

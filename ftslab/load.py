@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from .errors import BadInput, ParseError
 from .formats import EventFormat, parse_format, parse_header_event, parse_header_page
 from .kallsyms import Symbolizer
@@ -200,16 +202,68 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
     progress.stage(f"reading {path.name}", 0.0)
     td, fmts, walks = load_tracedat(path, buffer, progress)
     progress.stage("splitting events by type", 0.9)
+    stacks, codes, unmatched = _stacks(td, fmts, walks)
     parts = []
-    for _cpu, data, walk in walks:
-        parts.append(ringbuf.decode_columns(data, walk, fmts))
+    for (_cpu, data, walk), code in zip(walks, codes):
+        parts.append(ringbuf.decode_columns(data, walk, fmts, code))
         walk.ts = walk.off = walk.ids = walk.lens = None  # split per type now: free them
     columns = ringbuf.merge_columns(parts)
     meta = _meta_from(td, walks)
+    if unmatched:
+        meta.extra["stacks_unattributed"] = unmatched
     sym = Symbolizer(td.kallsyms) if td.kallsyms else None
     return Dataset(meta=meta, columns=columns,
                    formats={(f.system, f.name): f for f in fmts.values()},
-                   symbolize=sym if sym else None)
+                   symbolize=sym if sym else None, stacks=stacks)
+
+
+def _stacks(td, fmts, walks) -> tuple[list, list, int]:
+    """Kernel stacks (record --stacks): (distinct stacks, per walk a stack code per event
+    or None, stacks that belong to no recorded event)."""
+    none = [None] * len(walks)
+    stack_fmt = None
+    for text in td.ftrace_formats:
+        try:
+            f = parse_format(text, "ftrace")
+        except ParseError:
+            continue
+        if f.name == "kernel_stack":
+            stack_fmt = f
+    if stack_fmt is None or not any(w.ids is not None and (w.ids == stack_fmt.id).any()
+                                    for _c, _d, w in walks):
+        return [], none, 0
+    wanted = set((td.ftslab or {}).get("stack_events") or ())
+    if wanted:
+        open_ids = {i for i, f in fmts.items() if f"{f.system}:{f.name}" in wanted}
+    else:
+        # not ftslab's: the event types whose stacks were recorded are those followed
+        # by a stack (most of the time: an interrupt can come in between)
+        before, total = {}, {}
+        for _c, _d, w in walks:
+            nxt = np.flatnonzero(w.ids[1:] == stack_fmt.id)
+            for i, n in zip(*np.unique(w.ids[nxt], return_counts=True)):
+                before[int(i)] = before.get(int(i), 0) + int(n)
+            for i, n in zip(*np.unique(w.ids, return_counts=True)):
+                total[int(i)] = total.get(int(i), 0) + int(n)
+        open_ids = {i for i, n in before.items() if i != stack_fmt.id and 2 * n >= total[i]}
+    pairs, rows, n_stacks = [], [], 0
+    for _c, data, w in walks:
+        n_stacks += int((w.ids == stack_fmt.id).sum())
+        ev, st = ringbuf.pair_stacks(data, w, stack_fmt.id, open_ids)
+        pairs.append(ev)
+        rows.append(ringbuf.stack_rows(data, w, st, stack_fmt))
+    depth = max(r.shape[1] for r in rows)
+    allrows = np.concatenate([np.pad(r, ((0, 0), (0, depth - r.shape[1]))) for r in rows])
+    uniq, inv = np.unique(allrows, axis=0, return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int32)
+    codes, start = [], 0
+    for (_c, _d, w), ev in zip(walks, pairs):
+        code = np.full(w.ids.shape[0], -1, np.int32)
+        code[ev] = inv[start:start + ev.size]
+        start += ev.size
+        codes.append(code)
+    stacks = [tuple(int(a) for a in row if a) for row in uniq]
+    return stacks, codes, n_stacks - int(allrows.shape[0])
 
 
 def read(path: str | os.PathLike, buffer: str | None = None) -> Iterator[Event]:

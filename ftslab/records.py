@@ -93,6 +93,9 @@ class EventColumns:
     """int64 position of each event in its input, where that orders events more finely
     than ``ts`` (text traces: the line number, as ``cat trace`` prints in time order but
     with microsecond timestamps).  None for binary input (``ts`` is exact)."""
+    stack: np.ndarray | None = None
+    """int32 index into ``Dataset.stacks`` of each event's kernel stack, -1 where it has
+    none; None when the recording holds no stacks."""
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -149,6 +152,9 @@ class Dataset:
     """(system, name) -> formats.EventFormat, when the input carried format files."""
     symbolize: object = None
     """callable(int address) -> "sym+0xoff" or None; None when no kallsyms were captured."""
+    stacks: list = field(default_factory=list)
+    """Distinct kernel stacks (tuples of return addresses, innermost first), indexed by
+    ``EventColumns.stack``; empty without ``record --stacks``."""
 
     @property
     def events(self) -> int:

@@ -52,7 +52,7 @@ from .progress import NO_PROGRESS, Part, Progress
 from .records import Dataset, EventColumns
 
 __all__ = [
-    "GROUP_KEYS", "SORT_KEYS", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
+    "GROUP_KEYS", "SORT_KEYS", "folded_stacks", "live_allocations", "NO_STACK", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
     "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
     "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
     "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff", "summary", "build_report", "loss_warning",
@@ -60,7 +60,8 @@ __all__ = [
     "kmalloc_size_class", "normalize_call_site",
 ]
 
-GROUP_KEYS = ("comm", "pid", "cache", "callsite", "event", "order", "gfp", "function")
+GROUP_KEYS = ("comm", "pid", "cache", "callsite", "event", "order", "gfp", "function",
+              "stack")
 SOURCES = ("tracepoint", "kprobe")
 #: layers of each source: allocations of one layer are counted once per source
 _PAGE_LAYERS = ("page", "kprobe_page")
@@ -230,6 +231,7 @@ _KEY_COLUMNS = {
     "order": Column("order", "ORDER"),
     "gfp": Column("gfp", "GFP FLAGS"),
     "function": Column("function", "FUNCTION"),
+    "stack": Column("stack", "KERNEL STACK (innermost first)"),
 }
 
 _METRIC_COLUMNS = [
@@ -481,6 +483,9 @@ class _Analysis:
         self.cmdlines = dict(ds.meta.cmdlines)
         self.formats = ds.formats
         self.symbolize = ds.symbolize
+        self.stacks = ds.stacks
+        self._frame_names: dict[int, str] = {}
+        self._stack_frames: dict[int, tuple[str, ...]] = {}
         self.frames: list[_Frame] = []
         frees: dict[str, list[tuple]] = {}
         self._probed = {function_of_event(n) for (s, n), c in ds.columns.items()
@@ -647,7 +652,32 @@ class _Analysis:
                 return _merge_labels(codes, [str(w) for w in words])
             fmt = self._gfp_formatter(fr.cols.system, fr.cols.name, src.gfp)
             return _merge_labels(codes, [fmt(int(w)) for w in words])
+        if key == "stack":
+            if fr.cols.stack is None:
+                return fr.const(NO_STACK)
+            codes, sids = _factorize(fr.cols.stack)
+            return _merge_labels(codes, [" <- ".join(self.stack_frames(int(i))) if i >= 0
+                                         else NO_STACK for i in sids])
         raise UsageError(f"unknown group key {key!r}", f"use one of {', '.join(GROUP_KEYS)}")
+
+    def stack_frames(self, sid: int) -> tuple[str, ...]:
+        """Function names of stack ``sid``, innermost first, without the tracing
+        machinery that recorded it (the tracepoint's or kprobe's own frames)."""
+        got = self._stack_frames.get(sid)
+        if got is None:
+            names = [self._frame(a) for a in self.stacks[sid]]
+            k = 0
+            while k < len(names) - 1 and names[k].startswith(_TRACING_FRAMES):
+                k += 1
+            got = self._stack_frames[sid] = tuple(names[k:])
+        return got
+
+    def _frame(self, addr: int) -> str:
+        name = self._frame_names.get(addr)
+        if name is None:
+            name = self._symbol(addr).split("+", 1)[0]  # flame graphs merge by function
+            self._frame_names[addr] = name
+        return name
 
     def _symbol(self, addr: int) -> str:
         addr &= 0xFFFFFFFFFFFFFFFF
@@ -1012,6 +1042,55 @@ def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
     if horizon is not None:
         notes.append(_loss_note(ds, lo))
     return Table(name, title, columns, out, note="; ".join(notes))
+
+
+NO_STACK = "(no stack recorded)"
+_TRACING_FRAMES = ("trace_event_raw_event_", "perf_trace_", "trace_event_buffer",
+                   "event_triggers", "event_trigger", "stacktrace_trigger", "__trace_stack",
+                   "__ftrace_trace_stack", "ftrace_", "__ftrace", "arch_ftrace", "kprobe",
+                   "__kprobe", "aggr_pre_handler", "opt_pre_handler", "optimized_callback",
+                   "kprobe_dispatcher", "kprobe_perf_func", "kprobe_trace_func",
+                   "__kprobe_trace_func", "trace_")
+
+
+def folded_stacks(ds: Dataset, weight: str = "bytes", events: Sequence[str] | None = None,
+                  layer: str | tuple[str, ...] = "slab",
+                  live: bool = False) -> list[tuple[str, int]]:
+    """Brendan Gregg's folded stacks of the allocations: ``(comm;outermost;...;innermost,
+    weight)`` per distinct (comm, stack), heaviest first; ``weight`` is ``bytes``
+    (bytes_alloc) or ``count``.  Allocations without a stack are folded as
+    ``comm;(no stack recorded)`` so that the total is the report's.  ``live``: only
+    the allocations still live at the end (see live_allocations)."""
+    if weight not in ("bytes", "count"):
+        raise UsageError(f"unknown weight {weight!r}", "use bytes or count")
+    if not ds.stacks:
+        raise UsageError("this recording holds no kernel stacks",
+                         hint="record them with: ftslab record --stacks")
+    an = _analysis(ds)
+    frames = _select(an, events, layer)
+    if not frames or sum(fr.n for fr in frames) == 0:
+        return []
+    labels, codes, m, gid = _group(an, frames, ("comm", "stack"))
+    w = m["bytes_alloc"] if weight == "bytes" else m["count"]
+    if live:
+        rows = _rows(an, frames)
+        w = (np.rint(np.bincount(gid[rows.live], rows.bytes_alloc[rows.live], w.shape[0]))
+             .astype(np.int64) if weight == "bytes" else m["live"])
+    sid_of: dict[str, int] = {}
+    for fr in frames:  # label -> one stack id, to fold root first
+        if fr.cols.stack is not None:
+            for sid in np.unique(fr.cols.stack).tolist():
+                if sid >= 0:
+                    sid_of.setdefault(" <- ".join(an.stack_frames(sid)), sid)
+    out = []
+    for g in np.flatnonzero(w > 0).tolist():
+        comm = str(labels[0][int(codes[0][g])]).replace(";", ":").replace(" ", "_")
+        label = labels[1][int(codes[1][g])]
+        sid = sid_of.get(label)
+        chain = (list(reversed(an.stack_frames(sid))) if sid is not None else [NO_STACK])
+        out.append((";".join([comm] + [f.replace(";", ":") for f in chain]), int(w[g])))
+    out.sort(key=lambda x: (-x[1], x[0]))
+    return out
 
 
 def _without_pairing(t: Table) -> Table:

@@ -32,6 +32,7 @@ from .formats import EventFormat, Field, HeaderEvent, HeaderPage
 from .records import Event, EventColumns, LazyFields
 
 __all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
+           "pair_stacks", "stack_rows",
            "MISSED_EVENTS", "MISSED_STORED"]
 
 MISSED_EVENTS = 1 << 31
@@ -344,6 +345,72 @@ def _walk_vectorized(data, cpu, hp, he, psize, n_pages) -> PageWalk:
     return w
 
 
+# -- kernel stacks (the stacktrace trigger) ---------------------------------------------
+
+_CONTEXT_FLAGS = 0x08 | 0x10 | 0x40  # TRACE_FLAG_HARDIRQ | SOFTIRQ | NMI (common_flags)
+
+
+def pair_stacks(data: bytes | memoryview, walk: PageWalk, stack_id: int,
+                open_ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Which event each kernel_stack event of one CPU belongs to: (event positions,
+    stack positions) in the walk, pairwise.
+
+    A conditional stacktrace trigger writes the stack while its event is reserved
+    but not yet committed, so the stack follows its event; an interrupt in between
+    nests its own event and stack inside the pair.  Events of ``open_ids`` open a
+    bracket and stacks close the innermost open one: each stack is matched to the
+    last event before it at its own nesting depth.  A pair must also agree on the pid
+    and the interrupt context (common_flags); stacks that match nothing (their event
+    lost, or never recorded) are left out, and counted by the caller."""
+    ids = walk.ids
+    if ids is None or not ids.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    is_stack = ids == stack_id
+    is_open = np.isin(ids, np.fromiter(open_ids, np.int64))
+    pos = np.flatnonzero(is_stack | is_open)
+    if not pos.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    closing = is_stack[pos]
+    step = np.where(closing, -1, 1)
+    depth = np.cumsum(step)
+    level = np.where(closing, depth + 1, depth)  # a stack's level: the depth before it
+    order = np.lexsort((pos, level))
+    so, sl, sc = pos[order], level[order], closing[order]
+    m = np.flatnonzero(sc[1:] & ~sc[:-1] & (sl[1:] == sl[:-1]))
+    ev, st = so[m], so[m + 1]
+    if ev.size:
+        v = _Views(data)
+        offs = walk.off
+        same = ((_gather_int(v, offs[ev] + 4, 4, True) == _gather_int(v, offs[st] + 4, 4, True))
+                & ((_gather_int(v, offs[ev] + 2, 1, False) & _CONTEXT_FLAGS)
+                   == (_gather_int(v, offs[st] + 2, 1, False) & _CONTEXT_FLAGS)))
+        ev, st = ev[same], st[same]
+    return ev, st
+
+
+def stack_rows(data: bytes | memoryview, walk: PageWalk, stack_pos: np.ndarray,
+               fmt: EventFormat) -> np.ndarray:
+    """(n, depth) uint64 return addresses of the kernel_stack events at ``stack_pos``,
+    innermost first, zero past each stack's end.  The format's ``caller`` array is
+    declared with a fixed size, but the kernel writes ``size`` entries (the event's
+    length says how many fit)."""
+    size_f, caller_f = fmt.field("size"), fmt.field("caller")
+    if not stack_pos.size or size_f is None or caller_f is None:
+        return np.zeros((0, 1), np.uint64)
+    v = _Views(data)
+    offs = walk.off[stack_pos]
+    room = (walk.lens[stack_pos] - caller_f.offset) // 8
+    n = np.minimum(_gather_int(v, offs + size_f.offset, 4, True).astype(np.int64), room)
+    n = np.maximum(n, 0)
+    depth = max(int(n.max()), 1)
+    out = np.zeros((stack_pos.size, depth), np.uint64)
+    for j in range(depth):
+        has = n > j
+        if has.any():
+            out[has, j] = _gather_int(v, offs[has] + caller_f.offset + 8 * j, 8, False)
+    return out
+
+
 # -- field extraction ------------------------------------------------------------------
 
 def _int_dtype(size: int, signed: bool):
@@ -495,8 +562,10 @@ def _field_column(buf: "_Views", offs: np.ndarray, lens: np.ndarray, f: Field) -
 
 
 def decode_columns(data: bytes | memoryview, walk: PageWalk,
-                   formats_by_id: Mapping[int, EventFormat]) -> dict[tuple[str, str], EventColumns]:
-    """Decode the events found by ``walk_pages`` into columns, one set per event type."""
+                   formats_by_id: Mapping[int, EventFormat],
+                   stack: np.ndarray | None = None) -> dict[tuple[str, str], EventColumns]:
+    """Decode the events found by ``walk_pages`` into columns, one set per event type.
+    ``stack``: per walk event, its stack code (see EventColumns.stack), or None."""
     out: dict[tuple[str, str], EventColumns] = {}
     if walk.ts is None or walk.ts.size == 0:
         return out
@@ -510,9 +579,11 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
         o, ln = offs[sel], lens[sel]
         need = max((f.offset + f.size for f in fmt.fields + fmt.common_fields), default=0)
         good = ln >= need
+        st = stack[sel] if stack is not None else None
         if not good.all():
             o, ln = o[good], ln[good]
             sel_ts = ts[sel][good]
+            st = st[good] if st is not None else None
         else:
             sel_ts = ts[sel]
         pidf = fmt.field("common_pid")
@@ -524,7 +595,7 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
                           _field_column(buf, o, ln, d[name]))
         out[(fmt.system, fmt.name)] = EventColumns(
             system=fmt.system, name=fmt.name, ts=sel_ts, cpu=np.full(o.size, walk.cpu, np.int32),
-            pid=pid, fields=cols)
+            pid=pid, fields=cols, stack=st)
     return out
 
 
@@ -552,6 +623,9 @@ def merge_columns(parts: Iterable[dict[tuple[str, str], EventColumns]]
             ts=np.concatenate([c.ts for c in lst]),
             cpu=np.concatenate([c.cpu for c in lst]),
             pid=np.concatenate([c.pid for c in lst]),
+            stack=(np.concatenate([c.stack if c.stack is not None
+                                   else np.full(len(c), -1, np.int32) for c in lst])
+                   if any(c.stack is not None for c in lst) else None),
             fields=LazyFields([n for n in lst[0].fields if n in names],
                               lambda n, lst=lst: np.concatenate([c.fields[n] for c in lst])))
     return out

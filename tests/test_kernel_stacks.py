@@ -1,0 +1,78 @@
+"""record --stacks on the real kernel: every allocation gets its own kernel stack, the
+folded output has exact counts, and flamegraph.pl (Debian's copy, from
+libdevel-nytprof-perl) draws it."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import KERNEL_TESTS, need_tool, run_ftslab
+
+N = 300
+EVENTFDS = [sys.executable, "-c", f"import os\nfds = [os.eventfd(0) for _ in range({N})]"]
+FLAMEGRAPH = Path("/usr/share/perl5/Devel/NYTProf/flamegraph.pl")
+
+
+def _flamegraph() -> Path:
+    need_tool("perl")
+    if not FLAMEGRAPH.exists():
+        if KERNEL_TESTS:
+            pytest.fail(f"FTSLAB_KERNEL_TESTS=1 but {FLAMEGRAPH} is missing "
+                        "(apt-get install libdevel-nytprof-perl)")
+        pytest.skip("flamegraph.pl not installed")
+    return FLAMEGRAPH
+
+
+def test_stacks_fold_with_exact_counts_and_flamegraph_draws_them(kernel, tmp_path):
+    out = tmp_path / "stacks.dat"
+    cp = run_ftslab("record", "--stacks", "-o", out, "--", *EVENTFDS, check=True)
+    assert "lost 0" in cp.stderr, cp.stderr
+    import ftslab
+    ds = ftslab.load(out)
+    assert ds.stacks and ds.meta.extra.get("stacks_unattributed", 0) == 0
+    for key in (("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc")):
+        assert (ds.columns[key].stack >= 0).all(), key   # no loss: every one has its stack
+    folded = run_ftslab("report", out, "--format", "folded", "--weight", "count",
+                        check=True).stdout
+    lines = [l.rsplit(" ", 1) for l in folded.splitlines()]
+    weights = {stack: int(w) for stack, w in lines}
+    assert len(weights) == len(lines)                   # one line per distinct stack
+    ctx = [w for s, w in weights.items() if s.endswith(";do_eventfd;__kmalloc_cache_noprof")]
+    assert ctx == [N], [s for s in weights if "eventfd" in s]
+    plain = run_ftslab("report", out, "--format", "json", "--by", "event", check=True).stdout
+    import json
+    slab = sum(r["count"] for r in json.loads(plain)["rows"]
+               if r["event"] in ("kmem:kmalloc", "kmem:kmem_cache_alloc"))
+    assert sum(weights.values()) == slab
+    # a real consumer reads it
+    fg = _flamegraph()
+    src = tmp_path / "folded.txt"
+    src.write_text(folded)
+    svg = subprocess.run(["perl", str(fg), "--countname", "allocations", str(src)],
+                         capture_output=True, text=True, timeout=120)
+    assert svg.returncode == 0, svg.stderr
+    assert svg.stdout.startswith("<?xml") and "</svg>" in svg.stdout
+    total = sum(w for s, w in weights.items() if ";do_eventfd;" in s)
+    m = re.search(r"<title>do_eventfd \(([\d,]+) allocations", svg.stdout)
+    assert m and int(m.group(1).replace(",", "")) == total
+    # --by stack shows the same stacks, innermost first
+    js = json.loads(run_ftslab("report", out, "--format", "json", "--by", "stack", "--top",
+                               "1000", check=True).stdout)
+    row = [r for r in js["rows"] if r["stack"].startswith("__kmalloc_cache_noprof <- do_eventfd")]
+    assert len(row) == 1 and row[0]["count"] == N
+
+
+def test_stacks_dry_run_shows_the_conditional_trigger(kernel, tmp_path):
+    cp = run_ftslab("record", "--stacks", "--dry-run", "--min-size", "64", "--", "true",
+                    check=True)
+    trig = {l.split("/events/")[1].split("/trigger")[0]: l.split("'")[1]
+            for l in cp.stdout.splitlines() if "/trigger" in l}
+    # the trigger's condition is the event's filter, so that no stack is written for
+    # an event the filter then drops; with none, a condition that is always true
+    assert trig == {"kmem/kmalloc": "stacktrace if bytes_req >= 64",
+                    "kmem/kmem_cache_alloc": "stacktrace if bytes_req >= 64",
+                    "kmem/mm_page_alloc": "stacktrace if common_pid >= 0"}, cp.stdout
