@@ -411,3 +411,27 @@ def test_kprobe_stream_json_ends_on_time_beside_ls(ftslab_spawn, kernel, tmp_pat
     assert m, err
     assert int(m.group(1).replace(",", "")) == len(evs) > 0
     assert any(e["event"].split(":")[-1].startswith("kp_") for e in evs)
+
+
+# -- kernel stacks ----------------------------------------------------------------------
+
+def test_stacks_on_kprobe_and_tracepoint_events(ftslab, kernel, tmp_path):
+    """record --stacks puts a stacktrace trigger on the kprobe events too: each of the
+    CALLS setxattr kmallocs has its stack under both sources, through vmemdup_user()."""
+    out = tmp_path / "stacks.dat"
+    cp = ftslab("record", "--stacks", "--kprobes", "on", "-o", out, "--", *WORKLOAD)
+    _check(cp, "ftslab record --stacks --kprobes on")
+    assert "lost 0" in cp.stderr, cp.stderr
+    import ftslab as api
+    ds = api.load(out)
+    assert ds.stacks and ds.meta.extra.get("stacks_unattributed", 0) == 0
+    for (system, name), cols in ds.columns.items():
+        if name in ("kmalloc", "kmem_cache_alloc") or system.startswith("ftslab_"):
+            assert cols.stack is not None and (cols.stack >= 0).all(), (system, name)
+    for source in ("tracepoint", "kprobe"):
+        cp = ftslab("report", out, "--format", "folded", "--weight", "count",
+                    "--source", source)
+        _check(cp, f"ftslab report --format folded --source {source}")
+        ours = [l for l in cp.stdout.splitlines()
+                if ";vmemdup_user;" in l and "setxattr" in l]
+        assert sum(int(l.rsplit(" ", 1)[1]) for l in ours) == CALLS, (source, ours)
