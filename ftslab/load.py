@@ -217,6 +217,25 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
                    symbolize=sym if sym else None, stacks=stacks)
 
 
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(rows, axis=0, return_inverse=True), by a hash of each row (sorting the
+    rows themselves took 4.8 s for 400 k stacks; this, 0.1 s), checked row by row."""
+    if not rows.shape[0]:
+        return rows, np.zeros(0, np.int32)
+    h = np.zeros(rows.shape[0], np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(rows.shape[1]):
+            h ^= rows[:, j]
+            h *= np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+    _keys, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if np.array_equal(rows[first][inv], rows):
+        return rows[first], inv.astype(np.int32)
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)  # a hash collision
+    return uniq, inv.reshape(-1).astype(np.int32)
+
+
 def _stacks(td, fmts, walks) -> tuple[list, list, int]:
     """Kernel stacks (record --stacks): (distinct stacks, per walk a stack code per event
     or None, stacks that belong to no recorded event)."""
@@ -254,8 +273,7 @@ def _stacks(td, fmts, walks) -> tuple[list, list, int]:
         rows.append(ringbuf.stack_rows(data, w, st, stack_fmt))
     depth = max(r.shape[1] for r in rows)
     allrows = np.concatenate([np.pad(r, ((0, 0), (0, depth - r.shape[1]))) for r in rows])
-    uniq, inv = np.unique(allrows, axis=0, return_inverse=True)
-    inv = inv.reshape(-1).astype(np.int32)
+    uniq, inv = _unique_rows(allrows)
     codes, start = [], 0
     for (_c, _d, w), ev in zip(walks, pairs):
         code = np.full(w.ids.shape[0], -1, np.int32)

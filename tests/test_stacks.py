@@ -139,3 +139,14 @@ def test_no_stacks_is_one_clear_error():
         report.folded_stacks(load(FIX / "ftslab-open200.dat"))
     t = report.group_allocations(load(FIX / "ftslab-open200.dat"), ("stack",), _layer="slab")
     assert [r["stack"] for r in t.rows] == [report.NO_STACK]
+
+
+def test_unique_rows_equals_numpys():
+    from ftslab.load import _unique_rows
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 4, (5000, 5)).astype(np.uint64)
+    uniq, inv = _unique_rows(rows)
+    ref = np.unique(rows, axis=0)
+    assert sorted(map(tuple, uniq.tolist())) == sorted(map(tuple, ref.tolist()))
+    assert np.array_equal(uniq[inv], rows)
+    assert _unique_rows(np.zeros((0, 3), np.uint64))[1].shape == (0,)
