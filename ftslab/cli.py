@@ -295,20 +295,28 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
               help="What is still allocated at the end of the recording (not freed): "
                    "objects, bytes, age and the outstanding bytes over time, by cache, "
                    "call site and comm (or --by).")
+@click.option("--interval", metavar="DURATION",
+              help="A time series instead: per interval (1s, 250ms, ...) and key (--by, "
+                   "default cache) the allocations, bytes/s, frees and outstanding bytes.")
+@click.option("--plot", "plot", metavar="FILE.png", type=click.Path(dir_okay=False),
+              help="Draw bytes/s and outstanding bytes per key over time into a PNG "
+                   "(needs matplotlib: pip install 'ftslab[plot]'); --interval default 1s.")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 9/10/6) on a truncated recording, lost events or "
                    "unreadable lines instead of warning.")
 @click.option("--buffer", metavar="NAME", default=None,
               help="Which buffer of a trace.dat with several (trace-cmd -B): its instance "
                    "name; default the top-level one (or the first that has data).")
-def report(files, by, sort, top, fmt, hist, strict, buffer, source, live, weight):
+def report(files, by, sort, top, fmt, hist, strict, buffer, source, live, weight, interval,
+           plot):
     """Aggregate a recording: by cache, call site, comm, pid, event, page order, gfp.
 
     FILES: trace.dat files (ftslab's or trace-cmd's), text traces (what `cat trace`
     printed), or the spool directory a killed `record` left (OUT.ftslab-spool-PID).
     """
     try:
-        _report(files, by, sort, top, fmt, hist, strict, buffer, source, live, weight)
+        _report(files, by, sort, top, fmt, hist, strict, buffer, source, live, weight,
+                interval, plot)
     except BrokenPipeError:
         _quiet_stdout()  # `ftslab report ... | head`: the reader had enough
     except OSError as exc:
@@ -377,7 +385,7 @@ def _keep_freed_memory() -> None:
 
 
 def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=False,
-            weight="bytes"):
+            weight="bytes", interval=None, plot=None):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
     from .report import build_report
@@ -385,6 +393,20 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
     from . import render
     if len(files) > 1 and fmt != "table":
         raise UsageError(f"--format {fmt} reports one file at a time (got {len(files)})")
+    from .report import parse_interval
+    interval_ns = parse_interval(interval) if interval is not None else None
+    if plot is not None:
+        if len(files) > 1:
+            raise UsageError(f"--plot draws one recording (got {len(files)})")
+        if fmt == "folded":
+            raise UsageError("--plot draws the time series, not folded stacks")
+        from .plot import check_available
+        check_available()
+        if interval_ns is None:
+            interval_ns = parse_interval("1s")
+    if interval_ns is not None and fmt == "folded":
+        raise UsageError("--interval gives a time series; --format folded gives stacks: "
+                         "give one of them")
     _keep_freed_memory()
     hint = _live_kmem_formats()
     for path in files:
@@ -398,7 +420,7 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
             else:
                 rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist,
                                    source=source, progress=Part(bar.progress, 0.45, 1.0),
-                                   live=live)
+                                   live=live, interval_ns=interval_ns)
         finally:
             bar.close()
         if strict:
@@ -421,6 +443,13 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
             for w in _warnings(ds, _analysis(ds)):
                 _err(w)
             continue
+        if plot is not None:
+            from .plot import plot_series
+            try:
+                plot_series(rep.table(rep.main), plot, title=f"{Path(path).name}")
+            except OSError as exc:
+                raise OutputError(f"cannot write {plot}: {exc.strerror}") from None
+            _err(f"wrote {plot}")
         if fmt == "json":
             out.write(render.render_json(rep) + "\n")
         elif fmt == "csv":
@@ -536,6 +565,158 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
         from .errors import TracefsUnavailable
         raise TracefsUnavailable(f"{run.interrupted_by} while streaming: the events before "
                                  "were printed", hint="")
+
+
+@cli.command(epilog="Keys: c cache, s call site, p command, q quit.\n\n"
+                    "Examples:\n\n\b\n  ftslab top\n  ftslab top --by callsite -p 4242\n"
+                    "  ftslab top --batch -d 5 > top.txt")
+@click.option("--by", type=click.Choice(["cache", "callsite", "comm"]), default="cache",
+              show_default=True, help="What the rows are (switch with c, s, p).")
+@click.option("-n", "--interval", type=click.FloatRange(min=0.1), default=1.0,
+              show_default=True, metavar="SECONDS", help="Refresh every SECONDS.")
+@click.option("--top", "rows", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows shown.")
+@click.option("--batch", is_flag=True,
+              help="Plain text frames on stdout, one per refresh (the default when stdout "
+                   "is not a terminal).")
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS", help="Stop after SECONDS (default: until q or Ctrl-C).")
+@click.option("-p", "--pid", "pids", multiple=True, type=click.IntRange(min=1),
+              metavar="PID", help="Only this process (and children it forks); repeatable.")
+@click.option("--comm", metavar="NAME", help="Only tasks whose comm is NAME.")
+@click.option("--cache", metavar="NAME", help="Only slab events of cache NAME.")
+@click.option("--filter", "filters", multiple=True, metavar="EXPR",
+              help="Kernel event filter (as for record).")
+@click.option("-b", "--buffer-kb", type=click.IntRange(min=4, max=1 << 22), metavar="KB",
+              default=8192, show_default=True, help="Ring buffer per CPU, KiB.")
+@click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
+def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_kb,
+        tracefs_path):
+    """Live view of the slab allocators: per cache, call site or command, the
+    allocations and bytes per second and the live (not yet freed) objects and bytes
+    since top started, with the lost-events counter.  Whole system unless -p/--comm."""
+    from . import capture
+    from .kallsyms import Symbolizer
+    from .top import top as run_top
+    from .tracefs import read_text_file
+    opts = _record_options((), duration, pids, comm, None, cache, filters, buffer_kb,
+                           False, (), None, "off")
+    opts.status = False
+    tfs = _tracefs(tracefs_path)
+    try:
+        sym = Symbolizer(read_text_file("/proc/kallsyms"))
+    except FtslabError:
+        sym = None
+    view = _TopView(by, rows, batch or not sys.stdout.isatty())
+    try:
+        run, _state, lost = run_top(tfs, opts, _err, interval, view.show, rows, sym or None)
+    finally:
+        view.close()
+    _err(f"top ran {run.duration:.1f}s" + (f", stopped by {run.interrupted_by}"
+                                           if run.interrupted_by and not view.quit else "")
+         + f"; lost {lost:,} events")
+    if lost:
+        _err(f"WARNING: {lost:,} events were lost: the rates and live counts are lower "
+             "bounds (a lost free keeps an object live): raise -b or narrow with -p/--comm")
+
+
+class _TopView:
+    """Draws TopFrames: a rich Live table on a terminal (keys c/s/p/q read in cbreak
+    mode), or plain text frames."""
+
+    TITLES = {"cache": "CACHE", "callsite": "CALL SITE", "comm": "COMM"}
+
+    def __init__(self, by: str, rows: int, batch: bool):
+        self.by, self.rows, self.batch = by, rows, batch
+        self.quit = False
+        self.live = None
+        self._tty = None
+        self._last = None
+        if not batch:
+            from rich.console import Console
+            from rich.live import Live
+            self.console = Console()
+            self.live = Live(console=self.console, auto_refresh=False, screen=True)
+            self.live.start()
+            self._keys()
+
+    def _keys(self) -> None:
+        import threading
+        import termios
+        import tty
+        try:
+            fd = sys.stdin.fileno()
+            self._tty = (fd, termios.tcgetattr(fd))
+            tty.setcbreak(fd)
+        except (OSError, ValueError, termios.error):
+            self._tty = None
+            return
+
+        def read_keys():
+            from . import capture
+            import signal
+            while True:
+                try:
+                    ch = os.read(fd, 1)
+                except OSError:
+                    return
+                if not ch or ch in (b"q", b"Q"):
+                    self.quit = True
+                    capture.request_stop(signal.SIGINT)
+                    return
+                key = {b"c": "cache", b"s": "callsite", b"p": "comm"}.get(ch)
+                if key:
+                    self.by = key
+                    if self._last is not None:
+                        self.show(self._last)
+        threading.Thread(target=read_keys, daemon=True).start()
+
+    def _header(self, f) -> str:
+        from .render import human_bytes
+        return (f"ftslab top  {f.elapsed:6.1f}s  {f.rate:,.0f} events/s  live "
+                f"{f.live_objects:,} objects {human_bytes(f.live_bytes)}  lost {f.lost:,}")
+
+    def show(self, f) -> None:
+        from .render import human_bytes
+        self._last = f
+        rows = f.rows.get(self.by, [])[:self.rows]
+        title = self.TITLES[self.by]
+        if self.batch:
+            out = [self._header(f), f"{title:<40} {'ALLOCS/S':>10} {'BYTES/S':>12} "
+                   f"{'LIVE':>10} {'LIVE BYTES':>12}"]
+            for r in rows:
+                out.append(f"{str(r[self.by])[:40]:<40} {r['allocs_per_s']:>10,.0f} "
+                           f"{human_bytes(r['bytes_per_s']):>12} {r['live']:>10,} "
+                           f"{human_bytes(r['live_bytes']):>12}")
+            try:
+                sys.stdout.write("\n".join(out) + "\n\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                from . import capture
+                capture.request_stop()
+            return
+        from rich.table import Table
+        t = Table(title=self._header(f), caption="c cache  s call site  p command  q quit"
+                  + ("  (events lost: counts are lower bounds)" if f.lost else ""),
+                  expand=True)
+        t.add_column(title, overflow="fold")
+        for name in ("ALLOCS/S", "BYTES/S", "LIVE", "LIVE BYTES"):
+            t.add_column(name, justify="right")
+        for r in rows:
+            t.add_row(str(r[self.by]), f"{r['allocs_per_s']:,.0f}",
+                      human_bytes(r["bytes_per_s"]), f"{r['live']:,}",
+                      human_bytes(r["live_bytes"]))
+        self.live.update(t, refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        if self._tty is not None:
+            import termios
+            try:
+                termios.tcsetattr(self._tty[0], termios.TCSADRAIN, self._tty[1])
+            except (OSError, termios.error):
+                pass
 
 
 def _gfp_namer(tfs):

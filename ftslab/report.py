@@ -52,7 +52,7 @@ from .progress import NO_PROGRESS, Part, Progress
 from .records import Dataset, EventColumns
 
 __all__ = [
-    "GROUP_KEYS", "SORT_KEYS", "folded_stacks", "live_allocations", "NO_STACK", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
+    "GROUP_KEYS", "SORT_KEYS", "folded_stacks", "interval_series", "parse_interval", "live_allocations", "NO_STACK", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
     "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
     "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
     "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff", "summary", "build_report", "loss_warning",
@@ -1093,6 +1093,111 @@ def folded_stacks(ds: Dataset, weight: str = "bytes", events: Sequence[str] | No
     return out
 
 
+_INTERVAL_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+                   "m": 60_000_000_000, "min": 60_000_000_000}
+
+
+def parse_interval(text: str) -> int:
+    """``1s``, ``250ms``, ``100us``, ``2`` (seconds) -> nanoseconds (> 0)."""
+    import re
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|m|min)?\s*", text or "")
+    if not m:
+        raise UsageError(f"--interval {text!r}: give a duration such as 1s, 250ms or 100us")
+    ns = int(round(float(m.group(1)) * _INTERVAL_UNITS[m.group(2) or "s"]))
+    if ns <= 0:
+        raise UsageError(f"--interval {text!r}: must be more than 0")
+    return ns
+
+
+_SERIES_COLUMNS = [
+    Column("t_s", "TIME (s)", "s"),
+    Column("count", "ALLOCS", "count"),
+    Column("bytes_alloc", "ALLOCATED", "bytes"),
+    Column("bytes_per_s", "BYTES/S", "bytes"),
+    Column("frees", "FREES", "count"),
+    Column("outstanding", "OUTSTANDING", "bytes"),
+]
+
+
+def interval_series(ds: Dataset, by: Sequence[str], interval_ns: int, top: int | None = 20,
+                    events: Sequence[str] | None = None, *,
+                    _layer: str | tuple[str, ...] = "slab") -> Table:
+    """Per interval of ``interval_ns`` and per key (the ``top`` keys by bytes over the
+    whole recording): ``t_s`` (start of the interval, seconds from the first event),
+    ``count``, ``bytes_alloc`` and ``bytes_per_s`` of the allocations made in it,
+    ``frees`` (of this key's allocations, in it) and ``outstanding`` (bytes of this
+    key's allocations made so far and not yet freed, at its end).  Rows by interval,
+    then by key rank.  Every interval of the recording has a row per key, zeros
+    included, so that the series are regular."""
+    by = _check_by(by)
+    an = _analysis(ds)
+    frames = [fr for fr in _select(an, events, _layer) if fr.n]
+    name = "interval_by_" + "_".join(by)
+    title = f"Allocations per {interval_ns / 1e9:g} s by " + ", ".join(by)
+    columns = [Column("t_s", "TIME (s)", "s")] + [_KEY_COLUMNS[k] for k in by] + \
+        _SERIES_COLUMNS[1:]
+    span = _span(ds)
+    if not frames or span is None:
+        return Table(name, title, columns, [], note="no allocation events")
+    lo, hi = span
+    key_labels, group_codes, m, gid = _group(an, frames, by)
+    rows_in = _rows(an, frames)
+    ts = np.concatenate([fr.ts for fr in frames])
+    ok = np.concatenate([fr.ok for fr in frames])
+    nb = int((hi - lo) // interval_ns) + 1
+    ng = m["count"].shape[0]
+    ranks = []
+    for labels, codes in zip(key_labels, group_codes):
+        lorder = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
+        rank = np.empty(max(len(labels), 1), np.int64)
+        rank[lorder] = np.arange(len(lorder))
+        ranks.append(rank[codes])
+    order = np.lexsort(tuple(reversed(ranks)) + (-m["count"], -m["bytes_alloc"]))
+    order = order[m["count"][order] > 0]
+    shown = order[:top] if top is not None else order
+    slot = np.full(ng, -1, np.int64)
+    slot[shown] = np.arange(shown.shape[0])
+    k = shown.shape[0]
+
+    def grid(rowsel, when, weights=None):
+        s = slot[gid[rowsel]]
+        keep = s >= 0
+        b = ((when[keep] - np.uint64(lo)) // np.uint64(interval_ns)).astype(np.int64)
+        w = None if weights is None else weights[keep]
+        return np.bincount(s[keep] * nb + np.minimum(b, nb - 1), w, k * nb).reshape(k, nb)
+    okrows = np.flatnonzero(ok)
+    count = grid(okrows, ts[okrows])
+    balloc = grid(okrows, ts[okrows], rows_in.bytes_alloc[okrows])
+    fts = np.concatenate([fr.free_ts if fr.free_ts is not None else np.zeros(fr.n, np.uint64)
+                          for fr in frames])
+    freed = np.flatnonzero(ok & (fts != 0))
+    frees = grid(freed, fts[freed])
+    fbytes = grid(freed, fts[freed], rows_in.bytes_alloc[freed])
+    paired = all(fr.free_ts is not None for fr in frames)
+    outstanding = np.cumsum(balloc - fbytes, axis=1)
+    sec = interval_ns / 1e9
+    last_sec = max((hi - lo) - (nb - 1) * interval_ns, 1000) / 1e9  # the last may be partial
+    out = []
+    for b in range(nb):
+        length = sec if b < nb - 1 else min(sec, last_sec)
+        for j, g in enumerate(shown.tolist()):
+            row = {"t_s": round(b * sec, 9)}
+            row.update({kk: key_labels[i][int(group_codes[i][g])] for i, kk in enumerate(by)})
+            row.update(count=int(count[j, b]), bytes_alloc=int(round(balloc[j, b])),
+                       bytes_per_s=int(round(balloc[j, b] / length)),
+                       frees=int(frees[j, b]) if paired else None,
+                       outstanding=int(round(outstanding[j, b])) if paired else None)
+            out.append(row)
+    notes = [f"{nb} intervals of {sec:g} s from the first event"]
+    if top is not None and order.shape[0] > top:
+        notes.append(f"the top {top} of {order.shape[0]} keys by bytes")
+    if last_sec < sec:
+        notes.append(f"the last interval is {last_sec:.3g} s long: its BYTES/S is over that")
+    if not paired:
+        notes.append("kprobe events carry no pointer: FREES/OUTSTANDING n/a")
+    return Table(name, title, columns, out, note="; ".join(notes))
+
+
 def _without_pairing(t: Table) -> Table:
     """Kprobe events carry no pointer: frees/live cannot be known, so not shown."""
     for r in t.rows:
@@ -1426,7 +1531,8 @@ def default_source(ds: Dataset) -> str:
 def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                  top: int | None = 20, hist: bool = False,
                  events: Sequence[str] | None = None, source: str | None = None,
-                 progress: Progress = NO_PROGRESS, live: bool = False) -> Report:
+                 progress: Progress = NO_PROGRESS, live: bool = False,
+                 interval_ns: int | None = None) -> Report:
     """The whole report.  Without ``by``: slab allocations by cache, by call site and by
     comm, slab waste by cache, pages by order, and the slabinfo diff when both snapshots
     exist (main table: by cache); with kprobe events, also the allocations per probed
@@ -1440,7 +1546,9 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     ``progress`` is told each stage with the fraction of the report done.
 
     ``live``: what is still allocated at the end instead (live_allocations): by cache,
-    call site and comm, and pages by order; with ``by``, by those keys."""
+    call site and comm, and pages by order; with ``by``, by those keys.
+    ``interval_ns``: the time series instead (interval_series), by ``by`` (default
+    cache)."""
     by = _check_by(by)
     _check_sort(sort)
     if source is not None and source not in SOURCES:
@@ -1452,6 +1560,17 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     if "function" in by:
         src = "kprobe"
     tables: list[Table] = []
+    if interval_ns is not None:
+        if live:
+            raise UsageError("--interval and --live: the series has the outstanding bytes "
+                             "at the end of each interval already; give one of them")
+        keys = by or ("cache",)
+        layer = _layers(src, "order" in keys)
+        if "event" in keys or "function" in keys:
+            layer = (_layers(src, False), _layers(src, True))
+        tables.append(interval_series(ds, keys, interval_ns, top, events, _layer=layer))
+        return Report(summary(ds), tables, _warnings(ds, an), by=keys, sort="bytes",
+                      main=tables[0].name)
     if live:
         if src == "kprobe":
             raise UsageError("--live pairs allocations with their frees by pointer, and "

@@ -86,3 +86,25 @@ def test_live_is_empty_when_everything_was_freed(kernel, tmp_path):
     assert _eventfd_rows(_json(out, "--live", "--by", "callsite", "--top", "1000")["rows"]) == []
     plain = _eventfd_rows(_json(out, "--by", "callsite", "--top", "1000")["rows"])
     assert plain[0]["count"] == N and plain[0]["frees"] == N and plain[0]["live"] == 0
+
+
+TWO_BATCHES = [sys.executable, "-c",
+               "import os, time\n"
+               f"a = [os.eventfd(0) for _ in range({N})]\n"
+               "time.sleep(1.5)\n"
+               f"b = [os.eventfd(0) for _ in range({N})]\n"]
+
+
+def test_interval_series_puts_each_batch_in_its_second(kernel, tmp_path):
+    """N eventfds at once, 1.5 s of sleep, N more, all closed at exit: per 1 s interval
+    from the first event, N allocations at do_eventfd in the first and in the second,
+    none in between, and nothing outstanding at the end."""
+    out = tmp_path / "batches.dat"
+    cp = run_ftslab("record", "-o", out, "--", *TWO_BATCHES, check=True)
+    assert "lost 0" in cp.stderr, cp.stderr
+    rep = _json(out, "--interval", "1s", "--by", "callsite", "--top", "1000")
+    rows = _eventfd_rows(rep["rows"])
+    assert [r["t_s"] for r in rows] == [0.0, 1.0], rows
+    assert [r["count"] for r in rows] == [N, N]
+    assert rows[0]["outstanding"] == rows[0]["bytes_alloc"] > 0   # held through the sleep
+    assert rows[1]["frees"] == 2 * N and rows[1]["outstanding"] == 0

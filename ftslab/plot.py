@@ -1,0 +1,61 @@
+"""Presentation: a time series table (report.interval_series) as a PNG, with matplotlib.
+
+matplotlib is an optional extra (``pip install 'ftslab[plot]'``): nothing else in ftslab
+needs it, and it is imported only here, only when a plot is asked for.  Pure in the
+sense of the render layer: it draws the rows it is given and writes the one file named.
+"""
+from __future__ import annotations
+
+from .errors import UsageError
+from .report import Table
+
+__all__ = ["check_available", "plot_series"]
+
+
+def check_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed",
+                         hint="pip install 'ftslab[plot]'  (or: pip install matplotlib)")
+
+
+def plot_series(t: Table, path: str, title: str = "") -> None:
+    """Two panels sharing the time axis: bytes allocated per second, and bytes
+    outstanding (allocated in the recording, not yet freed), one line per key."""
+    check_available()
+    import matplotlib
+    matplotlib.use("Agg")  # files only: never a window, never a display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    from .render import human_bytes
+
+    keys = [c.name for c in t.columns if c.unit == "" and c.name != "t_s"]
+    series: dict[str, tuple[list, list, list]] = {}
+    for r in t.rows:
+        label = " / ".join(str(r[k]) for k in keys)
+        xs, rate, held = series.setdefault(label, ([], [], []))
+        xs.append(r["t_s"])
+        rate.append(r["bytes_per_s"])
+        held.append(r["outstanding"])
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7), dpi=100)
+    fmt = FuncFormatter(lambda v, _pos: human_bytes(int(v)))
+    for label, (xs, rate, held) in series.items():
+        top.plot(xs, rate, drawstyle="steps-post", label=label)
+        if all(h is not None for h in held):
+            bottom.plot(xs, held, drawstyle="steps-post", label=label)
+    top.set_ylabel("allocated per second")
+    bottom.set_ylabel("outstanding (not freed)")
+    bottom.set_xlabel("seconds from the first event")
+    for ax in (top, bottom):
+        ax.yaxis.set_major_formatter(fmt)
+        ax.grid(True, alpha=0.3)
+    if series:
+        top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"{t.title}{' - ' + title if title else ''}")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)

@@ -1,0 +1,335 @@
+"""Live top: allocations per second and live bytes by cache, call site or command.
+
+Setup, signals and cleanup are capture.run_session's, as for ``stream``.  The reader
+here does not decode event by event: it collects each CPU's raw pages for one interval
+and decodes them all at once with the report's columnar code (ringbuf.decode_columns,
+report._Analysis), so it keeps up with what ``record`` keeps up with.  Across intervals
+it keeps the allocations not yet freed (pointer, time, bytes, keys) as arrays and pairs
+each interval's frees with them by pointer, the way the report pairs a whole recording.
+
+What it cannot see it says: events the kernel dropped (page flags and per-CPU stats)
+are the LOST counter; frees of objects allocated before top started match nothing and
+are not counted as live anything.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .capture import _PIPE_BYTES, RecordOptions, RunResult, run_session
+from .formats import parse_format, parse_header_event, parse_header_page
+from .load import parse_cmdlines
+from .records import Dataset, Metadata
+from .report import _Analysis, _ptr_keys, _as_u64, free_source
+from .tracefs import Tracefs, read_text_file
+from . import ringbuf
+
+__all__ = ["TOP_KEYS", "TopFrame", "TopState", "top"]
+
+TOP_KEYS = ("cache", "callsite", "comm")
+
+
+@dataclass
+class TopFrame:
+    """One refresh: rates over the last interval, live bytes since top started."""
+
+    elapsed: float
+    interval: float
+    events: int
+    """Events decoded since the start."""
+    rate: float
+    """Events per second over the last interval."""
+    lost: int
+    """Events the kernel dropped since the start (top fell behind, or -b too small)."""
+    live_objects: int
+    live_bytes: int
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    """key -> rows (key label, allocs_per_s, bytes_per_s, live, live_bytes), by
+    bytes_per_s then live_bytes."""
+
+
+class TopState:
+    """The aggregation, fed one interval's Dataset at a time (pure: no I/O)."""
+
+    def __init__(self):
+        self.labels: dict[str, dict] = {k: {} for k in TOP_KEYS}
+        self.names: dict[str, list] = {k: [] for k in TOP_KEYS}
+        # outstanding allocations: pointer, alloc ts, bytes, one label id per key
+        self.ptr = np.zeros(0, np.uint64)
+        self.ts = np.zeros(0, np.uint64)
+        self.bytes = np.zeros(0, np.int64)
+        self.keys = {k: np.zeros(0, np.int64) for k in TOP_KEYS}
+        self.events = 0
+
+    def _global(self, key: str, codes: np.ndarray, labels: list) -> np.ndarray:
+        space, names = self.labels[key], self.names[key]
+        lut = np.empty(max(len(labels), 1), np.int64)
+        for i, lab in enumerate(labels):
+            g = space.get(lab)
+            if g is None:
+                g = space[lab] = len(names)
+                names.append(lab)
+            lut[i] = g
+        return lut[codes]
+
+    def feed(self, ds: Dataset, seconds: float, top: int | None = 20) -> dict[str, list[dict]]:
+        """Aggregate one interval: rates from its allocations; live from the pairing of
+        its frees with everything still outstanding."""
+        self.events += ds.events
+        an = _Analysis(ds)
+        frames = [fr for fr in an.frames if fr.src.layer == "slab" and fr.n]
+        new = {k: [] for k in TOP_KEYS}
+        rate_b = {k: [] for k in TOP_KEYS}
+        rate_n = {k: [] for k in TOP_KEYS}
+        add_ptr, add_ts, add_bytes = [], [], []
+        for fr in frames:
+            ok = fr.ok
+            for k in TOP_KEYS:
+                codes, labels = an.local_key(fr, k)
+                g = self._global(k, codes, labels)
+                rate_b[k].append((g[ok], fr.bytes_alloc[ok]))
+                rate_n[k].append(g[ok])
+                if fr.ptr is not None:
+                    new[k].append(g[fr.matchable & ok])
+            if fr.ptr is not None:
+                m = fr.matchable & ok
+                add_ptr.append(fr.ptr[m])
+                add_ts.append(fr.ts[m])
+                add_bytes.append(fr.bytes_alloc[m])
+        frees_p, frees_t = [], []
+        for (system, name), cols in ds.columns.items():
+            fs = free_source(system, name)
+            if fs is not None and fs.layer == "slab" and fs.ptr in cols.fields and len(cols):
+                frees_p.append(_ptr_keys(cols.fields[fs.ptr]))
+                frees_t.append(_as_u64(cols.ts))
+        ptr = np.concatenate([self.ptr] + add_ptr)
+        ts = np.concatenate([self.ts] + add_ts)
+        nbytes = np.concatenate([self.bytes] + add_bytes)
+        keys = {k: np.concatenate([self.keys[k]] + new[k]) for k in TOP_KEYS}
+        if frees_p and ptr.size:
+            fp = np.concatenate(frees_p)
+            ft = np.concatenate(frees_t)
+            keep = fp > np.uint64(16)
+            fp, ft = fp[keep], ft[keep]
+            na = ptr.size
+            allk = np.concatenate([ptr, fp])
+            allt = np.concatenate([ts, ft])
+            kind = np.concatenate([np.zeros(na, np.uint8), np.ones(fp.size, np.uint8)])
+            order = np.lexsort((allt * np.uint64(2) + kind, allk))
+            sk, skind = allk[order], kind[order]
+            freed_sorted = np.zeros(order.size, bool)
+            freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
+            is_alloc = skind == 0
+            freed = np.zeros(na, bool)
+            freed[order[is_alloc]] = freed_sorted[is_alloc]
+            alive = ~freed
+            ptr, ts, nbytes = ptr[alive], ts[alive], nbytes[alive]
+            keys = {k: v[alive] for k, v in keys.items()}
+        self.ptr, self.ts, self.bytes, self.keys = ptr, ts, nbytes, keys
+        out = {}
+        secs = max(seconds, 1e-6)
+        for k in TOP_KEYS:
+            n = len(self.names[k])
+            if rate_n[k]:
+                g = np.concatenate(rate_n[k])
+                b = np.concatenate([x[1] for x in rate_b[k]]).astype(np.float64)
+                cnt = np.bincount(g, minlength=n)
+                byt = np.bincount(g, b, n)
+            else:
+                cnt = np.zeros(n, np.int64)
+                byt = np.zeros(n)
+            live = np.bincount(self.keys[k], minlength=n)
+            lbytes = np.bincount(self.keys[k], self.bytes.astype(np.float64), n)
+            order = np.lexsort((-live, -lbytes, -byt))
+            order = order[(byt[order] > 0) | (live[order] > 0)]
+            rows = []
+            for g in order[:top].tolist():
+                rows.append({k: self.names[k][g], "allocs_per_s": round(cnt[g] / secs, 1),
+                             "bytes_per_s": int(round(byt[g] / secs)),
+                             "live": int(live[g]), "live_bytes": int(round(lbytes[g]))})
+            out[k] = rows
+        return out
+
+
+class _TopReader:
+    """capture.run_session's reader.  The session loop calls pump(): whole pages move
+    from trace_pipe_raw into a pipe by splice (as record's spooler does) and out of it
+    in large reads.  Once per interval the pages collected go to a worker thread that
+    decodes them, feeds TopState and hands a TopFrame to ``show``; pumping goes on
+    meanwhile, so the kernel's buffer is drained while numpy decodes."""
+
+    def __init__(self, session, interval: float, show: Callable[[TopFrame], None],
+                 top: int | None, symbolize):
+        tracefs = session.tracefs
+        self.hp = parse_header_page(tracefs.read("events/header_page"))
+        self.he = parse_header_event(tracefs.read("events/header_event"))
+        self.page_size = self.hp.data_offset + self.hp.data_size
+        self.fmts = {}
+        for (system, _name), text in session.formats.items():
+            f = parse_format(text, system)
+            self.fmts[f.id] = f
+        self.formats = {(f.system, f.name): f for f in self.fmts.values()}
+        self.inst = session.instance
+        self.cpus = session.cpus
+        self.tracefs = tracefs
+        self.fds: dict[int, int] = {}
+        self.pipes: dict[int, tuple[int, int]] = {}
+        self.can_splice = hasattr(os, "splice")
+        try:
+            for c in self.cpus:
+                self.fds[c] = self.inst.raw_open(c)
+                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                self.pipes[c] = (r, w)
+                try:
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+                except OSError:
+                    pass
+        except BaseException:
+            self.close()
+            raise
+        self.pages: dict[int, list[bytes]] = {c: [] for c in self.cpus}
+        self.interval = interval
+        self.show = show
+        self.top = top
+        self.symbolize = symbolize
+        self.state = TopState()
+        self.start = self.last = time.monotonic()
+        self.lost = 0
+        self.comms: dict[int, str] = {0: "<idle>"}
+        self._worker: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def _read_partial(self, cpu: int) -> int:
+        """Pages the writer is still filling (splice moves only full ones)."""
+        moved = 0
+        while True:
+            try:
+                page = os.read(self.fds[cpu], self.page_size)
+            except BlockingIOError:
+                break
+            if not page:
+                break
+            moved += len(page)
+            self.pages[cpu].append(page.ljust(self.page_size, b"\0"))
+        return moved
+
+    def pump(self, cpu: int) -> int:
+        moved = 0
+        src = self.fds[cpu]
+        r, w = self.pipes[cpu]
+        while self.can_splice:
+            try:
+                n = os.splice(src, w, _PIPE_BYTES, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                    self.can_splice = False
+                    break
+                raise
+            if n <= 0:
+                break
+            moved += n
+            while n:
+                b = os.read(r, n)
+                n -= len(b)
+                self.pages[cpu].append(b)
+        if not self.can_splice:
+            moved += self._read_partial(cpu)
+        if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval and (
+                self._worker is None or not self._worker.is_alive()):
+            if self.error is not None:
+                raise self.error
+            for c in self.cpus:
+                self._read_partial(c)
+            now = time.monotonic()
+            batch = {c: self.pages[c] for c in self.cpus}
+            self.pages = {c: [] for c in self.cpus}
+            seconds, self.last = now - self.last, now
+            self._worker = threading.Thread(target=self._tick, args=(batch, seconds, now),
+                                            daemon=True)
+            self._worker.start()
+        return moved
+
+    def _cmdlines(self, pids) -> dict[int, str]:
+        for pid in pids:
+            if pid not in self.comms:
+                try:
+                    self.comms[pid] = read_text_file(f"/proc/{pid}/comm").strip() or "<...>"
+                except Exception:
+                    try:
+                        self.comms.update(parse_cmdlines(self.tracefs.read("saved_cmdlines")))
+                    except Exception:
+                        pass
+                    self.comms.setdefault(pid, "<...>")
+        return self.comms
+
+    def _tick(self, batch: dict[int, list[bytes]], seconds: float, now: float) -> None:
+        try:
+            parts = []
+            for cpu, pages in batch.items():
+                if not pages:
+                    continue
+                data = b"".join(pages)
+                walk = ringbuf.walk_pages(data, cpu, self.hp, self.he, self.page_size)
+                self.lost += walk.missed + walk.missed_unknown
+                parts.append(ringbuf.decode_columns(data, walk, self.fmts))
+            columns = ringbuf.merge_columns(parts)
+            pids = set()
+            for c in columns.values():
+                pids.update(np.unique(c.pid).tolist())
+            ds = Dataset(Metadata(source="live", cmdlines=dict(self._cmdlines(pids))),
+                         columns, formats=self.formats, symbolize=self.symbolize)
+            rows = self.state.feed(ds, seconds, self.top)
+            try:
+                stats_lost = sum(self.inst.cpu_stats(c).lost for c in self.cpus)
+            except Exception:
+                stats_lost = 0
+            self.lost = max(self.lost, stats_lost)
+            self.show(TopFrame(elapsed=now - self.start, interval=seconds,
+                               events=self.state.events, rate=ds.events / max(seconds, 1e-6),
+                               lost=self.lost, live_objects=int(self.state.ptr.size),
+                               live_bytes=int(self.state.bytes.sum()), rows=rows))
+        except BaseException as exc:  # raised again in the session loop
+            self.error = exc
+
+    def flush(self, cpu: int) -> None:
+        while self.pump(cpu):
+            pass
+        self._read_partial(cpu)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.join()
+        for fd in list(self.fds.values()) + [x for p in self.pipes.values() for x in p]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        self.pipes.clear()
+
+
+def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
+        show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None
+        ) -> tuple[RunResult, TopState | None, int]:
+    """Run a live session, calling ``show`` with a TopFrame every ``interval`` seconds.
+    Returns (the run, the final state, events lost)."""
+    readers: list[_TopReader] = []
+
+    def make_reader(session):
+        readers.append(_TopReader(session, interval, show, rows, symbolize))
+        return readers[0]
+
+    run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})
+    if not readers:
+        return run, None, 0
+    r = readers[0]
+    return run, r.state, max(r.lost, sum(s.lost for s in run.stats))
