@@ -32,7 +32,7 @@ from .formats import EventFormat, Field, HeaderEvent, HeaderPage
 from .records import Event, EventColumns, LazyFields
 
 __all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
-           "pair_stacks", "stack_rows",
+           "pair_stacks", "stack_rows", "stack_refs", "stack_column",
            "MISSED_EVENTS", "MISSED_STORED"]
 
 MISSED_EVENTS = 1 << 31
@@ -388,27 +388,41 @@ def pair_stacks(data: bytes | memoryview, walk: PageWalk, stack_id: int,
     return ev, st
 
 
+def stack_refs(data: bytes | memoryview, walk: PageWalk, stack_pos: np.ndarray,
+               fmt: EventFormat) -> tuple[np.ndarray, np.ndarray]:
+    """(byte offset of the first return address, number of entries) of each
+    kernel_stack event at ``stack_pos``.  The format's ``caller`` array is declared with
+    a fixed size, but the kernel writes ``size`` entries (the event's length says how
+    many fit)."""
+    size_f, caller_f = fmt.field("size"), fmt.field("caller")
+    if not stack_pos.size or size_f is None or caller_f is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    offs = walk.off[stack_pos]
+    room = (walk.lens[stack_pos] - caller_f.offset) // 8
+    n = np.minimum(_gather_int(_Views(data), offs + size_f.offset, 4, True).astype(np.int64),
+                   room)
+    return offs + caller_f.offset, np.maximum(n, 0)
+
+
+def stack_column(data: bytes | memoryview, starts: np.ndarray, n: np.ndarray,
+                 j: int) -> np.ndarray:
+    """Entry ``j`` (0 = innermost) of each stack, 0 where the stack is shorter."""
+    out = np.zeros(starts.shape[0], np.uint64)
+    has = n > j
+    if has.any():
+        out[has] = _gather_int(_Views(data), starts[has] + 8 * j, 8, False)
+    return out
+
+
 def stack_rows(data: bytes | memoryview, walk: PageWalk, stack_pos: np.ndarray,
                fmt: EventFormat) -> np.ndarray:
     """(n, depth) uint64 return addresses of the kernel_stack events at ``stack_pos``,
-    innermost first, zero past each stack's end.  The format's ``caller`` array is
-    declared with a fixed size, but the kernel writes ``size`` entries (the event's
-    length says how many fit)."""
-    size_f, caller_f = fmt.field("size"), fmt.field("caller")
-    if not stack_pos.size or size_f is None or caller_f is None:
+    innermost first, zero past each stack's end (see stack_refs)."""
+    starts, n = stack_refs(data, walk, stack_pos, fmt)
+    if not starts.size:
         return np.zeros((0, 1), np.uint64)
-    v = _Views(data)
-    offs = walk.off[stack_pos]
-    room = (walk.lens[stack_pos] - caller_f.offset) // 8
-    n = np.minimum(_gather_int(v, offs + size_f.offset, 4, True).astype(np.int64), room)
-    n = np.maximum(n, 0)
     depth = max(int(n.max()), 1)
-    out = np.zeros((stack_pos.size, depth), np.uint64)
-    for j in range(depth):
-        has = n > j
-        if has.any():
-            out[has, j] = _gather_int(v, offs[has] + caller_f.offset + 8 * j, 8, False)
-    return out
+    return np.stack([stack_column(data, starts, n, j) for j in range(depth)], axis=1)
 
 
 # -- field extraction ------------------------------------------------------------------
