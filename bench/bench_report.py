@@ -41,6 +41,15 @@ def measured(argv, env=None) -> tuple[float, float, int, int]:
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, p.returncode
 
 
+def stats_of(rs: list[tuple[float, float, int, int]]) -> dict:
+    """Median and best wall, median CPU and peak RSS of runs made by measured()."""
+    return {"wall_median_s": statistics.median(r[0] for r in rs),
+            "wall_best_s": min(r[0] for r in rs),
+            "cpu_median_s": statistics.median(r[1] for r in rs),
+            "peak_rss_mib": max(r[2] for r in rs) / 1024,
+            "walls": [round(r[0], 2) for r in rs]}
+
+
 def events_in(path: Path, env) -> int:
     cp = subprocess.run(ftslab_cmd("report", str(path), "--format", "json", "--by", "event"),
                         capture_output=True, text=True, env=env, check=True)
@@ -102,11 +111,7 @@ def main() -> int:
                 bad = [r for r in rs if r[3] != 0]
                 if bad:
                     sys.exit(f"bench: {tool} report {f} failed (exit {bad[0][3]})")
-                row[tool] = {"wall_median_s": statistics.median(r[0] for r in rs),
-                             "wall_best_s": min(r[0] for r in rs),
-                             "cpu_median_s": statistics.median(r[1] for r in rs),
-                             "peak_rss_mib": max(r[2] for r in rs) / 1024,
-                             "walls": [round(r[0], 2) for r in rs]}
+                row[tool] = stats_of(rs)
             row["ratio_median"] = (row["trace-cmd"]["wall_median_s"] /
                                    row["ftslab"]["wall_median_s"])
             row["ratio_best"] = row["trace-cmd"]["wall_best_s"] / row["ftslab"]["wall_best_s"]

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_record import ROOT, build_workload, ftslab_cmd  # noqa: E402
-from bench_report import events_in, measured  # noqa: E402
+from bench_report import events_in, measured, stats_of  # noqa: E402
 
 VARIANTS = {"plain": [], "live": ["--live"], "folded": ["--format", "folded"]}
 
@@ -65,11 +64,7 @@ def main() -> int:
             bad = [r for r in rs if r[3] != 0]
             if bad:
                 sys.exit(f"bench: report {' '.join(VARIANTS[name])} failed (exit {bad[0][3]})")
-            out[name] = {"wall_median_s": statistics.median(r[0] for r in rs),
-                         "wall_best_s": min(r[0] for r in rs),
-                         "cpu_median_s": statistics.median(r[1] for r in rs),
-                         "peak_rss_mib": max(r[2] for r in rs) / 1024,
-                         "walls": [round(r[0], 2) for r in rs]}
+            out[name] = stats_of(rs)
         plain = out["plain"]["wall_median_s"]
         print(f"{f.name}: {n:,} events, {out['bytes'] / 1e6:.1f} MB")
         for name in VARIANTS:

@@ -519,6 +519,15 @@ def report_stale(tracefs: Tracefs, warn: Callable[[str], None]) -> None:
              f"ftslab process {group.split('_')[1]} (remove it with: ftslab reset)")
 
 
+def close_quietly(fds) -> None:
+    """Close every fd; one that is already gone is not an error on the way out."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class _Spooler:
     """Moves whole pages from each CPU's trace_pipe_raw into a spool file, by splice."""
 
@@ -630,12 +639,8 @@ class _Spooler:
         return moved
 
     def close(self) -> None:
-        for fd in list(self.fds.values()) + [x for p in self.pipes.values() for x in p] + \
-                list(self.files.values()):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_quietly(list(self.fds.values()) + [x for p in self.pipes.values() for x in p]
+                      + list(self.files.values()))
         self.fds.clear()
         self.pipes.clear()
         self.files.clear()

@@ -52,7 +52,7 @@ from .progress import NO_PROGRESS, Part, Progress
 from .records import Dataset, EventColumns
 
 __all__ = [
-    "GROUP_KEYS", "SORT_KEYS", "folded_stacks", "interval_series", "parse_interval", "live_allocations", "NO_STACK", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
+    "GROUP_KEYS", "SORT_KEYS", "folded_stacks", "pair_frees", "interval_series", "parse_interval", "live_allocations", "NO_STACK", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
     "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
     "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
     "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff", "summary", "build_report", "loss_warning",
@@ -474,6 +474,38 @@ class _Frame:
         self.bytes_alloc = np.where(self.ok, self.bytes_alloc, 0)
 
 
+def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Pair allocations (pointer ``ak``, time ``at``) with frees (``fk``, ``ft``): an
+    allocation is freed when the next event on its pointer is a free.  Returns (freed,
+    one bool per allocation; the index of that free in ``fk``, -1 where not freed).
+    An allocation sorts before a free with the same timestamp: an object allocated and
+    freed within one clock tick (text traces: 1 us) is then seen as freed."""
+    na = ak.shape[0]
+    if na == 0 or fk.shape[0] == 0:
+        return np.zeros(na, bool), np.full(na, -1, np.int64)
+    keys = np.concatenate([ak, fk])
+    ts = np.concatenate([at, ft])
+    kind = np.concatenate([np.zeros(na, np.uint8), np.ones(fk.shape[0], np.uint8)])
+    if int(ts.max()) < 1 << 62:
+        order = np.lexsort((ts * np.uint64(2) + kind, keys))
+    else:
+        order = np.lexsort((kind, ts, keys))
+    del ts
+    sk = keys[order]
+    skind = kind[order]
+    freed_sorted = np.zeros(order.shape[0], dtype=bool)
+    freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
+    del sk
+    is_alloc = skind == 0
+    freed = np.empty(na, dtype=bool)
+    freed[order[is_alloc]] = freed_sorted[is_alloc]
+    fpos = np.flatnonzero(freed_sorted)
+    fidx = np.full(na, -1, np.int64)
+    fidx[order[fpos]] = order[fpos + 1] - na
+    return freed, fidx
+
+
 class _Analysis:
     """Everything derived once per Dataset: frames, free matching, key codes.
     Holds no reference to the Dataset itself (it is cached beside it)."""
@@ -560,28 +592,9 @@ class _Analysis:
             f.free_ts = np.zeros(f.n, np.uint64)
         if na == 0 or fk.shape[0] == 0:
             return
-        keys = np.concatenate([ak, fk])
-        ts = np.concatenate([at, ft])
-        kind = np.concatenate([np.zeros(na, np.uint8), np.ones(fk.shape[0], np.uint8)])
-        # Allocation sorts before a free with the same timestamp: an object allocated
-        # and freed within one clock tick (text traces: 1 us) is then seen as freed.
-        if ts.shape[0] and int(ts.max()) < 1 << 62:
-            order = np.lexsort((ts * np.uint64(2) + kind, keys))
-        else:
-            order = np.lexsort((kind, ts, keys))
-        del ts
-        sk = keys[order]
-        skind = kind[order]
-        freed_sorted = np.zeros(order.shape[0], dtype=bool)
-        freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
-        del sk
-        is_alloc = skind == 0
-        freed = np.empty(na, dtype=bool)
-        freed[order[is_alloc]] = freed_sorted[is_alloc]
-        # the time of each allocation's free: the next row of the sorted order
-        fpos = np.flatnonzero(freed_sorted)
+        freed, fidx = pair_frees(ak, at, fk, ft)
         free_ts = np.zeros(na, np.uint64)
-        free_ts[order[fpos]] = f_real[order[fpos + 1] - na]
+        free_ts[freed] = f_real[fidx[freed]]
         start = 0
         for f in frames:
             m = int(f.matchable.sum())

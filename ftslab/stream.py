@@ -18,7 +18,8 @@ from .records import Event
 from .tracefs import Tracefs, read_text_file
 from . import ringbuf
 
-__all__ = ["stream", "StreamResult", "SinkClosed", "PUMP_SLICE_S", "DRAIN_S"]
+__all__ = ["stream", "StreamResult", "SinkClosed", "PUMP_SLICE_S", "DRAIN_S", "live_formats",
+           "read_raw_page"]
 
 PUMP_SLICE_S = 0.2
 """Longest one pump() call decodes before returning: the session loop checks -d, signals
@@ -31,6 +32,29 @@ silently dropped.  When the COMMAND (or every -p process) ended instead, the bac
 that command's events, which the user asked for: it is printed whole."""
 
 
+def live_formats(session) -> tuple:
+    """(header_page, header_event, page size, formats by event id) of a live session:
+    what decoding its raw pages needs."""
+    tracefs = session.tracefs
+    hp = parse_header_page(tracefs.read("events/header_page"))
+    he = parse_header_event(tracefs.read("events/header_event"))
+    fmts = {}
+    for (system, _name), text in session.formats.items():
+        f = parse_format(text, system)
+        fmts[f.id] = f
+    return hp, he, hp.data_offset + hp.data_size, fmts
+
+
+def read_raw_page(fd: int, page_size: int) -> bytes | None:
+    """One page (or the part the writer has filled) from a non-blocking trace_pipe_raw;
+    None when there is nothing to read now."""
+    try:
+        page = os.read(fd, page_size)
+    except BlockingIOError:
+        return None
+    return page or None
+
+
 class SinkClosed(Exception):
     """The consumer went away (closed pipe): end the session cleanly."""
 
@@ -38,13 +62,7 @@ class SinkClosed(Exception):
 class _PageDecoder:
     def __init__(self, session, sink: Callable[[Event], None], duration: float | None = None):
         tracefs = session.tracefs
-        self.hp = parse_header_page(tracefs.read("events/header_page"))
-        self.he = parse_header_event(tracefs.read("events/header_event"))
-        self.page_size = self.hp.data_offset + self.hp.data_size
-        self.fmts = {}
-        for (system, _name), text in session.formats.items():
-            f = parse_format(text, system)
-            self.fmts[f.id] = f
+        self.hp, self.he, self.page_size, self.fmts = live_formats(session)
         self.inst = session.instance
         self.cpus = session.cpus
         self.fds: dict[int, int] = {}
@@ -95,11 +113,8 @@ class _PageDecoder:
         for _ in range(max_pages):
             if self.stopping() or time.monotonic() >= until:
                 break
-            try:
-                page = os.read(self.fds[cpu], self.page_size)
-            except BlockingIOError:
-                break
-            if not page:
+            page = read_raw_page(self.fds[cpu], self.page_size)
+            if page is None:
                 break
             moved += len(page)
             walk = ringbuf.walk_pages(page.ljust(self.page_size, b"\0"), cpu, self.hp, self.he,

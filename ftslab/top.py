@@ -23,13 +23,13 @@ from typing import Callable
 
 import numpy as np
 
-from .capture import _PIPE_BYTES, RecordOptions, RunResult, run_session
-from .formats import parse_format, parse_header_event, parse_header_page
+from .capture import _PIPE_BYTES, RecordOptions, RunResult, close_quietly, run_session
 from .load import parse_cmdlines
 from .records import Dataset, Metadata
-from .report import _Analysis, _ptr_keys, _as_u64, free_source
+from .report import _Analysis, _ptr_keys, _as_u64, free_source, pair_frees
 from .tracefs import Tracefs, read_text_file
 from . import ringbuf
+from .stream import live_formats, read_raw_page
 
 __all__ = ["TOP_KEYS", "TopFrame", "TopState", "top"]
 
@@ -116,19 +116,8 @@ class TopState:
         if frees_p and ptr.size:
             fp = np.concatenate(frees_p)
             ft = np.concatenate(frees_t)
-            keep = fp > np.uint64(16)
-            fp, ft = fp[keep], ft[keep]
-            na = ptr.size
-            allk = np.concatenate([ptr, fp])
-            allt = np.concatenate([ts, ft])
-            kind = np.concatenate([np.zeros(na, np.uint8), np.ones(fp.size, np.uint8)])
-            order = np.lexsort((allt * np.uint64(2) + kind, allk))
-            sk, skind = allk[order], kind[order]
-            freed_sorted = np.zeros(order.size, bool)
-            freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
-            is_alloc = skind == 0
-            freed = np.zeros(na, bool)
-            freed[order[is_alloc]] = freed_sorted[is_alloc]
+            keep = fp > np.uint64(16)  # kfree(NULL)
+            freed, _fidx = pair_frees(ptr, ts, fp[keep], ft[keep])
             alive = ~freed
             ptr, ts, nbytes = ptr[alive], ts[alive], nbytes[alive]
             keys = {k: v[alive] for k, v in keys.items()}
@@ -168,13 +157,7 @@ class _TopReader:
     def __init__(self, session, interval: float, show: Callable[[TopFrame], None],
                  top: int | None, symbolize):
         tracefs = session.tracefs
-        self.hp = parse_header_page(tracefs.read("events/header_page"))
-        self.he = parse_header_event(tracefs.read("events/header_event"))
-        self.page_size = self.hp.data_offset + self.hp.data_size
-        self.fmts = {}
-        for (system, _name), text in session.formats.items():
-            f = parse_format(text, system)
-            self.fmts[f.id] = f
+        self.hp, self.he, self.page_size, self.fmts = live_formats(session)
         self.formats = {(f.system, f.name): f for f in self.fmts.values()}
         self.inst = session.instance
         self.cpus = session.cpus
@@ -210,11 +193,8 @@ class _TopReader:
         """Pages the writer is still filling (splice moves only full ones)."""
         moved = 0
         while True:
-            try:
-                page = os.read(self.fds[cpu], self.page_size)
-            except BlockingIOError:
-                break
-            if not page:
+            page = read_raw_page(self.fds[cpu], self.page_size)
+            if page is None:
                 break
             moved += len(page)
             self.pages[cpu].append(page.ljust(self.page_size, b"\0"))
@@ -308,11 +288,7 @@ class _TopReader:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.join()
-        for fd in list(self.fds.values()) + [x for p in self.pipes.values() for x in p]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_quietly(list(self.fds.values()) + [x for p in self.pipes.values() for x in p])
         self.fds.clear()
         self.pipes.clear()
 
