@@ -599,7 +599,8 @@ def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_
     from .kallsyms import Symbolizer
     from .top import top as run_top
     from .tracefs import read_text_file
-    opts = _record_options((), duration, pids, comm, None, cache, filters, buffer_kb,
+    from .top import TOP_EVENTS
+    opts = _record_options(TOP_EVENTS, duration, pids, comm, None, cache, filters, buffer_kb,
                            False, (), None, "off")
     opts.status = False
     tfs = _tracefs(tracefs_path)

@@ -569,6 +569,8 @@ class _Analysis:
     def _match_frees(frames: list[_Frame], frees: list[tuple]):
         """Mark each allocation whose next event on the same pointer is a free."""
         frames = [f for f in frames if f.ptr is not None]
+        for f in frames:
+            f.free_ts = np.zeros(f.n, np.uint64)
         if not frames or not frees:
             return
         # text input orders events by line (finer than its microsecond timestamps):
@@ -588,8 +590,6 @@ class _Analysis:
         keep = fk > np.uint64(16)  # kfree(NULL) is traced too; it frees nothing
         fk, ft, f_real = fk[keep], ft[keep], f_real[keep]
         na = ak.shape[0]
-        for f in frames:
-            f.free_ts = np.zeros(f.n, np.uint64)
         if na == 0 or fk.shape[0] == 0:
             return
         freed, fidx = pair_frees(ak, at, fk, ft)
@@ -1054,6 +1054,11 @@ def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
                      f"curve has {k} points over the recording")
     if horizon is not None:
         notes.append(_loss_note(ds, lo))
+    layers = {fr.src.layer for fr in frames}
+    if not any(len(c) for (sy, nm), c in ds.columns.items()
+               if (fs := free_source(sy, nm)) is not None and fs.layer in layers):
+        notes.insert(0, "the recording has no free events (recorded with -e and without "
+                        "the frees?): nothing is seen freed, so every allocation is live")
     return Table(name, title, columns, out, note="; ".join(notes))
 
 

@@ -31,9 +31,11 @@ from .tracefs import Tracefs, read_text_file
 from . import ringbuf
 from .stream import live_formats, read_raw_page
 
-__all__ = ["TOP_KEYS", "TopFrame", "TopState", "top"]
+__all__ = ["TOP_KEYS", "TOP_EVENTS", "TopFrame", "TopState", "top"]
 
 TOP_KEYS = ("cache", "callsite", "comm")
+TOP_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:kfree", "kmem:kmem_cache_free")
+"""What top records: the slab allocators' tracepoints (its rows are slab rows)."""
 
 
 @dataclass

@@ -111,3 +111,12 @@ def test_live_on_a_real_capture_agrees_with_the_plain_report():
         assert 0 < row["median_age_ns"] <= row["oldest_ns"]
         assert row["growth"][-1] == row["live_bytes"]
     assert sum(r["live"] for r in t.rows) == sum(r["live"] for r in plain.values())
+
+
+def test_live_without_free_events_says_so():
+    ds = synthetic()
+    del ds.columns[("kmem", "kfree")], ds.columns[("kmem", "kmem_cache_free")]
+    t = report.live_allocations(ds, ("cache",))
+    assert sum(r["live"] for r in t.rows) == 9       # every successful slab allocation
+    assert t.note.startswith("the recording has no free events")
+    assert "no free events" not in report.live_allocations(synthetic(), ("cache",)).note
