@@ -263,6 +263,99 @@ def _stacks(td, fmts, walks) -> tuple[list, list, int]:
     return stacks, codes, n_stacks - int(inv.shape[0])
 
 
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+def _mix(h: np.ndarray, col: np.ndarray, k: int = 0) -> None:
+    with np.errstate(over="ignore"):
+        h ^= col
+        h *= _MIX[k]
+        h ^= h >> np.uint64(29 + 2 * k)
+
+
+def _distinct_stacks(refs) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct stacks of all CPUs as rows (innermost first, zero-padded) and each
+    stack's row.  Two independent hashes are built one stack entry at a time (the rows
+    of millions of stacks are never held at once); stacks are grouped by the first and
+    the second must agree within each group, else the rows themselves are sorted."""
+    depth = max([int(n.max()) for _d, _s, n in refs if n.size] + [1])
+    h1s, h2s = [], []
+    for data, starts, n in refs:
+        h1 = n.astype(np.uint64)
+        h2 = h1 + np.uint64(0x5851F42D4C957F2D)
+        for j in range(depth):
+            col = ringbuf.stack_column(data, starts, n, j)
+            _mix(h1, col, 0)
+            _mix(h2, col, 1)
+        h1s.append(h1)
+        h2s.append(h2)
+    if not sum(h.size for h in h1s):
+        return np.zeros((0, depth), np.uint64), np.zeros(0, np.int32)
+    h1, h2 = np.concatenate(h1s), np.concatenate(h2s)
+    _keys, first, inv = np.unique(h1, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if np.array_equal(h2[first][inv], h2):
+        bounds = np.cumsum([0] + [h.size for h in h1s])
+        uniq = np.zeros((first.size, depth), np.uint64)
+        for k, (data, starts, n) in enumerate(refs):
+            mine = np.flatnonzero((first >= bounds[k]) & (first < bounds[k + 1]))
+            local = first[mine] - bounds[k]
+            for j in range(depth):
+                uniq[mine, j] = ringbuf.stack_column(data, starts[local], n[local], j)
+        return uniq, inv.astype(np.int32)
+    # two stacks share the first hash but not the second (never seen): sort the rows
+    rows = np.concatenate([np.stack([ringbuf.stack_column(d, s, n, j) for j in range(depth)],
+                                    axis=1) for d, s, n in refs])
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    return uniq, inv.reshape(-1).astype(np.int32)
+
+
+def _stacks(td, fmts, walks) -> tuple[list, list, int]:
+    """Kernel stacks (record --stacks): (distinct stacks, per walk a stack code per event
+    or None, stacks that belong to no recorded event)."""
+    none = [None] * len(walks)
+    stack_fmt = None
+    for text in td.ftrace_formats:
+        try:
+            f = parse_format(text, "ftrace")
+        except ParseError:
+            continue
+        if f.name == "kernel_stack":
+            stack_fmt = f
+    if stack_fmt is None or not any(w.ids is not None and (w.ids == stack_fmt.id).any()
+                                    for _c, _d, w in walks):
+        return [], none, 0
+    wanted = set((td.ftslab or {}).get("stack_events") or ())
+    if wanted:
+        open_ids = {i for i, f in fmts.items() if f"{f.system}:{f.name}" in wanted}
+    else:
+        # not ftslab's: the event types whose stacks were recorded are those followed
+        # by a stack (most of the time: an interrupt can come in between)
+        before, total = {}, {}
+        for _c, _d, w in walks:
+            nxt = np.flatnonzero(w.ids[1:] == stack_fmt.id)
+            for i, n in zip(*np.unique(w.ids[nxt], return_counts=True)):
+                before[int(i)] = before.get(int(i), 0) + int(n)
+            for i, n in zip(*np.unique(w.ids, return_counts=True)):
+                total[int(i)] = total.get(int(i), 0) + int(n)
+        open_ids = {i for i, n in before.items() if i != stack_fmt.id and 2 * n >= total[i]}
+    pairs, refs, n_stacks = [], [], 0
+    for _c, data, w in walks:
+        n_stacks += int((w.ids == stack_fmt.id).sum())
+        ev, st = ringbuf.pair_stacks(data, w, stack_fmt.id, open_ids)
+        pairs.append(ev)
+        refs.append((data,) + ringbuf.stack_refs(data, w, st, stack_fmt))
+    uniq, inv = _distinct_stacks(refs)
+    codes, start = [], 0
+    for (_c, _d, w), ev in zip(walks, pairs):
+        code = np.full(w.ids.shape[0], -1, np.int32)
+        code[ev] = inv[start:start + ev.size]
+        start += ev.size
+        codes.append(code)
+    stacks = [tuple(int(a) for a in row if a) for row in uniq]
+    return stacks, codes, n_stacks - int(inv.shape[0])
+
+
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 

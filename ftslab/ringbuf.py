@@ -371,13 +371,21 @@ def pair_stacks(data: bytes | memoryview, walk: PageWalk, stack_id: int,
     if not pos.size:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     closing = is_stack[pos]
+    # the usual case, a stack right after its event, needs no sort: such a pair is an
+    # innermost bracket, and taking it out leaves the rest's nesting as it was
+    adj = np.flatnonzero(~closing[:-1] & closing[1:])
+    ev0, st0 = pos[adj], pos[adj + 1]
+    rest = np.ones(pos.size, bool)
+    rest[adj] = rest[adj + 1] = False
+    pos, closing = pos[rest], closing[rest]
     step = np.where(closing, -1, 1)
     depth = np.cumsum(step)
     level = np.where(closing, depth + 1, depth)  # a stack's level: the depth before it
     order = np.lexsort((pos, level))
     so, sl, sc = pos[order], level[order], closing[order]
     m = np.flatnonzero(sc[1:] & ~sc[:-1] & (sl[1:] == sl[:-1]))
-    ev, st = so[m], so[m + 1]
+    ev = np.concatenate([ev0, so[m]])
+    st = np.concatenate([st0, so[m + 1]])
     if ev.size:
         v = _Views(data)
         offs = walk.off
