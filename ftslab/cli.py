@@ -610,15 +610,18 @@ def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_
         sym = None
     view = _TopView(by, rows, batch or not sys.stdout.isatty())
     try:
-        run, _state, lost = run_top(tfs, opts, _err, interval, view.show, rows, sym or None)
+        run, _state, lost, dropped = run_top(tfs, opts, _err, interval, view.show, rows,
+                                             sym or None)
     finally:
         view.close()
     _err(f"top ran {run.duration:.1f}s" + (f", stopped by {run.interrupted_by}"
                                            if run.interrupted_by and not view.quit else "")
-         + f"; lost {lost:,} events")
-    if lost:
-        _err(f"WARNING: {lost:,} events were lost: the rates and live counts are lower "
-             "bounds (a lost free keeps an object live): raise -b or narrow with -p/--comm")
+         + f"; lost {lost:,} events" + (f", dropped {dropped:,} undecoded" if dropped else ""))
+    if lost or dropped:
+        _err(f"WARNING: {lost + dropped:,} events were not counted (lost by the kernel: "
+             f"{lost:,}; read but dropped because decoding fell behind: {dropped:,}): the "
+             "rates are lower bounds and a missed free keeps an object live; narrow with "
+             "-p/--comm/--cache, or use ftslab record, which keeps every event")
 
 
 class _TopView:
@@ -675,7 +678,8 @@ class _TopView:
     def _header(self, f) -> str:
         from .render import human_bytes
         return (f"ftslab top  {f.elapsed:6.1f}s  {f.rate:,.0f} events/s  live "
-                f"{f.live_objects:,} objects {human_bytes(f.live_bytes)}  lost {f.lost:,}")
+                f"{f.live_objects:,} objects {human_bytes(f.live_bytes)}  lost {f.lost:,}"
+                + (f"  dropped {f.dropped:,}" if f.dropped else ""))
 
     def show(self, f) -> None:
         from .render import human_bytes
@@ -698,7 +702,8 @@ class _TopView:
             return
         from rich.table import Table
         t = Table(title=self._header(f), caption="c cache  s call site  p command  q quit"
-                  + ("  (events lost: counts are lower bounds)" if f.lost else ""),
+                  + ("  (events lost or dropped: counts are lower bounds)"
+                     if f.lost or f.dropped else ""),
                   expand=True)
         t.add_column(title, overflow="fold")
         for name in ("ALLOCS/S", "BYTES/S", "LIVE", "LIVE BYTES"):

@@ -510,7 +510,7 @@ class _Analysis:
     """Everything derived once per Dataset: frames, free matching, key codes.
     Holds no reference to the Dataset itself (it is cached beside it)."""
 
-    def __init__(self, ds: Dataset, progress: Progress = NO_PROGRESS):
+    def __init__(self, ds: Dataset, progress: Progress = NO_PROGRESS, pair: bool = True):
         self.page_size = int(ds.meta.extra.get("page_size", 4096) or 4096)
         self.cmdlines = dict(ds.meta.cmdlines)
         self.formats = ds.formats
@@ -538,7 +538,7 @@ class _Analysis:
                 frees.setdefault(fsrc.layer, []).append(
                     (_as_u64(cols.ts), keys, cols.seq))
         progress.stage("pairing allocations with frees", 0.5)
-        for layer in {f.src.layer for f in self.frames}:
+        for layer in ({f.src.layer for f in self.frames} if pair else ()):
             self._match_frees([f for f in self.frames if f.src.layer == layer],
                               frees.get(layer, []))
         self._global: dict[str, dict] = {}

@@ -34,6 +34,10 @@ from .stream import live_formats, read_raw_page
 __all__ = ["TOP_KEYS", "TOP_EVENTS", "TopFrame", "TopState", "top"]
 
 TOP_KEYS = ("cache", "callsite", "comm")
+BACKLOG_BYTES = 256 << 20
+"""Most page bytes top holds waiting to be decoded (all CPUs).  When decoding falls
+behind the input for long, the oldest pages are dropped: their events are counted
+(the pages are walked, not decoded) and shown as DROPPED, never silently."""
 TOP_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:kfree", "kmem:kmem_cache_free")
 """What top records: the slab allocators' tracepoints (its rows are slab rows)."""
 
@@ -49,7 +53,10 @@ class TopFrame:
     rate: float
     """Events per second over the last interval."""
     lost: int
-    """Events the kernel dropped since the start (top fell behind, or -b too small)."""
+    """Events the kernel dropped since the start (the reader fell behind, or -b too
+    small)."""
+    dropped: int
+    """Events top read but dropped undecoded (its decoding fell behind: BACKLOG_BYTES)."""
     live_objects: int
     live_bytes: int
     rows: dict[str, list[dict]] = field(default_factory=dict)
@@ -85,7 +92,7 @@ class TopState:
         """Aggregate one interval: rates from its allocations; live from the pairing of
         its frees with everything still outstanding."""
         self.events += ds.events
-        an = _Analysis(ds)
+        an = _Analysis(ds, pair=False)  # paired below, with what is still outstanding
         frames = [fr for fr in an.frames if fr.src.layer == "slab" and fr.n]
         new = {k: [] for k in TOP_KEYS}
         rate_b = {k: [] for k in TOP_KEYS}
@@ -190,6 +197,10 @@ class _TopReader:
         self.comms: dict[int, str] = {0: "<idle>"}
         self._worker: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.backlog = 0
+        self.dropped = 0
+        self.to_drop: list[tuple[int, list[bytes]]] = []
+        self._drop_lock = threading.Lock()
 
     def _read_partial(self, cpu: int) -> int:
         """Pages the writer is still filling (splice moves only full ones)."""
@@ -200,7 +211,29 @@ class _TopReader:
                 break
             moved += len(page)
             self.pages[cpu].append(page.ljust(self.page_size, b"\0"))
+            self.backlog += self.page_size
         return moved
+
+    def _drop_oldest(self) -> None:
+        """Set aside the older half of what waits on each CPU: the worker counts its
+        events (a walk, no decoding) at its next tick.  Nothing is done to them here:
+        the pump must go on moving pages, or the kernel starts losing events too."""
+        with self._drop_lock:
+            for cpu in self.cpus:
+                pages = self.pages[cpu]
+                k = len(pages) // 2
+                if k:
+                    self.to_drop.append((cpu, pages[:k]))
+                    self.pages[cpu] = pages[k:]
+                    self.backlog -= sum(len(p) for p in pages[:k])
+
+    def _count_dropped(self) -> None:
+        with self._drop_lock:
+            todo, self.to_drop = self.to_drop, []
+        for cpu, pages in todo:
+            walk = ringbuf.walk_pages(b"".join(pages), cpu, self.hp, self.he, self.page_size)
+            self.dropped += int(walk.ts.size)
+            self.lost += walk.missed + walk.missed_unknown
 
     def pump(self, cpu: int) -> int:
         moved = 0
@@ -223,8 +256,11 @@ class _TopReader:
                 b = os.read(r, n)
                 n -= len(b)
                 self.pages[cpu].append(b)
+                self.backlog += len(b)
         if not self.can_splice:
             moved += self._read_partial(cpu)
+        if self.backlog > BACKLOG_BYTES:
+            self._drop_oldest()
         if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval and (
                 self._worker is None or not self._worker.is_alive()):
             if self.error is not None:
@@ -234,6 +270,7 @@ class _TopReader:
             now = time.monotonic()
             batch = {c: self.pages[c] for c in self.cpus}
             self.pages = {c: [] for c in self.cpus}
+            self.backlog = 0
             seconds, self.last = now - self.last, now
             self._worker = threading.Thread(target=self._tick, args=(batch, seconds, now),
                                             daemon=True)
@@ -255,6 +292,7 @@ class _TopReader:
 
     def _tick(self, batch: dict[int, list[bytes]], seconds: float, now: float) -> None:
         try:
+            self._count_dropped()
             parts = []
             for cpu, pages in batch.items():
                 if not pages:
@@ -277,7 +315,8 @@ class _TopReader:
             self.lost = max(self.lost, stats_lost)
             self.show(TopFrame(elapsed=now - self.start, interval=seconds,
                                events=self.state.events, rate=ds.events / max(seconds, 1e-6),
-                               lost=self.lost, live_objects=int(self.state.ptr.size),
+                               lost=self.lost, dropped=self.dropped,
+                               live_objects=int(self.state.ptr.size),
                                live_bytes=int(self.state.bytes.sum()), rows=rows))
         except BaseException as exc:  # raised again in the session loop
             self.error = exc
@@ -290,6 +329,7 @@ class _TopReader:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.join()
+        self._count_dropped()
         close_quietly(list(self.fds.values()) + [x for p in self.pipes.values() for x in p])
         self.fds.clear()
         self.pipes.clear()
@@ -297,9 +337,9 @@ class _TopReader:
 
 def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
         show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None
-        ) -> tuple[RunResult, TopState | None, int]:
+        ) -> tuple[RunResult, TopState | None, int, int]:
     """Run a live session, calling ``show`` with a TopFrame every ``interval`` seconds.
-    Returns (the run, the final state, events lost)."""
+    Returns (the run, the final state, events lost, events dropped undecoded)."""
     readers: list[_TopReader] = []
 
     def make_reader(session):
@@ -308,6 +348,6 @@ def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
 
     run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})
     if not readers:
-        return run, None, 0
+        return run, None, 0, 0
     r = readers[0]
-    return run, r.state, max(r.lost, sum(s.lost for s in run.stats))
+    return run, r.state, max(r.lost, sum(s.lost for s in run.stats)), r.dropped
