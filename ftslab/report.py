@@ -1519,6 +1519,12 @@ def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
                    + " event(s) came from inside another kmalloc-family function (the "
                    "kernel traces such a large kmalloc twice): each allocation is counted "
                    "once")
+    orphans = int(ds.meta.extra.get("stacks_unattributed", 0) or 0)
+    if orphans:
+        out.append(f"note: {orphans} kernel stack(s) could not be paired with their "
+                   "allocation (it was lost, or the stack came without it): they are not "
+                   "counted; allocations whose stack was lost show as "
+                   f"{NO_STACK!r}")
     kprobe_names = any(fr.src.layer == "kprobe" and fr.src.cache in fr.cols.fields
                        for fr in an.frames)
     for fr in an.frames:

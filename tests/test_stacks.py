@@ -161,3 +161,11 @@ def test_distinct_stacks_equal_numpys_unique(monkeypatch):
         h.__setitem__(slice(None), 0) if k == 0 else real(h, col, k)))
     uniq, inv = load_mod._distinct_stacks(refs)
     assert uniq.shape[0] == 4 and np.array_equal(uniq[inv][:, :rows.shape[1]], rows)
+
+
+def test_unpaired_stacks_are_said():
+    ds = load(REAL)
+    assert not any("could not be paired" in w for w in report.build_report(ds).warnings)
+    ds.meta.extra["stacks_unattributed"] = 3
+    ws = report.build_report(ds).warnings
+    assert any(w.startswith("note: 3 kernel stack(s) could not be paired") for w in ws), ws
