@@ -595,7 +595,6 @@ def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_
     """Live view of the slab allocators: per cache, call site or command, the
     allocations and bytes per second and the live (not yet freed) objects and bytes
     since top started, with the lost-events counter.  Whole system unless -p/--comm."""
-    from . import capture
     from .kallsyms import Symbolizer
     from .top import top as run_top
     from .tracefs import read_text_file

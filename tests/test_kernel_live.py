@@ -8,8 +8,6 @@ import os
 import signal
 import sys
 
-import pytest
-
 from conftest import run_ftslab
 
 N = 300
