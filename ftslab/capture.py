@@ -519,6 +519,16 @@ def report_stale(tracefs: Tracefs, warn: Callable[[str], None]) -> None:
              f"ftslab process {group.split('_')[1]} (remove it with: ftslab reset)")
 
 
+def splice_pipe() -> tuple[int, int]:
+    """A non-blocking pipe of _PIPE_BYTES to splice trace_pipe_raw pages through."""
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    except OSError:
+        pass  # a smaller pipe only means more splice calls
+    return r, w
+
+
 def close_quietly(fds) -> None:
     """Close every fd; one that is already gone is not an error on the way out."""
     for fd in fds:
@@ -547,12 +557,7 @@ class _Spooler:
         try:
             for c in cpus:
                 self.fds[c] = instance.raw_open(c)
-                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                self.pipes[c] = (r, w)
-                try:
-                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-                except OSError:
-                    pass  # a smaller pipe only means more splice calls
+                self.pipes[c] = splice_pipe()
                 p = spool_dir / f"cpu{c}.raw"
                 self.paths[c] = p
                 self.files[c] = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,

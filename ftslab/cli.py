@@ -439,8 +439,8 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
             for stack, w in folded:
                 out.write(f"{stack} {w}\n")
             out.flush()
-            from .report import _analysis, _warnings
-            for w in _warnings(ds, _analysis(ds)):
+            from .report import warnings_of
+            for w in warnings_of(ds):
                 _err(w)
             continue
         if plot is not None:

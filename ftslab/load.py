@@ -112,8 +112,10 @@ def load_tracedat(path: Path, buffer: str | None = None, progress: Progress = NO
         progress.stage(f"walking the pages of CPU {cpu} ({len(data) >> 20} MiB)",
                        0.2 + 0.7 * done / total)
         done += len(data)
-        walks.append((cpu, data, ringbuf.walk_pages(data, cpu, hp, he, td.buffer_page_size,
-                                                   td.little_endian)))
+        walk = ringbuf.walk_pages(data, cpu, hp, he, td.buffer_page_size, td.little_endian)
+        if walk.missed or walk.missed_unknown:
+            walk.missed_spans = ringbuf.missed_spans(data, hp, td.buffer_page_size)
+        walks.append((cpu, data, walk))
     return td, fmts, walks
 
 

@@ -37,6 +37,7 @@ Extending to new event sources (kprobes): add an ``AllocSource`` / ``FreeSource`
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import weakref
@@ -52,7 +53,9 @@ from .progress import NO_PROGRESS, Part, Progress
 from .records import Dataset, EventColumns
 
 __all__ = [
-    "GROUP_KEYS", "SORT_KEYS", "folded_stacks", "pair_frees", "interval_series", "parse_interval", "live_allocations", "NO_STACK", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
+    "GROUP_KEYS", "SORT_KEYS", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
+    "pair_frees", "live_allocations", "loss_horizon", "folded_stacks", "NO_STACK",
+    "interval_series", "parse_interval", "warnings_of",
     "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
     "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
     "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff", "summary", "build_report", "loss_warning",
@@ -480,13 +483,15 @@ def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
     allocation is freed when the next event on its pointer is a free.  Returns (freed,
     one bool per allocation; the index of that free in ``fk``, -1 where not freed).
     An allocation sorts before a free with the same timestamp: an object allocated and
-    freed within one clock tick (text traces: 1 us) is then seen as freed."""
+    freed within one clock tick (text traces: 1 us) is then seen as freed.  A free of a
+    pointer <= 16 (kfree(NULL), ZERO_SIZE_PTR: traced too) frees nothing."""
     na = ak.shape[0]
-    if na == 0 or fk.shape[0] == 0:
+    real = np.flatnonzero(fk > np.uint64(16))
+    if na == 0 or real.shape[0] == 0:
         return np.zeros(na, bool), np.full(na, -1, np.int64)
-    keys = np.concatenate([ak, fk])
-    ts = np.concatenate([at, ft])
-    kind = np.concatenate([np.zeros(na, np.uint8), np.ones(fk.shape[0], np.uint8)])
+    keys = np.concatenate([ak, fk[real]])
+    ts = np.concatenate([at, ft[real]])
+    kind = np.concatenate([np.zeros(na, np.uint8), np.ones(real.shape[0], np.uint8)])
     if int(ts.max()) < 1 << 62:
         order = np.lexsort((ts * np.uint64(2) + kind, keys))
     else:
@@ -502,7 +507,7 @@ def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
     freed[order[is_alloc]] = freed_sorted[is_alloc]
     fpos = np.flatnonzero(freed_sorted)
     fidx = np.full(na, -1, np.int64)
-    fidx[order[fpos]] = order[fpos + 1] - na
+    fidx[order[fpos]] = real[order[fpos + 1] - na]
     return freed, fidx
 
 
@@ -520,6 +525,8 @@ class _Analysis:
         self._stack_frames: dict[int, tuple[str, ...]] = {}
         self.frames: list[_Frame] = []
         frees: dict[str, list[tuple]] = {}
+        self.frees = frees
+        """layer -> [(ts, pointer keys, seq)] of each free event type."""
         self._probed = {function_of_event(n) for (s, n), c in ds.columns.items()
                         if is_probe_event(s, n) and len(c)}
         todo = sorted(ds.columns.items())
@@ -579,21 +586,16 @@ class _Analysis:
         by_seq = all(f.cols.seq is not None for f in frames) and \
             all(seq is not None for _, _, seq in frees)
         ak = np.concatenate([f.ptr[f.matchable] for f in frames])
-        a_real = np.concatenate([f.ts[f.matchable] for f in frames])
-        f_real = np.concatenate([t for t, _, _ in frees])
+        f_real = np.concatenate([t for t, _, _ in frees])  # free times, whatever orders
         if by_seq:
             at = np.concatenate([f.cols.seq[f.matchable] for f in frames]).astype(np.uint64)
             ft = np.concatenate([seq for _, _, seq in frees]).astype(np.uint64)
         else:
-            at, ft = a_real, f_real
+            at = np.concatenate([f.ts[f.matchable] for f in frames])
+            ft = f_real
         fk = np.concatenate([k for _, k, _ in frees])
-        keep = fk > np.uint64(16)  # kfree(NULL) is traced too; it frees nothing
-        fk, ft, f_real = fk[keep], ft[keep], f_real[keep]
-        na = ak.shape[0]
-        if na == 0 or fk.shape[0] == 0:
-            return
         freed, fidx = pair_frees(ak, at, fk, ft)
-        free_ts = np.zeros(na, np.uint64)
+        free_ts = np.zeros(ak.shape[0], np.uint64)
         free_ts[freed] = f_real[fidx[freed]]
         start = 0
         for f in frames:
@@ -669,8 +671,8 @@ class _Analysis:
             if fr.cols.stack is None:
                 return fr.const(NO_STACK)
             codes, sids = _factorize(fr.cols.stack)
-            return _merge_labels(codes, [" <- ".join(self.stack_frames(int(i))) if i >= 0
-                                         else NO_STACK for i in sids])
+            return _merge_labels(codes, [_STACK_SEP.join(self.stack_frames(int(i)))
+                                         if i >= 0 else NO_STACK for i in sids])
         raise UsageError(f"unknown group key {key!r}", f"use one of {', '.join(GROUP_KEYS)}")
 
     def stack_frames(self, sid: int) -> tuple[str, ...]:
@@ -824,15 +826,28 @@ class _Rows:
         self.live = np.flatnonzero(ok & ~freed & cat("matchable"))
         self.codes: dict[str, tuple[np.ndarray, list]] = {}
         self._frames = frames
+        self._cat = cat
 
-    def live_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(alloc ts of the live rows; rows ok and matched, with their alloc ts and free
-        ts (0 = not freed)): what --live needs beyond the counts, built on demand."""
-        fr = self._frames
-        ts = np.concatenate([f.ts for f in fr]) if len(fr) > 1 else fr[0].ts
-        fts = np.concatenate([f.free_ts for f in fr]) if len(fr) > 1 else fr[0].free_ts
-        held = np.flatnonzero(np.concatenate([f.ok & f.matchable for f in fr]))
-        return ts[self.live], ts[held], fts[held], held
+    @functools.cached_property
+    def ts(self) -> np.ndarray:
+        """Allocation timestamps (--live, --interval need them; the counts do not)."""
+        return self._cat("ts")
+
+    @functools.cached_property
+    def free_ts(self) -> np.ndarray:
+        """The time of each row's free, 0 where not freed (or never matched)."""
+        return np.concatenate([f.free_ts if f.free_ts is not None else
+                               np.zeros(f.n, np.uint64) for f in self._frames])
+
+    @functools.cached_property
+    def ok_rows(self) -> np.ndarray:
+        """Rows of successful allocations."""
+        return np.flatnonzero(self._cat("ok"))
+
+    @functools.cached_property
+    def held(self) -> np.ndarray:
+        """Rows of successful allocations that free matching can pair."""
+        return np.flatnonzero(self._cat("ok") & self._cat("matchable"))
 
 
 def _rows(an: _Analysis, frames: list[_Frame]) -> _Rows:
@@ -841,6 +856,18 @@ def _rows(an: _Analysis, frames: list[_Frame]) -> _Rows:
     if got is None:
         got = an._rows[key] = _Rows(frames)
     return got
+
+
+def _label_ranks(key_labels: list, group_codes: list, pick=slice(None)) -> list:
+    """Per key, each picked group's rank in the key's label order (the sort's last
+    tiebreak, so that equal rows come out in a stable, readable order)."""
+    ranks = []
+    for labels, codes in zip(key_labels, group_codes):
+        order = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
+        rank = np.empty(max(len(labels), 1), np.int64)
+        rank[order] = np.arange(len(order))
+        ranks.append(rank[codes[pick]])
+    return ranks
 
 
 def _count(gid: np.ndarray, rows: np.ndarray, ngroups: int) -> np.ndarray:
@@ -926,6 +953,7 @@ _LIVE_COLUMNS = [
 
 
 def _span(ds: Dataset) -> tuple[int, int] | None:
+    """(first, last) timestamp of all events, None without events."""
     lo = hi = None
     for c in ds.columns.values():
         if len(c):
@@ -992,7 +1020,8 @@ def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
     lo, hi = span
     key_labels, group_codes, m, gid = _group(an, frames, by)
     rows_in = _rows(an, frames)
-    live_ts, held_ts, held_free, held = rows_in.live_times()
+    held = rows_in.held
+    live_ts, held_ts, held_free = rows_in.ts[rows_in.live], rows_in.ts[held], rows_in.free_ts[held]
     ng = m["count"].shape[0]
     lg = gid[rows_in.live]
     bytes_alloc = rows_in.bytes_alloc
@@ -1021,12 +1050,7 @@ def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
     curve = np.rint(np.cumsum(grid.reshape(ng, k), axis=1)).astype(np.int64)
     live = m["live"]
     pick = np.flatnonzero(live > 0)
-    ranks = []
-    for labels, codes in zip(key_labels, group_codes):
-        lorder = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
-        rank = np.empty(max(len(labels), 1), np.int64)
-        rank[lorder] = np.arange(len(lorder))
-        ranks.append(rank[codes[pick]])
+    ranks = _label_ranks(key_labels, group_codes, pick)
     sel = pick[np.lexsort(tuple(reversed(ranks)) + (-live[pick], -live_bytes[pick]))]
     shown = sel[:top] if top is not None else sel
     clock = str(ds.meta.extra.get("trace_clock", "") or "")
@@ -1063,6 +1087,7 @@ def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
 
 
 NO_STACK = "(no stack recorded)"
+_STACK_SEP = " <- "  # between the frames of a --by stack label (no symbol holds it)
 _TRACING_FRAMES = ("trace_event_raw_event_", "perf_trace_", "trace_event_buffer",
                    "event_triggers", "event_trigger", "stacktrace_trigger", "__trace_stack",
                    "__ftrace_trace_stack", "ftrace_", "__ftrace", "arch_ftrace", "kprobe",
@@ -1094,18 +1119,12 @@ def folded_stacks(ds: Dataset, weight: str = "bytes", events: Sequence[str] | No
         rows = _rows(an, frames)
         w = (np.rint(np.bincount(gid[rows.live], rows.bytes_alloc[rows.live], w.shape[0]))
              .astype(np.int64) if weight == "bytes" else m["live"])
-    sid_of: dict[str, int] = {}
-    for fr in frames:  # label -> one stack id, to fold root first
-        if fr.cols.stack is not None:
-            for sid in np.unique(fr.cols.stack).tolist():
-                if sid >= 0:
-                    sid_of.setdefault(" <- ".join(an.stack_frames(sid)), sid)
     out = []
     for g in np.flatnonzero(w > 0).tolist():
         comm = str(labels[0][int(codes[0][g])]).replace(";", ":").replace(" ", "_")
         label = labels[1][int(codes[1][g])]
-        sid = sid_of.get(label)
-        chain = (list(reversed(an.stack_frames(sid))) if sid is not None else [NO_STACK])
+        # the stack key's label is the frames, innermost first: fold them root first
+        chain = [NO_STACK] if label == NO_STACK else label.split(_STACK_SEP)[::-1]
         out.append((";".join([comm] + [f.replace(";", ":") for f in chain]), int(w[g])))
     out.sort(key=lambda x: (-x[1], x[0]))
     return out
@@ -1117,7 +1136,6 @@ _INTERVAL_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
 
 def parse_interval(text: str) -> int:
     """``1s``, ``250ms``, ``100us``, ``2`` (seconds) -> nanoseconds (> 0)."""
-    import re
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|m|min)?\s*", text or "")
     if not m:
         raise UsageError(f"--interval {text!r}: give a duration such as 1s, 250ms or 100us")
@@ -1127,8 +1145,8 @@ def parse_interval(text: str) -> int:
     return ns
 
 
+_T_COLUMN = Column("t_s", "TIME (s)", "s")
 _SERIES_COLUMNS = [
-    Column("t_s", "TIME (s)", "s"),
     Column("count", "ALLOCS", "count"),
     Column("bytes_alloc", "ALLOCATED", "bytes"),
     Column("bytes_per_s", "BYTES/S", "bytes"),
@@ -1152,24 +1170,17 @@ def interval_series(ds: Dataset, by: Sequence[str], interval_ns: int, top: int |
     frames = [fr for fr in _select(an, events, _layer) if fr.n]
     name = "interval_by_" + "_".join(by)
     title = f"Allocations per {interval_ns / 1e9:g} s by " + ", ".join(by)
-    columns = [Column("t_s", "TIME (s)", "s")] + [_KEY_COLUMNS[k] for k in by] + \
-        _SERIES_COLUMNS[1:]
+    columns = [_T_COLUMN] + [_KEY_COLUMNS[k] for k in by] + _SERIES_COLUMNS
     span = _span(ds)
     if not frames or span is None:
         return Table(name, title, columns, [], note="no allocation events")
     lo, hi = span
     key_labels, group_codes, m, gid = _group(an, frames, by)
     rows_in = _rows(an, frames)
-    ts = np.concatenate([fr.ts for fr in frames])
-    ok = np.concatenate([fr.ok for fr in frames])
+    ts, fts = rows_in.ts, rows_in.free_ts
     nb = int((hi - lo) // interval_ns) + 1
     ng = m["count"].shape[0]
-    ranks = []
-    for labels, codes in zip(key_labels, group_codes):
-        lorder = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
-        rank = np.empty(max(len(labels), 1), np.int64)
-        rank[lorder] = np.arange(len(lorder))
-        ranks.append(rank[codes])
+    ranks = _label_ranks(key_labels, group_codes)
     order = np.lexsort(tuple(reversed(ranks)) + (-m["count"], -m["bytes_alloc"]))
     order = order[m["count"][order] > 0]
     shown = order[:top] if top is not None else order
@@ -1183,12 +1194,10 @@ def interval_series(ds: Dataset, by: Sequence[str], interval_ns: int, top: int |
         b = ((when[keep] - np.uint64(lo)) // np.uint64(interval_ns)).astype(np.int64)
         w = None if weights is None else weights[keep]
         return np.bincount(s[keep] * nb + np.minimum(b, nb - 1), w, k * nb).reshape(k, nb)
-    okrows = np.flatnonzero(ok)
+    okrows = rows_in.ok_rows
     count = grid(okrows, ts[okrows])
     balloc = grid(okrows, ts[okrows], rows_in.bytes_alloc[okrows])
-    fts = np.concatenate([fr.free_ts if fr.free_ts is not None else np.zeros(fr.n, np.uint64)
-                          for fr in frames])
-    freed = np.flatnonzero(ok & (fts != 0))
+    freed = okrows[fts[okrows] != 0]
     frees = grid(freed, fts[freed])
     fbytes = grid(freed, fts[freed], rows_in.bytes_alloc[freed])
     paired = all(fr.free_ts is not None for fr in frames)
@@ -1265,12 +1274,7 @@ def group_allocations(ds: Dataset, by: Sequence[str], sort: str = "bytes",
     key_labels, group_codes, m, _gid = _group(an, frames, by)
     primary = {"bytes": "bytes_alloc", "count": "count", "waste": "waste"}[sort]
     tiebreak = [m[k] for k in ("bytes_alloc", "count", "waste") if k != primary]
-    ranks = []
-    for labels, codes in zip(key_labels, group_codes):
-        order = sorted(range(len(labels)), key=lambda i: _label_order(labels[i]))
-        rank = np.empty(max(len(labels), 1), np.int64)
-        rank[order] = np.arange(len(order))
-        ranks.append(rank[codes])
+    ranks = _label_ranks(key_labels, group_codes)
     # lexsort: last key is primary; negate metrics for descending order.
     order = np.lexsort(tuple(reversed(ranks)) + tuple(-t for t in reversed(tiebreak))
                        + (-m[primary],))
@@ -1455,13 +1459,7 @@ def summary(ds: Dataset) -> dict:
     """Totals of a recording: events, per_event counts, duration_s (last - first
     timestamp, seconds), lost, truncated, unparsed, source, kernel."""
     per_event = {event_label(s, n): len(c) for (s, n), c in sorted(ds.columns.items())}
-    lo, hi = None, None
-    for c in ds.columns.values():
-        if len(c):
-            ts = _as_u64(c.ts)
-            cmin, cmax = int(ts.min()), int(ts.max())
-            lo = cmin if lo is None else min(lo, cmin)
-            hi = cmax if hi is None else max(hi, cmax)
+    lo, hi = _span(ds) or (None, None)
     # only nanosecond clocks give seconds; counters (x86-tsc, counter, uptime) do not
     clock = str(ds.meta.extra.get("trace_clock", "") or "")
     ns_clock = clock in NS_CLOCKS or clock == ""
@@ -1536,6 +1534,12 @@ def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
                        + (" (the kprobe events name it: see the kprobe tables, or "
                           "--source kprobe)" if kprobe_names else ""))
     return out
+
+
+def warnings_of(ds: Dataset) -> list[str]:
+    """What every report of ``ds`` says first: loss, truncation, notes (as
+    Report.warnings); for outputs that are not a Report (folded stacks)."""
+    return _warnings(ds, _analysis(ds))
 
 
 def _layers(source: str, page: bool) -> str:

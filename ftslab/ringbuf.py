@@ -32,7 +32,7 @@ from .formats import EventFormat, Field, HeaderEvent, HeaderPage
 from .records import Event, EventColumns, LazyFields
 
 __all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
-           "pair_stacks", "stack_rows", "stack_refs", "stack_column",
+           "missed_spans", "pair_stacks", "stack_rows", "stack_refs", "stack_column",
            "MISSED_EVENTS", "MISSED_STORED"]
 
 MISSED_EVENTS = 1 << 31
@@ -65,7 +65,7 @@ class PageWalk:
     missed_spans: tuple = ()
     """(after_ns, before_ns, count) per page flagged 'events missed': the events were
     lost after the previous page's timestamp (0: before the first page) and before this
-    page's; count 0 when the page does not store it."""
+    page's; count 0 when the page does not store it.  Filled by load (missed_spans())."""
 
 
 def _check_layout(hp: HeaderPage, he: HeaderEvent) -> None:
@@ -96,14 +96,15 @@ def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEve
     psize = page_size or (hp.data_offset + hp.data_size)
     if psize % 4 or psize <= hp.data_offset + 8:
         raise ParseError(f"bad ring-buffer page size {psize}")
+    return _walk_all(data, cpu, hp, he, psize, len(data) // psize)
+
+
+def missed_spans(data: bytes | memoryview, hp: HeaderPage, page_size: int | None = None
+                 ) -> tuple:
+    """Where (in time) one CPU lost events: see PageWalk.missed_spans.  Apart from
+    walk_pages, which live readers call page by page: only whole recordings need it."""
+    psize = page_size or (hp.data_offset + hp.data_size)
     n_pages = len(data) // psize
-    w = _walk_all(data, cpu, hp, he, psize, n_pages)
-    w.missed_spans = _missed_spans(data, hp, psize, n_pages)
-    return w
-
-
-def _missed_spans(data, hp: HeaderPage, psize: int, n_pages: int) -> tuple:
-    """Where (in time) each CPU lost events: see PageWalk.missed_spans."""
     if not n_pages:
         return ()
     words = np.frombuffer(data, dtype="<u4", count=n_pages * (psize // 4)).reshape(n_pages, -1)

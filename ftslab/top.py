@@ -14,7 +14,6 @@ are not counted as live anything.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 import time
@@ -23,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from .capture import _PIPE_BYTES, RecordOptions, RunResult, close_quietly, run_session
+from .capture import (_PIPE_BYTES, RecordOptions, RunResult, close_quietly, run_session,
+                      splice_pipe)
 from .load import parse_cmdlines
 from .records import Dataset, Metadata
-from .report import _Analysis, _ptr_keys, _as_u64, free_source, pair_frees
+from .report import _Analysis, pair_frees
 from .tracefs import Tracefs, read_text_file
 from . import ringbuf
 from .stream import live_formats, read_raw_page
@@ -95,49 +95,43 @@ class TopState:
         an = _Analysis(ds, pair=False)  # paired below, with what is still outstanding
         frames = [fr for fr in an.frames if fr.src.layer == "slab" and fr.n]
         new = {k: [] for k in TOP_KEYS}
-        rate_b = {k: [] for k in TOP_KEYS}
-        rate_n = {k: [] for k in TOP_KEYS}
+        rate = {k: [] for k in TOP_KEYS}  # group ids of this interval's allocations
+        rate_bytes = []
         add_ptr, add_ts, add_bytes = [], [], []
         for fr in frames:
             ok = fr.ok
+            held = fr.matchable & ok if fr.ptr is not None else None
+            rate_bytes.append(fr.bytes_alloc[ok])
             for k in TOP_KEYS:
                 codes, labels = an.local_key(fr, k)
                 g = self._global(k, codes, labels)
-                rate_b[k].append((g[ok], fr.bytes_alloc[ok]))
-                rate_n[k].append(g[ok])
-                if fr.ptr is not None:
-                    new[k].append(g[fr.matchable & ok])
-            if fr.ptr is not None:
-                m = fr.matchable & ok
-                add_ptr.append(fr.ptr[m])
-                add_ts.append(fr.ts[m])
-                add_bytes.append(fr.bytes_alloc[m])
-        frees_p, frees_t = [], []
-        for (system, name), cols in ds.columns.items():
-            fs = free_source(system, name)
-            if fs is not None and fs.layer == "slab" and fs.ptr in cols.fields and len(cols):
-                frees_p.append(_ptr_keys(cols.fields[fs.ptr]))
-                frees_t.append(_as_u64(cols.ts))
+                rate[k].append(g[ok])
+                if held is not None:
+                    new[k].append(g[held])
+            if held is not None:
+                add_ptr.append(fr.ptr[held])
+                add_ts.append(fr.ts[held])
+                add_bytes.append(fr.bytes_alloc[held])
+        frees = an.frees.get("slab", [])  # (ts, pointer keys, seq) per free event type
         ptr = np.concatenate([self.ptr] + add_ptr)
         ts = np.concatenate([self.ts] + add_ts)
         nbytes = np.concatenate([self.bytes] + add_bytes)
         keys = {k: np.concatenate([self.keys[k]] + new[k]) for k in TOP_KEYS}
-        if frees_p and ptr.size:
-            fp = np.concatenate(frees_p)
-            ft = np.concatenate(frees_t)
-            keep = fp > np.uint64(16)  # kfree(NULL)
-            freed, _fidx = pair_frees(ptr, ts, fp[keep], ft[keep])
+        if frees and ptr.size:
+            freed, _fidx = pair_frees(ptr, ts, np.concatenate([k for _t, k, _s in frees]),
+                                      np.concatenate([t for t, _k, _s in frees]))
             alive = ~freed
             ptr, ts, nbytes = ptr[alive], ts[alive], nbytes[alive]
             keys = {k: v[alive] for k, v in keys.items()}
         self.ptr, self.ts, self.bytes, self.keys = ptr, ts, nbytes, keys
         out = {}
         secs = max(seconds, 1e-6)
+        b = (np.concatenate(rate_bytes).astype(np.float64) if rate_bytes
+             else np.zeros(0))
         for k in TOP_KEYS:
             n = len(self.names[k])
-            if rate_n[k]:
-                g = np.concatenate(rate_n[k])
-                b = np.concatenate([x[1] for x in rate_b[k]]).astype(np.float64)
+            if rate[k]:
+                g = np.concatenate(rate[k])
                 cnt = np.bincount(g, minlength=n)
                 byt = np.bincount(g, b, n)
             else:
@@ -177,12 +171,7 @@ class _TopReader:
         try:
             for c in self.cpus:
                 self.fds[c] = self.inst.raw_open(c)
-                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                self.pipes[c] = (r, w)
-                try:
-                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-                except OSError:
-                    pass
+                self.pipes[c] = splice_pipe()
         except BaseException:
             self.close()
             raise
