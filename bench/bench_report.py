@@ -50,6 +50,13 @@ def stats_of(rs: list[tuple[float, float, int, int]]) -> dict:
             "walls": [round(r[0], 2) for r in rs]}
 
 
+def stats_line(name: str, r: dict) -> str:
+    """One line of stats_of()'s figures."""
+    return (f"  {name:10} wall median {r['wall_median_s']:6.2f} s (best "
+            f"{r['wall_best_s']:6.2f}, runs {r['walls']})  CPU {r['cpu_median_s']:6.2f} s"
+            f"  peak RSS {r['peak_rss_mib']:7.0f} MiB")
+
+
 def events_in(path: Path, env) -> int:
     cp = subprocess.run(ftslab_cmd("report", str(path), "--format", "json", "--by", "event"),
                         capture_output=True, text=True, env=env, check=True)
@@ -118,10 +125,7 @@ def main() -> int:
             results.append(row)
             print(f"{f.name}: {n:,} events, {row['bytes'] / 1e6:.1f} MB")
             for tool in ("ftslab", "trace-cmd"):
-                r = row[tool]
-                print(f"  {tool:10} wall median {r['wall_median_s']:6.2f} s (best "
-                      f"{r['wall_best_s']:6.2f}, runs {r['walls']})  CPU {r['cpu_median_s']:6.2f} s"
-                      f"  peak RSS {r['peak_rss_mib']:7.0f} MiB")
+                print(stats_line(tool, row[tool]))
             print(f"  ftslab report is {row['ratio_median']:.1f}x faster than trace-cmd "
                   f"report (medians; best runs {row['ratio_best']:.1f}x)")
         if args.json:

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_record import ROOT, build_workload, ftslab_cmd  # noqa: E402
-from bench_report import events_in, measured, stats_of  # noqa: E402
+from bench_report import events_in, measured, stats_line, stats_of  # noqa: E402
 
 VARIANTS = {"plain": [], "live": ["--live"], "folded": ["--format", "folded"]}
 
@@ -70,9 +70,7 @@ def main() -> int:
         for name in VARIANTS:
             r = out[name]
             r["ratio_to_plain"] = r["wall_median_s"] / plain
-            print(f"  {name:7} wall median {r['wall_median_s']:6.2f} s (best "
-                  f"{r['wall_best_s']:6.2f}, runs {r['walls']})  CPU {r['cpu_median_s']:6.2f} s"
-                  f"  peak RSS {r['peak_rss_mib']:6.0f} MiB  {r['ratio_to_plain']:.2f}x plain")
+            print(f"{stats_line(name, r)}  {r['ratio_to_plain']:.2f}x plain")
         if args.json:
             print(json.dumps(out, indent=1))
     finally:
