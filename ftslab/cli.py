@@ -379,16 +379,19 @@ def _keep_freed_memory() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
     mallopt(M_MMAP_MAX, 0)
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    # the report's worker threads (decompression, pairing) would each get an arena of
+    # fresh memory: one arena reuses what the main thread freed
+    mallopt(M_ARENA_MAX, 1)
 
 
 def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=False,
             weight="bytes", interval=None, plot=None):
     from .errors import TruncatedRecording, BadInput, EXIT_LOST
     from .load import load
-    from .report import build_report
+    from .report import build_report, fields_read
     from .progress import Part
     from . import render
     if len(files) > 1 and fmt != "table":
@@ -412,7 +415,7 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
     for path in files:
         bar = _ProgressLine()
         try:
-            ds = load(path, formats_hint=hint, buffer=buffer,
+            ds = load(path, formats_hint=hint, buffer=buffer, fields=fields_read,
                       progress=Part(bar.progress, 0.0, 0.45))
             if fmt == "folded":
                 rep = None

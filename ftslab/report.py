@@ -54,7 +54,7 @@ from .records import Dataset, EventColumns
 
 __all__ = [
     "GROUP_KEYS", "SORT_KEYS", "AllocSource", "FreeSource", "ALLOC_SOURCES", "FREE_SOURCES",
-    "pair_frees", "live_allocations", "loss_horizon", "folded_stacks", "NO_STACK",
+    "pair_frees", "fields_read", "live_allocations", "loss_horizon", "folded_stacks", "NO_STACK",
     "interval_series", "parse_interval", "warnings_of",
     "alloc_source", "free_source", "event_label", "Column", "Table", "Report", "SlabInfo",
     "group_allocations", "size_histogram", "fragmentation", "pages_by_order",
@@ -170,6 +170,19 @@ def alloc_source(system: str, name: str) -> AllocSource | None:
 def free_source(system: str, name: str) -> FreeSource | None:
     """The spec for a free event, or None."""
     return _spec_for(FREE_SOURCES, system, name)
+
+
+def fields_read(system: str, name: str) -> tuple[str, ...]:
+    """The fields of an event type that reports read (for load(fields=...)): those its
+    AllocSource or FreeSource names, nothing for other types."""
+    src = alloc_source(system, name)
+    if src is not None:
+        names = (src.bytes_req, src.bytes_alloc, src.cache, src.call_site, src.ptr,
+                 src.order, src.gfp)
+    else:
+        fsrc = free_source(system, name)
+        names = (fsrc.ptr,) if fsrc is not None else ()
+    return tuple(n for n in names if n)
 
 
 def event_label(system: str, name: str) -> str:
@@ -491,24 +504,98 @@ def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
         return np.zeros(na, bool), np.full(na, -1, np.int64)
     keys = np.concatenate([ak, fk[real]])
     ts = np.concatenate([at, ft[real]])
+    freed = np.zeros(na, dtype=bool)
+    fidx = np.full(na, -1, np.int64)
+    got = _packed_keys(keys, ts)
+    if got is None:
+        _pair_lexsorted(keys, ts, na, real, freed, fidx)
+        return freed, fidx
+    del keys, ts
+    packed, rank_bits, order = got
+    del got
+    parts = _split_by_pointer(packed, rank_bits)
+    del packed
+    jobs = [functools.partial(_pair_part, parts, k, rank_bits, order, na, real, freed, fidx)
+            for k in range(len(parts))]
+    _run_parallel(jobs)
+    return freed, fidx
+
+
+def _packed_keys(keys: np.ndarray, ts: np.ndarray):
+    """One uint64 per event, (pointer, time rank) packed so that one plain sort orders
+    the events by pointer, then time: (packed, rank bits, time order), or None when
+    the pointers span too many bits (then a lexsort does it).  A time order of events
+    that come in a few sorted runs (per CPU, per type) is a cheap merge, and sorting one
+    key is twice as fast as a lexsort of two; equal times keep allocations first (they
+    come first in ``ts``)."""
+    n = keys.shape[0]
+    lo = keys.min()
+    rel = keys - lo
+    align = int(np.bitwise_or.reduce(rel))
+    shift = (align & -align).bit_length() - 1 if align else 0
+    rank_bits = max(n - 1, 1).bit_length()
+    if (int(rel.max()) >> shift).bit_length() + rank_bits > 64:
+        return None
+    order = np.argsort(ts, kind="stable")
+    rel >>= np.uint64(shift)
+    rel <<= np.uint64(rank_bits)
+    rel[order] |= np.arange(n, dtype=np.uint64)  # each event's rank in time
+    return rel, rank_bits, order
+
+
+def _split_by_pointer(packed: np.ndarray, rank_bits: int) -> list[np.ndarray]:
+    """Two halves by the lowest pointer bit (events on one pointer stay together): they
+    are sorted and paired at once in two threads (numpy sorts without the GIL)."""
+    if packed.shape[0] < 1 << 20:
+        return [packed]
+    odd = ((packed >> np.uint64(rank_bits)) & np.uint64(1)).astype(bool)
+    return [packed[~odd], packed[odd]]
+
+
+def _pair_part(parts: list, k: int, rank_bits: int, order: np.ndarray, na: int,
+               real: np.ndarray, freed: np.ndarray, fidx: np.ndarray) -> None:
+    """Pair the events of one set of pointers, ``parts[k]`` (see pair_frees), in place;
+    the part is dropped from ``parts`` once read."""
+    packed = parts[k]
+    parts[k] = None
+    packed.sort()
+    idx = order[packed & np.uint64((1 << rank_bits) - 1)]
+    ptr = packed >> np.uint64(rank_bits)
+    del packed
+    is_alloc = idx < na
+    hit = np.zeros(idx.shape[0], dtype=bool)
+    hit[:-1] = is_alloc[:-1] & ~is_alloc[1:] & (ptr[1:] == ptr[:-1])
+    del ptr
+    fpos = np.flatnonzero(hit)
+    freed[idx[fpos]] = True
+    fidx[idx[fpos]] = real[idx[fpos + 1] - na]
+
+
+def _pair_lexsorted(keys, ts, na, real, freed, fidx) -> None:
+    """pair_frees for pointers that do not pack into one word with their time rank."""
     kind = np.concatenate([np.zeros(na, np.uint8), np.ones(real.shape[0], np.uint8)])
     if int(ts.max()) < 1 << 62:
         order = np.lexsort((ts * np.uint64(2) + kind, keys))
     else:
         order = np.lexsort((kind, ts, keys))
-    del ts
     sk = keys[order]
     skind = kind[order]
-    freed_sorted = np.zeros(order.shape[0], dtype=bool)
-    freed_sorted[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
-    del sk
-    is_alloc = skind == 0
-    freed = np.empty(na, dtype=bool)
-    freed[order[is_alloc]] = freed_sorted[is_alloc]
-    fpos = np.flatnonzero(freed_sorted)
-    fidx = np.full(na, -1, np.int64)
+    hit = np.zeros(order.shape[0], dtype=bool)
+    hit[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
+    fpos = np.flatnonzero(hit)
+    freed[order[fpos]] = True
     fidx[order[fpos]] = real[order[fpos + 1] - na]
-    return freed, fidx
+
+
+def _run_parallel(jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` at once in threads (numpy releases the GIL in its loops)."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(jobs)) as ex:
+        for f in [ex.submit(j) for j in jobs]:
+            f.result()
 
 
 class _Analysis:
