@@ -507,72 +507,73 @@ def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
     freed = np.zeros(na, dtype=bool)
     fidx = np.full(na, -1, np.int64)
     got = _packed_keys(keys, ts)
+    del ts
     if got is None:
-        _pair_lexsorted(keys, ts, na, real, freed, fidx)
+        _pair_lexsorted(keys, at, ft, real, freed, fidx)
         return freed, fidx
-    del keys, ts
     packed, rank_bits, order = got
-    del got
-    parts = _split_by_pointer(packed, rank_bits)
+    del got, keys
+    _sort_in_two_threads(packed)
+    # events in (pointer, time) order: an allocation is freed when the next event is a
+    # free of the same pointer
+    idx = order[packed & np.uint64((1 << rank_bits) - 1)]
+    del order
+    packed[:-1] ^= packed[1:]
+    same = packed[:-1] < np.uint64(1 << rank_bits)  # the pointer bits are equal
     del packed
-    jobs = [functools.partial(_pair_part, parts, k, rank_bits, order, na, real, freed, fidx)
-            for k in range(len(parts))]
-    _run_parallel(jobs)
+    is_alloc = idx < na
+    hit = is_alloc[:-1] & ~is_alloc[1:] & same
+    fpos = np.flatnonzero(hit)
+    freed[idx[fpos]] = True
+    fidx[idx[fpos]] = real[idx[fpos + 1] - na]
     return freed, fidx
+
+
+_RANK_STEP = 1 << 20
 
 
 def _packed_keys(keys: np.ndarray, ts: np.ndarray):
     """One uint64 per event, (pointer, time rank) packed so that one plain sort orders
-    the events by pointer, then time: (packed, rank bits, time order), or None when
-    the pointers span too many bits (then a lexsort does it).  A time order of events
-    that come in a few sorted runs (per CPU, per type) is a cheap merge, and sorting one
-    key is twice as fast as a lexsort of two; equal times keep allocations first (they
-    come first in ``ts``)."""
+    the events by pointer, then time: (packed, rank bits, the events in time order), or
+    None when the pointers span too many bits (then a lexsort does it).  Events come in
+    a few runs sorted by time (per CPU, per type): their time order is a cheap merge.
+    Equal times keep allocations first (they come first in ``ts``).  ``keys`` is
+    overwritten (it is pair_frees' own array)."""
     n = keys.shape[0]
     lo = keys.min()
-    rel = keys - lo
-    align = int(np.bitwise_or.reduce(rel))
+    keys -= lo
+    align = int(np.bitwise_or.reduce(keys))
     shift = (align & -align).bit_length() - 1 if align else 0
     rank_bits = max(n - 1, 1).bit_length()
-    if (int(rel.max()) >> shift).bit_length() + rank_bits > 64:
+    if (int(keys.max()) >> shift).bit_length() + rank_bits > 64:
+        keys += lo
         return None
     order = np.argsort(ts, kind="stable")
-    rel >>= np.uint64(shift)
-    rel <<= np.uint64(rank_bits)
-    rel[order] |= np.arange(n, dtype=np.uint64)  # each event's rank in time
-    return rel, rank_bits, order
+    if n < 1 << 31:
+        order = order.astype(np.int32)
+    keys >>= np.uint64(shift)
+    keys <<= np.uint64(rank_bits)
+    for at in range(0, n, _RANK_STEP):  # each event's rank in time, a slice at a time
+        end = min(at + _RANK_STEP, n)
+        keys[order[at:end]] |= np.arange(at, end, dtype=np.uint64)
+    return keys, rank_bits, order
 
 
-def _split_by_pointer(packed: np.ndarray, rank_bits: int) -> list[np.ndarray]:
-    """Two halves by the lowest pointer bit (events on one pointer stay together): they
-    are sorted and paired at once in two threads (numpy sorts without the GIL)."""
-    if packed.shape[0] < 1 << 20:
-        return [packed]
-    odd = ((packed >> np.uint64(rank_bits)) & np.uint64(1)).astype(bool)
-    return [packed[~odd], packed[odd]]
+def _sort_in_two_threads(a: np.ndarray) -> None:
+    """Sort ``a`` in place: its halves at once in two threads (numpy sorts without the
+    GIL), then a merge of the two sorted runs."""
+    if a.shape[0] < 1 << 20:
+        a.sort()
+        return
+    half = a.shape[0] // 2
+    _run_parallel([a[:half].sort, a[half:].sort])
+    a.sort(kind="stable")  # timsort: two runs, one merge
 
 
-def _pair_part(parts: list, k: int, rank_bits: int, order: np.ndarray, na: int,
-               real: np.ndarray, freed: np.ndarray, fidx: np.ndarray) -> None:
-    """Pair the events of one set of pointers, ``parts[k]`` (see pair_frees), in place;
-    the part is dropped from ``parts`` once read."""
-    packed = parts[k]
-    parts[k] = None
-    packed.sort()
-    idx = order[packed & np.uint64((1 << rank_bits) - 1)]
-    ptr = packed >> np.uint64(rank_bits)
-    del packed
-    is_alloc = idx < na
-    hit = np.zeros(idx.shape[0], dtype=bool)
-    hit[:-1] = is_alloc[:-1] & ~is_alloc[1:] & (ptr[1:] == ptr[:-1])
-    del ptr
-    fpos = np.flatnonzero(hit)
-    freed[idx[fpos]] = True
-    fidx[idx[fpos]] = real[idx[fpos + 1] - na]
-
-
-def _pair_lexsorted(keys, ts, na, real, freed, fidx) -> None:
+def _pair_lexsorted(keys, at, ft, real, freed, fidx) -> None:
     """pair_frees for pointers that do not pack into one word with their time rank."""
+    na = at.shape[0]
+    ts = np.concatenate([at, ft[real]])
     kind = np.concatenate([np.zeros(na, np.uint8), np.ones(real.shape[0], np.uint8)])
     if int(ts.max()) < 1 << 62:
         order = np.lexsort((ts * np.uint64(2) + kind, keys))
