@@ -227,6 +227,7 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
     stack_id = _stack_format(td)
     stack_id = stack_id.id if stack_id is not None else None
     parts, walks, with_stacks = [], [], []
+    sink = ringbuf.ColumnSink()
     total = sum(len(d) for d in td.cpu_data.values()) or 1
     done = 0
     for cpu in sorted(td.cpu_data):
@@ -235,15 +236,13 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
                        0.1 + 0.8 * done / total)
         done += len(data)
         if fields is not None and not with_stacks:
-            got = ringbuf.decode_blocks(data, cpu, hp, he, td.buffer_page_size, fmts,
-                                        fields, stack_id)
-            if got is not None:
-                blocks, walk = got
-                parts.extend(blocks)
+            walk = ringbuf.decode_blocks(data, cpu, hp, he, td.buffer_page_size, fmts,
+                                         fields, sink, stack_id)
+            if walk is not None:
                 if walk.missed or walk.missed_unknown:
                     walk.missed_spans = ringbuf.missed_spans(data, hp, td.buffer_page_size)
                 walks.append((cpu, None, walk))
-                del data, blocks, got
+                del data
                 td.cpu_data.pop(cpu)  # its events are columns now: its pages can go
                 continue
         walk = _walk_cpu(td, cpu, data, hp, he)
@@ -262,7 +261,7 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
             parts.append(_decode(data, walk, fmts, code, fields))
         with_stacks.clear()
     progress.stage("joining the CPUs", 0.95)
-    columns = ringbuf.merge_columns(parts)
+    columns = ringbuf.merge_columns([sink.columns()] + parts)
     del parts
     td.cpu_data.clear()
     meta = _meta_from(td, walks)

@@ -154,14 +154,14 @@ def _walk_all(data, cpu, hp, he, psize, n_pages) -> PageWalk:
 
 def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEvent,
                   page_size: int | None, formats_by_id: Mapping[int, EventFormat],
-                  fields: Callable[[str, str], Iterable[str]], stack_id: int | None = None
-                  ) -> tuple[list[dict], PageWalk] | None:
+                  fields: Callable[[str, str], Iterable[str]], sink: "ColumnSink",
+                  stack_id: int | None = None) -> PageWalk | None:
     """walk_pages + decode_columns of one CPU, a block of pages at a time, decoding only
-    the fields ``fields(system, name)`` names: (per block, its columns with those fields;
-    the walk's counters, without per-event arrays).  Nothing per event outlives its
-    block but the columns, and each block's gathers stay within 8 MiB of pages (cache
-    hits, not misses).  None when a block holds kernel stacks (event ``stack_id``):
-    they pair across blocks, so that CPU is decoded whole."""
+    the fields ``fields(system, name)`` names into ``sink``; returns the walk's counters
+    (no per-event arrays).  Nothing per event outlives its block but the columns, and
+    each block's gathers stay within 8 MiB of pages (cache hits, not misses).  None
+    (and ``sink`` as it was) when a block holds kernel stacks (event ``stack_id``): they
+    pair across blocks, so that CPU is decoded whole."""
     _check_layout(hp, he)
     psize = page_size or (hp.data_offset + hp.data_size)
     if psize % 4 or psize <= hp.data_offset + 8:
@@ -169,20 +169,109 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
     n_pages = len(data) // psize
     mv = memoryview(data)
     w = PageWalk(cpu=cpu)
-    parts = []
+    mark = sink.mark()
     for first in range(0, n_pages, _BLOCK_PAGES):
         count = min(_BLOCK_PAGES, n_pages - first)
         block = mv[first * psize:(first + count) * psize]
         part = _walk_all(block, cpu, hp, he, psize, count)
         if stack_id is not None and (part.ids == stack_id).any():
+            sink.rollback(mark)
             return None
         for k in ("pages", "missed", "missed_unknown", "bad_pages"):
             setattr(w, k, getattr(w, k) + getattr(part, k))
         cols = decode_columns(block, part, formats_by_id)
+        del part
         for c in cols.values():
             c.fields = {n: c.fields[n] for n in fields(c.system, c.name) if n in c.fields}
-        parts.append(cols)
-    return parts, w
+        sink.add(cols)
+    return w
+
+
+class _Growing:
+    """One column built by appending: an array that grows by half again when full (the
+    tail it has not used yet is never touched, so costs no memory); strings (object
+    arrays) as a list of parts."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.parts: list | None = [] if dtype == object else None
+        self.buf: np.ndarray | None = None
+        self.n = 0
+
+    def append(self, a: np.ndarray) -> None:
+        if self.parts is not None:
+            self.parts.append(a)
+            self.n += a.shape[0]
+            return
+        need = self.n + a.shape[0]
+        if self.buf is None or need > self.buf.shape[0]:
+            cap = max(need, 1 << 16, 0 if self.buf is None else self.buf.shape[0] * 3 // 2)
+            grown = np.empty(cap, self.dtype)
+            if self.n:
+                grown[:self.n] = self.buf[:self.n]
+            self.buf = grown
+        self.buf[self.n:need] = a
+        self.n = need
+
+    def truncate(self, n: int) -> None:
+        if self.parts is not None:
+            while self.n > n:
+                self.n -= self.parts.pop().shape[0]
+        self.n = n
+
+    def array(self) -> np.ndarray:
+        if self.parts is not None:
+            return np.concatenate(self.parts) if self.parts else np.zeros(0, object)
+        return self.buf[:self.n] if self.buf is not None else np.zeros(0, self.dtype)
+
+
+class ColumnSink:
+    """The columns of every event type, filled a block at a time (decode_blocks) in
+    place, instead of joining per-block pieces at the end (which needs them twice)."""
+
+    def __init__(self):
+        self._types: dict[tuple[str, str], tuple[EventColumns, dict[str, _Growing]]] = {}
+
+    def add(self, cols: dict[tuple[str, str], EventColumns]) -> None:
+        for key, c in cols.items():
+            got = self._types.get(key)
+            if got is None:
+                grow = {n: _Growing(a.dtype) for n, a in
+                        [("ts", c.ts), ("cpu", c.cpu), ("pid", c.pid)] +
+                        [("." + n, c.fields[n]) for n in c.fields]}
+                got = self._types[key] = (c, grow)
+            grow = got[1]
+            grow["ts"].append(c.ts)
+            grow["cpu"].append(c.cpu)
+            grow["pid"].append(c.pid)
+            for n in c.fields:
+                if "." + n in grow:
+                    grow["." + n].append(c.fields[n])
+
+    def mark(self) -> dict:
+        return {key: {n: g.n for n, g in grow.items()} for key, (_c, grow) in
+                self._types.items()}
+
+    def rollback(self, mark: dict) -> None:
+        """Back to ``mark()``: what was added since is dropped."""
+        for key in list(self._types):
+            if key not in mark:
+                del self._types[key]
+                continue
+            for n, g in self._types[key][1].items():
+                g.truncate(mark[key][n])
+
+    def columns(self) -> dict[tuple[str, str], EventColumns]:
+        out = {}
+        for key, (first, grow) in self._types.items():
+            if grow["ts"].n == 0:
+                continue
+            out[key] = EventColumns(
+                system=first.system, name=first.name, ts=grow["ts"].array(),
+                cpu=grow["cpu"].array(), pid=grow["pid"].array(),
+                fields={n[1:]: g.array() for n, g in grow.items() if n.startswith(".")})
+        self._types.clear()
+        return out
 
 
 def _walk_loop(data, cpu, hp, he, psize, n_pages) -> PageWalk:

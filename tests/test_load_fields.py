@@ -54,3 +54,36 @@ def test_fields_path_keeps_only_the_named_fields():
     ds = load(FIX / "6.18" / "ftslab-open200.dat", fields=lambda s, n: ("ptr",))
     kc = ds.columns[("kmem", "kmem_cache_alloc")]
     assert list(kc.fields) == ["ptr"] and len(kc.fields["ptr"]) == len(kc)
+
+
+def _cols(system, name, ts, ptrs, names=None):
+    from ftslab.records import EventColumns
+    fields = {"ptr": np.array(ptrs, np.uint64)}
+    if names is not None:
+        fields["name"] = np.array(names, dtype=object)
+    n = len(ts)
+    return {(system, name): EventColumns(system=system, name=name,
+                                         ts=np.array(ts, np.uint64),
+                                         cpu=np.zeros(n, np.int32),
+                                         pid=np.arange(n, dtype=np.int32), fields=fields)}
+
+
+def test_column_sink_grows_in_place_and_rolls_back_a_cpu():
+    sink = ringbuf.ColumnSink()
+    ts = list(range(100_000))
+    sink.add(_cols("kmem", "kfree", ts, ts))  # past the first capacity: it grows
+    sink.add(_cols("kmem", "kmem_cache_alloc", [5, 6], [7, 8], ["a", "b"]))
+    mark = sink.mark()
+    sink.add(_cols("kmem", "kfree", [1, 2], [3, 4]))
+    sink.add(_cols("kmem", "kmem_cache_alloc", [9], [10], ["c"]))
+    sink.add(_cols("kmem", "mm_page_alloc", [11], [12]))
+    sink.rollback(mark)  # that CPU turned out to hold kernel stacks: decoded otherwise
+    sink.add(_cols("kmem", "kfree", [100_000], [100_000]))
+    cols = sink.columns()
+    assert sorted(cols) == [("kmem", "kfree"), ("kmem", "kmem_cache_alloc")]
+    kf = cols[("kmem", "kfree")]
+    assert kf.ts.tolist() == list(range(100_001))
+    assert kf.fields["ptr"].tolist() == list(range(100_001))
+    assert kf.pid.tolist() == list(range(100_000)) + [0]
+    kc = cols[("kmem", "kmem_cache_alloc")]
+    assert kc.fields["name"].tolist() == ["a", "b"] and kc.ts.tolist() == [5, 6]
