@@ -227,8 +227,8 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
     stack_id = _stack_format(td)
     stack_id = stack_id.id if stack_id is not None else None
     parts, walks, with_stacks = [], [], []
-    sink = ringbuf.ColumnSink()
     total = sum(len(d) for d in td.cpu_data.values()) or 1
+    sink = ringbuf.ColumnSink(pages=total // td.buffer_page_size)
     done = 0
     for cpu in sorted(td.cpu_data):
         data = td.cpu_data[cpu]

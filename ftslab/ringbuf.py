@@ -183,7 +183,7 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
         del part
         for c in cols.values():
             c.fields = {n: c.fields[n] for n in fields(c.system, c.name) if n in c.fields}
-        sink.add(cols)
+        sink.add(cols, count)
     return w
 
 
@@ -198,14 +198,16 @@ class _Growing:
         self.buf: np.ndarray | None = None
         self.n = 0
 
-    def append(self, a: np.ndarray) -> None:
+    def append(self, a: np.ndarray, expect: int = 0) -> None:
+        """Add ``a``; ``expect``: how long the column will likely get."""
         if self.parts is not None:
             self.parts.append(a)
             self.n += a.shape[0]
             return
         need = self.n + a.shape[0]
         if self.buf is None or need > self.buf.shape[0]:
-            cap = max(need, 1 << 16, 0 if self.buf is None else self.buf.shape[0] * 3 // 2)
+            cap = max(need, expect, 1 << 16,
+                      0 if self.buf is None else self.buf.shape[0] * 3 // 2)
             grown = np.empty(cap, self.dtype)
             if self.n:
                 grown[:self.n] = self.buf[:self.n]
@@ -229,10 +231,18 @@ class ColumnSink:
     """The columns of every event type, filled a block at a time (decode_blocks) in
     place, instead of joining per-block pieces at the end (which needs them twice)."""
 
-    def __init__(self):
+    def __init__(self, pages: int = 0):
         self._types: dict[tuple[str, str], tuple[EventColumns, dict[str, _Growing]]] = {}
+        self.pages = pages
+        """How many pages will be added in all (0: unknown)."""
+        self._done = 0
 
-    def add(self, cols: dict[tuple[str, str], EventColumns]) -> None:
+    def add(self, cols: dict[tuple[str, str], EventColumns], pages: int = 0) -> None:
+        """Add one block's columns (of ``pages`` pages).  Each column is sized at once
+        for the events its type will have at the rate of the pages so far, plus a
+        quarter: a column grows (a copy) only when the rate rises by more than that,
+        and the part of the estimate never used is never touched."""
+        self._done += pages
         for key, c in cols.items():
             got = self._types.get(key)
             if got is None:
@@ -241,12 +251,15 @@ class ColumnSink:
                         [("." + n, c.fields[n]) for n in c.fields]}
                 got = self._types[key] = (c, grow)
             grow = got[1]
-            grow["ts"].append(c.ts)
-            grow["cpu"].append(c.cpu)
-            grow["pid"].append(c.pid)
+            n_now = grow["ts"].n + len(c)
+            expect = (n_now * self.pages * 5 // (4 * self._done)
+                      if self.pages > self._done > 0 else 0)
+            grow["ts"].append(c.ts, expect)
+            grow["cpu"].append(c.cpu, expect)
+            grow["pid"].append(c.pid, expect)
             for n in c.fields:
                 if "." + n in grow:
-                    grow["." + n].append(c.fields[n])
+                    grow["." + n].append(c.fields[n], expect)
 
     def mark(self) -> dict:
         return {key: {n: g.n for n, g in grow.items()} for key, (_c, grow) in
