@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["Event", "EventColumns", "Dataset", "Metadata", "Loss", "LazyFields"]
+__all__ = ["Event", "EventColumns", "Dataset", "Metadata", "Loss", "LazyFields", "StrColumn",
+           "str_column", "join_str_columns"]
 
 
 class LazyFields(Mapping):
@@ -41,6 +42,49 @@ class LazyFields(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
+
+
+class StrColumn(np.ndarray):
+    """A string column: an object array of ``str`` that also knows its distinct values,
+    ``labels`` (distinct) and ``codes`` (``labels[codes[i]] == self[i]``), as the
+    decoder found them; reports group by them without hashing every row.  Anything
+    derived from it (a slice, a selection) is a plain object array again."""
+
+    codes: np.ndarray | None = None
+    labels: list | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.codes = None
+        self.labels = None
+
+
+def str_column(codes: np.ndarray, labels: list) -> np.ndarray:
+    """The StrColumn of ``labels[codes]`` (labels need not be distinct)."""
+    uniq = list(dict.fromkeys(labels))
+    if len(uniq) != len(labels):
+        pos = {v: i for i, v in enumerate(uniq)}
+        codes = np.array([pos[v] for v in labels], dtype=np.int32)[codes]
+    table = np.empty(len(uniq), dtype=object)
+    table[:] = uniq
+    out = table[codes].view(StrColumn) if len(uniq) else \
+        np.zeros(len(codes), dtype=object).view(StrColumn)
+    out.codes = np.asarray(codes, dtype=np.int32)
+    out.labels = uniq
+    return out
+
+
+def join_str_columns(parts: list) -> np.ndarray:
+    """np.concatenate of string columns, keeping codes and labels when all have them."""
+    if not parts or any(getattr(p, "codes", None) is None for p in parts):
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+    space: dict = {}
+    codes = np.empty(sum(p.shape[0] for p in parts), np.int32)
+    at = 0
+    for p in parts:
+        lut = np.array([space.setdefault(v, len(space)) for v in p.labels], dtype=np.int32)
+        codes[at:at + p.shape[0]] = lut[p.codes] if len(lut) else 0
+        at += p.shape[0]
+    return str_column(codes, list(space))
 
 
 @dataclass(frozen=True, slots=True)

@@ -270,6 +270,8 @@ def _factorize(arr: np.ndarray) -> tuple[np.ndarray, list]:
     n = arr.shape[0]
     if n == 0:
         return np.zeros(0, np.int64), []
+    if getattr(arr, "codes", None) is not None:  # a StrColumn: the decoder grouped it
+        return arr.codes.astype(np.int64), list(arr.labels)
     if arr.dtype == object:
         # dict.fromkeys/map run in C: no Python bytecode per event, ~0.6 s per 10 M.
         uniq = list(dict.fromkeys(arr.tolist()))

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import ParseError
 from .formats import EventFormat, Field, HeaderEvent, HeaderPage
-from .records import Event, EventColumns, LazyFields
+from .records import Event, EventColumns, LazyFields, join_str_columns, str_column
 
 __all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
            "missed_spans", "pair_stacks", "stack_rows", "stack_refs", "stack_column",
@@ -223,7 +223,7 @@ class _Growing:
 
     def array(self) -> np.ndarray:
         if self.parts is not None:
-            return np.concatenate(self.parts) if self.parts else np.zeros(0, object)
+            return join_str_columns(self.parts)
         return self.buf[:self.n] if self.buf is not None else np.zeros(0, self.dtype)
 
 
@@ -687,9 +687,7 @@ def _gather_strings(v: "_Views", starts: np.ndarray, lens: np.ndarray) -> np.nda
         uniq, inv = np.unique(fixed, return_inverse=True)
         texts = [bytes(u) for u in uniq]
         inv = inv.ravel()
-    names = np.array([t.split(b"\0", 1)[0].decode("utf-8", "replace") for t in texts],
-                     dtype=object)
-    return names[inv]
+    return str_column(inv, [t.split(b"\0", 1)[0].decode("utf-8", "replace") for t in texts])
 
 
 def _decodable(f: Field) -> bool:

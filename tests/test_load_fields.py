@@ -87,3 +87,31 @@ def test_column_sink_grows_in_place_and_rolls_back_a_cpu():
     assert kf.pid.tolist() == list(range(100_000)) + [0]
     kc = cols[("kmem", "kmem_cache_alloc")]
     assert kc.fields["name"].tolist() == ["a", "b"] and kc.ts.tolist() == [5, 6]
+
+
+def test_string_columns_keep_their_distinct_values_through_joins():
+    from ftslab.records import StrColumn, join_str_columns, str_column
+    from ftslab.report import _factorize
+    a = str_column(np.array([1, 0, 1, 2]), ["dentry", "filp", "dentry"])  # a repeat
+    assert a.tolist() == ["filp", "dentry", "filp", "dentry"] and a.labels == ["dentry", "filp"]
+    b = str_column(np.array([0, 0, 1]), ["vma_lock", "filp"])
+    j = join_str_columns([a, b])
+    assert isinstance(j, StrColumn)
+    assert j.tolist() == a.tolist() + b.tolist()
+    assert [j.labels[c] for c in j.codes] == j.tolist() and len(set(j.labels)) == 3
+    codes, labels = _factorize(j)
+    assert [labels[c] for c in codes] == j.tolist()
+    plain = j[np.array([True, False, True, True, False, False, True])]
+    assert getattr(plain, "codes", None) is None  # a selection is a plain object array
+    codes, labels = _factorize(plain)
+    assert [labels[c] for c in codes] == plain.tolist()
+    # a part without codes: a plain join, same values
+    assert join_str_columns([a, np.array(["x"], dtype=object)]).tolist() == a.tolist() + ["x"]
+
+
+def test_real_cache_names_come_grouped():
+    ds = load(FIX / "6.18" / "ftslab-open200.dat", fields=fields_read)
+    names = ds.columns[("kmem", "kmem_cache_alloc")].fields["name"]
+    assert names.codes is not None and len(set(names.labels)) == len(names.labels)
+    assert [names.labels[c] for c in names.codes] == names.tolist()
+    assert "filp" in names.labels
