@@ -232,12 +232,14 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
     done = 0
     for cpu in sorted(td.cpu_data):
         data = td.cpu_data[cpu]
-        progress.stage(f"walking the pages of CPU {cpu} ({len(data) >> 20} MiB)",
-                       0.1 + 0.8 * done / total)
-        done += len(data)
+        what = f"decoding the pages of CPU {cpu} ({len(data) >> 20} MiB)"
+        progress.stage(what, 0.1 + 0.8 * done / total)
+        at, done = done, done + len(data)
         if fields is not None and not with_stacks:
+            def each_block(pages, what=what, at=at):
+                progress.stage(what, 0.1 + 0.8 * (at + pages * td.buffer_page_size) / total)
             walk = ringbuf.decode_blocks(data, cpu, hp, he, td.buffer_page_size, fmts,
-                                         fields, sink, stack_id)
+                                         fields, sink, stack_id, each_block)
             if walk is not None:
                 if walk.missed or walk.missed_unknown:
                     walk.missed_spans = ringbuf.missed_spans(data, hp, td.buffer_page_size)

@@ -155,13 +155,15 @@ def _walk_all(data, cpu, hp, he, psize, n_pages) -> PageWalk:
 def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEvent,
                   page_size: int | None, formats_by_id: Mapping[int, EventFormat],
                   fields: Callable[[str, str], Iterable[str]], sink: "ColumnSink",
-                  stack_id: int | None = None) -> PageWalk | None:
+                  stack_id: int | None = None,
+                  each_block: Callable[[int], None] | None = None) -> PageWalk | None:
     """walk_pages + decode_columns of one CPU, a block of pages at a time, decoding only
     the fields ``fields(system, name)`` names into ``sink``; returns the walk's counters
     (no per-event arrays).  Nothing per event outlives its block but the columns, and
     each block's gathers stay within 8 MiB of pages (cache hits, not misses).  None
     (and ``sink`` as it was) when a block holds kernel stacks (event ``stack_id``): they
-    pair across blocks, so that CPU is decoded whole."""
+    pair across blocks, so that CPU is decoded whole.  ``each_block(pages)`` is told
+    the pages of this CPU done so far after each block."""
     _check_layout(hp, he)
     psize = page_size or (hp.data_offset + hp.data_size)
     if psize % 4 or psize <= hp.data_offset + 8:
@@ -184,6 +186,8 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
         for c in cols.values():
             c.fields = {n: c.fields[n] for n in fields(c.system, c.name) if n in c.fields}
         sink.add(cols, count)
+        if each_block is not None:
+            each_block(first + count)
     return w
 
 

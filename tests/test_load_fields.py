@@ -115,3 +115,19 @@ def test_real_cache_names_come_grouped():
     assert names.codes is not None and len(set(names.labels)) == len(names.labels)
     assert [names.labels[c] for c in names.codes] == names.tolist()
     assert "filp" in names.labels
+
+
+def test_the_block_decoder_tells_its_progress_block_by_block(monkeypatch):
+    from ftslab.progress import Progress
+    seen = []
+
+    class Spy(Progress):
+        def stage(self, text, fraction):
+            seen.append((text, fraction))
+            super().stage(text, fraction)
+
+    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    load(FIX / "6.18" / "ftslab-open200.dat", fields=fields_read, progress=Spy())
+    decoding = [f for t, f in seen if t.startswith("decoding the pages of CPU")]
+    assert len(decoding) > 4  # one per 8-page block, not one per CPU
+    assert decoding == sorted(decoding) and 0.1 <= decoding[0] and decoding[-1] <= 0.9
