@@ -130,8 +130,9 @@ class EventColumns:
     pid: np.ndarray
     """int32 thread ids."""
     fields: Mapping[str, np.ndarray]
-    """Field name -> column (a dict, or LazyFields decoding on first access).  Integer fields are int64/uint64 arrays; string fields are
-    object arrays of ``str``."""
+    """Field name -> column (a dict, or LazyFields decoding on first access).  Integer
+    fields are integer arrays of the field's size; string fields are object arrays of
+    ``str`` (from binary input, StrColumns: they also carry their distinct values)."""
 
     seq: np.ndarray | None = None
     """int64 position of each event in its input, where that orders events more finely
