@@ -239,7 +239,8 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
             def each_block(pages, what=what, at=at):
                 progress.stage(what, 0.1 + 0.8 * (at + pages * td.buffer_page_size) / total)
             walk = ringbuf.decode_blocks(data, cpu, hp, he, td.buffer_page_size, fmts,
-                                         fields, sink, stack_id, each_block)
+                                         fields, sink, stack_id, each_block,
+                                         td.little_endian)
             if walk is not None:
                 if walk.missed or walk.missed_unknown:
                     walk.missed_spans = ringbuf.missed_spans(data, hp, td.buffer_page_size)

@@ -31,7 +31,7 @@ from .errors import ParseError
 from .formats import EventFormat, Field, HeaderEvent, HeaderPage
 from .records import Event, EventColumns, LazyFields, join_str_columns, str_column
 
-__all__ = ["PageWalk", "walk_pages", "decode_columns", "iter_events", "decode_event",
+__all__ = ["PageWalk", "walk_pages", "decode_blocks", "ColumnSink", "decode_columns", "iter_events", "decode_event",
            "missed_spans", "pair_stacks", "stack_rows", "stack_refs", "stack_column",
            "MISSED_EVENTS", "MISSED_STORED"]
 
@@ -156,7 +156,8 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
                   page_size: int | None, formats_by_id: Mapping[int, EventFormat],
                   fields: Callable[[str, str], Iterable[str]], sink: "ColumnSink",
                   stack_id: int | None = None,
-                  each_block: Callable[[int], None] | None = None) -> PageWalk | None:
+                  each_block: Callable[[int], None] | None = None,
+                  little_endian: bool = True) -> PageWalk | None:
     """walk_pages + decode_columns of one CPU, a block of pages at a time, decoding only
     the fields ``fields(system, name)`` names into ``sink``; returns the walk's counters
     (no per-event arrays).  Nothing per event outlives its block but the columns, and
@@ -165,6 +166,8 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
     pair across blocks, so that CPU is decoded whole.  ``each_block(pages)`` is told
     the pages of this CPU done so far after each block."""
     _check_layout(hp, he)
+    if not little_endian:
+        raise ParseError("big-endian ring buffers are not supported")
     psize = page_size or (hp.data_offset + hp.data_size)
     if psize % 4 or psize <= hp.data_offset + 8:
         raise ParseError(f"bad ring-buffer page size {psize}")

@@ -131,3 +131,15 @@ def test_the_block_decoder_tells_its_progress_block_by_block(monkeypatch):
     decoding = [f for t, f in seen if t.startswith("decoding the pages of CPU")]
     assert len(decoding) > 4  # one per 8-page block, not one per CPU
     assert decoding == sorted(decoding) and 0.1 <= decoding[0] and decoding[-1] <= 0.9
+
+
+def test_big_endian_pages_are_refused_by_the_block_decoder_too(tmp_path):
+    import dataclasses
+    from ftslab.errors import FtslabError
+    from ftslab.tracedat import read_tracedat, write_tracedat
+    td = read_tracedat(FIX / "6.18" / "tracecmd-v7-zstd.dat")
+    be = tmp_path / "be.dat"
+    write_tracedat(be, dataclasses.replace(td, little_endian=False))
+    for fields in (None, fields_read):
+        with pytest.raises(FtslabError, match="big-endian"):
+            load(be, fields=fields)
