@@ -107,7 +107,12 @@ def _headers(td):
 
 
 def _walk_cpu(td, cpu: int, data, hp, he) -> "ringbuf.PageWalk":
-    walk = ringbuf.walk_pages(data, cpu, hp, he, td.buffer_page_size, td.little_endian)
+    return _with_spans(td, ringbuf.walk_pages(data, cpu, hp, he, td.buffer_page_size,
+                                              td.little_endian), data, hp)
+
+
+def _with_spans(td, walk, data, hp) -> "ringbuf.PageWalk":
+    """``walk`` with the time windows of its losses, if it has any."""
     if walk.missed or walk.missed_unknown:
         walk.missed_spans = ringbuf.missed_spans(data, hp, td.buffer_page_size)
     return walk
@@ -242,9 +247,7 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
                                          fields, sink, stack_id, each_block,
                                          td.little_endian)
             if walk is not None:
-                if walk.missed or walk.missed_unknown:
-                    walk.missed_spans = ringbuf.missed_spans(data, hp, td.buffer_page_size)
-                walks.append((cpu, None, walk))
+                walks.append((cpu, None, _with_spans(td, walk, data, hp)))
                 del data
                 td.cpu_data.pop(cpu)  # its events are columns now: its pages can go
                 continue
@@ -280,11 +283,8 @@ def _decode(data, walk, fmts, code, fields) -> dict:
     """One CPU's events as columns (its walk's arrays dropped: they are the largest
     thing of a load).  With ``fields``, the fields it names are decoded now and the
     rest never: the columns then hold no reference to ``data``."""
-    cols = ringbuf.decode_columns(data, walk, fmts, code)
+    cols = ringbuf.decode_columns(data, walk, fmts, code, fields)
     walk.ts = walk.off = walk.ids = walk.lens = None
-    if fields is not None:
-        for c in cols.values():
-            c.fields = {n: c.fields[n] for n in fields(c.system, c.name) if n in c.fields}
     return cols
 
 

@@ -67,6 +67,11 @@ class PageWalk:
     lost after the previous page's timestamp (0: before the first page) and before this
     page's; count 0 when the page does not store it.  Filled by load (missed_spans())."""
 
+    def add_counts(self, other: "PageWalk") -> None:
+        """Add the page and loss counters of a walk of more pages of the same CPU."""
+        for k in ("pages", "missed", "missed_unknown", "bad_pages"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
 
 def _check_layout(hp: HeaderPage, he: HeaderEvent) -> None:
     if hp.timestamp_size != 8 or hp.commit_size not in (4, 8) or hp.data_offset <= 0:
@@ -81,6 +86,18 @@ def _check_layout(hp: HeaderPage, he: HeaderEvent) -> None:
         raise ParseError(f"unsupported ring-buffer event header layout: {he}")
 
 
+def _page_size(hp: HeaderPage, he: HeaderEvent, page_size: int | None,
+               little_endian: bool) -> int:
+    """The size of one ring-buffer page, once the headers say pages can be walked."""
+    _check_layout(hp, he)
+    if not little_endian:
+        raise ParseError("big-endian ring buffers are not supported")
+    psize = page_size or (hp.data_offset + hp.data_size)
+    if psize % 4 or psize <= hp.data_offset + 8:
+        raise ParseError(f"bad ring-buffer page size {psize}")
+    return psize
+
+
 def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEvent,
                page_size: int | None = None, little_endian: bool = True) -> PageWalk:
     """Walk every page of one CPU's raw data and locate its data events.
@@ -90,12 +107,7 @@ def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEve
     streaming, a page at a time) use the plain loop, which is cheaper there; both give
     identical results (tests compare them on real captures).
     """
-    _check_layout(hp, he)
-    if not little_endian:
-        raise ParseError("big-endian ring buffers are not supported")
-    psize = page_size or (hp.data_offset + hp.data_size)
-    if psize % 4 or psize <= hp.data_offset + 8:
-        raise ParseError(f"bad ring-buffer page size {psize}")
+    psize = _page_size(hp, he, page_size, little_endian)
     return _walk_all(data, cpu, hp, he, psize, len(data) // psize)
 
 
@@ -147,8 +159,8 @@ def _walk_all(data, cpu, hp, he, psize, n_pages) -> PageWalk:
     w = PageWalk(cpu=cpu)
     for k in ("ts", "off", "ids", "lens"):
         setattr(w, k, np.concatenate([getattr(x, k) for x in parts]))
-    for k in ("pages", "missed", "missed_unknown", "bad_pages"):
-        setattr(w, k, sum(getattr(x, k) for x in parts))
+    for x in parts:
+        w.add_counts(x)
     return w
 
 
@@ -165,12 +177,7 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
     (and ``sink`` as it was) when a block holds kernel stacks (event ``stack_id``): they
     pair across blocks, so that CPU is decoded whole.  ``each_block(pages)`` is told
     the pages of this CPU done so far after each block."""
-    _check_layout(hp, he)
-    if not little_endian:
-        raise ParseError("big-endian ring buffers are not supported")
-    psize = page_size or (hp.data_offset + hp.data_size)
-    if psize % 4 or psize <= hp.data_offset + 8:
-        raise ParseError(f"bad ring-buffer page size {psize}")
+    psize = _page_size(hp, he, page_size, little_endian)
     n_pages = len(data) // psize
     mv = memoryview(data)
     w = PageWalk(cpu=cpu)
@@ -182,12 +189,9 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
         if stack_id is not None and (part.ids == stack_id).any():
             sink.rollback(mark)
             return None
-        for k in ("pages", "missed", "missed_unknown", "bad_pages"):
-            setattr(w, k, getattr(w, k) + getattr(part, k))
-        cols = decode_columns(block, part, formats_by_id)
+        w.add_counts(part)
+        cols = decode_columns(block, part, formats_by_id, fields=fields)
         del part
-        for c in cols.values():
-            c.fields = {n: c.fields[n] for n in fields(c.system, c.name) if n in c.fields}
         sink.add(cols, count)
         if each_block is not None:
             each_block(first + count)
@@ -238,8 +242,12 @@ class ColumnSink:
     """The columns of every event type, filled a block at a time (decode_blocks) in
     place, instead of joining per-block pieces at the end (which needs them twice)."""
 
+    _BASE = ("ts", "cpu", "pid")
+
     def __init__(self, pages: int = 0):
-        self._types: dict[tuple[str, str], tuple[EventColumns, dict[str, _Growing]]] = {}
+        # (system, name) -> (ts/cpu/pid columns, field columns)
+        self._types: dict[tuple[str, str], tuple[dict[str, _Growing],
+                                                 dict[str, _Growing]]] = {}
         self.pages = pages
         """How many pages will be added in all (0: unknown)."""
         self._done = 0
@@ -253,24 +261,21 @@ class ColumnSink:
         for key, c in cols.items():
             got = self._types.get(key)
             if got is None:
-                grow = {n: _Growing(a.dtype) for n, a in
-                        [("ts", c.ts), ("cpu", c.cpu), ("pid", c.pid)] +
-                        [("." + n, c.fields[n]) for n in c.fields]}
-                got = self._types[key] = (c, grow)
-            grow = got[1]
-            n_now = grow["ts"].n + len(c)
+                got = self._types[key] = (
+                    {n: _Growing(getattr(c, n).dtype) for n in self._BASE},
+                    {n: _Growing(a.dtype) for n, a in c.fields.items()})
+            base, flds = got
+            n_now = base["ts"].n + len(c)
             expect = (n_now * self.pages * 5 // (4 * self._done)
                       if self.pages > self._done > 0 else 0)
-            grow["ts"].append(c.ts, expect)
-            grow["cpu"].append(c.cpu, expect)
-            grow["pid"].append(c.pid, expect)
-            for n in c.fields:
-                if "." + n in grow:
-                    grow["." + n].append(c.fields[n], expect)
+            for n, g in base.items():
+                g.append(getattr(c, n), expect)
+            for n, g in flds.items():
+                g.append(c.fields[n], expect)
 
     def mark(self) -> dict:
-        return {key: {n: g.n for n, g in grow.items()} for key, (_c, grow) in
-                self._types.items()}
+        return {key: tuple({n: g.n for n, g in part.items()} for part in parts)
+                for key, parts in self._types.items()}
 
     def rollback(self, mark: dict) -> None:
         """Back to ``mark()``: what was added since is dropped."""
@@ -278,18 +283,17 @@ class ColumnSink:
             if key not in mark:
                 del self._types[key]
                 continue
-            for n, g in self._types[key][1].items():
-                g.truncate(mark[key][n])
+            for part, lengths in zip(self._types[key], mark[key]):
+                for n, g in part.items():
+                    g.truncate(lengths[n])
 
     def columns(self) -> dict[tuple[str, str], EventColumns]:
         out = {}
-        for key, (first, grow) in self._types.items():
-            if grow["ts"].n == 0:
-                continue
-            out[key] = EventColumns(
-                system=first.system, name=first.name, ts=grow["ts"].array(),
-                cpu=grow["cpu"].array(), pid=grow["pid"].array(),
-                fields={n[1:]: g.array() for n, g in grow.items() if n.startswith(".")})
+        for (system, name), (base, flds) in self._types.items():
+            if base["ts"].n:
+                out[(system, name)] = EventColumns(
+                    system=system, name=name, **{n: g.array() for n, g in base.items()},
+                    fields={n: g.array() for n, g in flds.items()})
         self._types.clear()
         return out
 
@@ -726,9 +730,14 @@ def _field_column(buf: "_Views", offs: np.ndarray, lens: np.ndarray, f: Field) -
 
 def decode_columns(data: bytes | memoryview, walk: PageWalk,
                    formats_by_id: Mapping[int, EventFormat],
-                   stack: np.ndarray | None = None) -> dict[tuple[str, str], EventColumns]:
+                   stack: np.ndarray | None = None,
+                   fields: Callable[[str, str], Iterable[str]] | None = None
+                   ) -> dict[tuple[str, str], EventColumns]:
     """Decode the events found by ``walk_pages`` into columns, one set per event type.
-    ``stack``: per walk event, its stack code (see EventColumns.stack), or None."""
+    ``stack``: per walk event, its stack code (see EventColumns.stack), or None.
+    Fields are decoded on first access (from ``data``, kept alive for it); with
+    ``fields(system, name)``, the fields it names are decoded now into a dict and the
+    others never: the columns then hold no reference to ``data``."""
     out: dict[tuple[str, str], EventColumns] = {}
     if walk.ts is None or walk.ts.size == 0:
         return out
@@ -754,8 +763,12 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
                if pidf and pidf.size in (1, 2, 4, 8)  # a damaged format can say any size
                else np.full(o.size, -1, np.int32))
         decodable = {f.name: f for f in fmt.fields if _decodable(f)}
-        cols = LazyFields(decodable, lambda name, o=o, ln=ln, d=decodable:
-                          _field_column(buf, o, ln, d[name]))
+        if fields is not None:
+            cols = {n: _field_column(buf, o, ln, decodable[n])
+                    for n in fields(fmt.system, fmt.name) if n in decodable}
+        else:
+            cols = LazyFields(decodable, lambda name, o=o, ln=ln, d=decodable:
+                              _field_column(buf, o, ln, d[name]))
         out[(fmt.system, fmt.name)] = EventColumns(
             system=fmt.system, name=fmt.name, ts=sel_ts, cpu=np.full(o.size, walk.cpu, np.int32),
             pid=pid, fields=cols, stack=st)
