@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from . import forked
 from .errors import ParseError
 from .formats import EventFormat, Field, HeaderEvent, HeaderPage
 from .records import Event, EventColumns, LazyFields, join_str_columns, str_column
@@ -169,33 +170,83 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
                   fields: Callable[[str, str], Iterable[str]], sink: "ColumnSink",
                   stack_id: int | None = None,
                   each_block: Callable[[int], None] | None = None,
-                  little_endian: bool = True) -> PageWalk | None:
+                  little_endian: bool = True, share: bool | None = None) -> PageWalk | None:
     """walk_pages + decode_columns of one CPU, a block of pages at a time, decoding only
     the fields ``fields(system, name)`` names into ``sink``; returns the walk's counters
     (no per-event arrays).  Nothing per event outlives its block but the columns, and
     each block's gathers stay within 8 MiB of pages (cache hits, not misses).  None
     (and ``sink`` as it was) when a block holds kernel stacks (event ``stack_id``): they
     pair across blocks, so that CPU is decoded whole.  ``each_block(pages)`` is told
-    the pages of this CPU done so far after each block."""
+    the pages of this CPU done so far after each block.
+
+    ``share``: decode blocks in a forked child process too (see forked.py), the
+    columns still added in block order; None: when there are blocks enough and a
+    second CPU to run it on.  The walk holds the GIL, so threads would not help."""
     psize = _page_size(hp, he, page_size, little_endian)
     n_pages = len(data) // psize
     mv = memoryview(data)
+    starts = range(0, n_pages, _BLOCK_PAGES)
+    if share is None:
+        share = len(starts) >= _SHARE_MIN_BLOCKS and forked.usable_cpus() > 1
+
+    def block(k: int):
+        first = starts[k]
+        count = min(_BLOCK_PAGES, n_pages - first)
+        blk = mv[first * psize:(first + count) * psize]
+        part = _walk_all(blk, cpu, hp, he, psize, count)
+        if stack_id is not None and (part.ids == stack_id).any():
+            return None
+        cols = decode_columns(blk, part, formats_by_id, fields=fields)
+        part.ts = part.off = part.ids = part.lens = None
+        return part, count, cols
+
     w = PageWalk(cpu=cpu)
     mark = sink.mark()
-    for first in range(0, n_pages, _BLOCK_PAGES):
-        count = min(_BLOCK_PAGES, n_pages - first)
-        block = mv[first * psize:(first + count) * psize]
-        part = _walk_all(block, cpu, hp, he, psize, count)
-        if stack_id is not None and (part.ids == stack_id).any():
+    for k, got in forked.in_order(block, len(starts), share, _plain, _unplain):
+        if got is None:
             sink.rollback(mark)
             return None
+        part, count, cols = got
         w.add_counts(part)
-        cols = decode_columns(block, part, formats_by_id, fields=fields)
-        del part
         sink.add(cols, count)
         if each_block is not None:
-            each_block(first + count)
+            each_block(starts[k] + count)
     return w
+
+
+# decode_blocks shares a CPU's blocks with a forked child from this many blocks (32 MiB
+# of pages) on: below it, the fork costs more than it saves
+_SHARE_MIN_BLOCKS = 4
+
+
+def _plain(got):
+    """A block's result (see decode_blocks) as the forked child sends it: columns as
+    plain arrays and lists, string columns as (codes, labels), not millions of str
+    objects to pickle."""
+    if got is None:
+        return None
+    part, count, cols = got
+    plain = []
+    for key, c in cols.items():
+        flds = {n: (("str", a.codes, a.labels) if getattr(a, "codes", None) is not None
+                    else a) for n, a in c.fields.items()}
+        plain.append((key, c.ts, c.cpu, c.pid, flds))
+    return part, count, plain
+
+
+def _unplain(got):
+    """_plain() undone.  The arrays view the child's results, which must not stay
+    alive: ColumnSink copies them, and the string codes it keeps are copied here."""
+    if got is None:
+        return None
+    part, count, plain = got
+    cols = {}
+    for (system, name), ts, cpu, pid, flds in plain:
+        fields = {n: (str_column(np.array(v[1], np.int32), v[2]) if isinstance(v, tuple)
+                      else v) for n, v in flds.items()}
+        cols[(system, name)] = EventColumns(system=system, name=name, ts=ts, cpu=cpu,
+                                            pid=pid, fields=fields)
+    return part, count, cols
 
 
 class _Growing:

@@ -1,11 +1,12 @@
 """load(fields=...): the columns a report reads, decoded block by block with each CPU's
 pages dropped, must equal what the lazy whole-CPU decode gives, on real captures."""
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ftslab import ringbuf
+from ftslab import forked, ringbuf
 from ftslab.load import load
 from ftslab.report import build_report, fields_read
 from ftslab.render import render_text
@@ -34,11 +35,15 @@ def _same_columns(a, b, fields):
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-@pytest.mark.parametrize("block_pages", [2048, 8])
-def test_fields_path_gives_the_lazy_columns(path, block_pages, monkeypatch):
+@pytest.mark.parametrize("block_pages,shared", [(2048, False), (8, False), (8, True)],
+                         ids=["2048", "8", "8-forked"])
+def test_fields_path_gives_the_lazy_columns(path, block_pages, shared, monkeypatch):
     # 8-page blocks: every recording spans many blocks (events on block edges, a
-    # page-order scatter per block, columns joined across blocks and CPUs)
+    # page-order scatter per block, columns joined across blocks and CPUs); forked:
+    # blocks shared with a child process (forked.py), whatever their number
     monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", block_pages)
+    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 2 if shared else 1 << 30)
+    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
     lazy = load(path)
     eager = load(path, fields=fields_read)
     assert _same_columns(lazy, eager, fields_read) > 0
@@ -143,3 +148,29 @@ def test_big_endian_pages_are_refused_by_the_block_decoder_too(tmp_path):
     for fields in (None, fields_read):
         with pytest.raises(FtslabError, match="big-endian"):
             load(be, fields=fields)
+
+
+def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
+    """The child really decodes blocks (each block slowed so that both processes take
+    some), and the columns are the one-process columns: same rows, same order."""
+    path = FIX / "6.18" / "ftslab-open200.dat"
+    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
+    alone = load(path, fields=fields_read)
+    walk = ringbuf._walk_all
+
+    def slow_walk(*a):
+        time.sleep(0.005)
+        return walk(*a)
+    monkeypatch.setattr(ringbuf, "_walk_all", slow_walk)
+    from_child = []
+    child_load = forked._Child._load
+    monkeypatch.setattr(forked._Child, "_load",
+                        lambda self, *a: from_child.append(a) or child_load(self, *a))
+    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 2)
+    shared = load(path, fields=fields_read)
+    assert len(from_child) > 2
+    assert _same_columns(alone, shared, fields_read) > 0
+    assert shared.meta.lost == alone.meta.lost
+    assert list(render_text(build_report(shared))) == list(render_text(build_report(alone)))
