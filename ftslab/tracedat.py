@@ -1188,23 +1188,28 @@ def _unzeroed(n: int) -> bytearray:
 
 
 def _populate_fn(buf: bytearray) -> Callable[[int, int], None]:
-    """populate(start, end): fault in buf[start:end] at once, without the GIL
-    (madvise MADV_POPULATE_WRITE, Linux 5.14+; elsewhere a no-op: the writes fault the
-    pages in then)."""
+    """populate(start, end): fault in buf[start:end] at once, without the GIL:
+    madvise(MADV_POPULATE_WRITE) (Linux 5.14+), else by zeroing it with numpy (which
+    lets the GIL go too).  Faulting it in chunk by chunk, under the GIL of a slice
+    assignment, serialises the two decompression threads."""
+    import numpy as np
+
+    def zero(start: int, end: int) -> None:
+        np.frombuffer(buf, np.uint8, end - start, start)[:] = 0
     try:
         import ctypes
         madvise = ctypes.CDLL(None, use_errno=True).madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         base = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
     except (ImportError, AttributeError, OSError, TypeError, ValueError):
-        return lambda start, end: None
+        return zero
     MADV_POPULATE_WRITE, page = 23, mmap.PAGESIZE
 
     def populate(start: int, end: int) -> None:
         lo = (base + start + page - 1) // page * page
         hi = (base + end) // page * page
-        if hi > lo:
-            madvise(lo, hi - lo, MADV_POPULATE_WRITE)
+        if hi > lo and madvise(lo, hi - lo, MADV_POPULATE_WRITE) != 0:
+            zero(start, end)
     return populate
 
 
