@@ -760,9 +760,43 @@ def _decodable(f: Field) -> bool:
     return f.size in (1, 2, 4, 8)
 
 
-def _field_column(buf: "_Views", offs: np.ndarray, lens: np.ndarray, f: Field) -> np.ndarray:
+class _Rows:
+    """The payload offsets of one event type's rows, and what every field gather from
+    them needs, computed once per type instead of once per field: their word indexes
+    (payloads start on 4-byte boundaries) and the largest offset."""
+
+    __slots__ = ("offs", "words", "last")
+
+    def __init__(self, offs: np.ndarray):
+        self.offs = offs
+        self.last = int(offs.max()) if offs.size else 0
+        # whole-CPU decodes go a slice at a time (_gather_int): this is for blocks
+        self.words = (offs >> 2 if 0 < offs.size <= _CHUNK and not (offs & 3).any()
+                      else None)
+
+
+def _gather_field(v: "_Views", rows: _Rows, delta: int, size: int, signed: bool
+                  ) -> np.ndarray:
+    """_gather_int(v, rows.offs + delta, size, signed), with one or two word gathers
+    when the field lies on word boundaries (most do)."""
+    if (rows.words is None or size not in (4, 8) or delta % 4
+            or rows.last + delta + size > v.u32.size * 4):
+        return _gather_int(v, rows.offs + delta, size, signed)
+    wi = rows.words + (delta >> 2)
+    lo = v.u32[wi]
+    if size == 4:
+        return lo.view(np.int32) if signed else lo
+    wi += 1
+    hi = v.u32[wi].astype(np.uint64)
+    hi <<= np.uint64(32)
+    hi |= lo
+    return hi.view(np.int64) if signed else hi
+
+
+def _field_column(buf: "_Views", rows: _Rows, lens: np.ndarray, f: Field) -> np.ndarray:
+    offs = rows.offs
     if f.data_loc or f.rel_loc:
-        loc = _gather_int(buf, offs + f.offset, 4, False).astype(np.int64)
+        loc = _gather_field(buf, rows, f.offset, 4, False).astype(np.int64)
         start = loc & 0xFFFF
         if f.rel_loc:
             start = start + f.offset + 4
@@ -775,7 +809,7 @@ def _field_column(buf: "_Views", offs: np.ndarray, lens: np.ndarray, f: Field) -
             return _gather_strings(buf, offs + f.offset, np.full(offs.size, f.size, np.int64))
         return None  # numeric arrays are not needed by any report; left out, not guessed
     if f.size in (1, 2, 4, 8):
-        return _gather_int(buf, offs + f.offset, f.size, f.signed)
+        return _gather_field(buf, rows, f.offset, f.size, f.signed)
     return None
 
 
@@ -794,7 +828,8 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
         return out
     buf = _Views(data)
     ids, offs, lens, ts = walk.ids, walk.off, walk.lens, walk.ts
-    for eid in np.unique(ids):
+    # ids are 16 bits (common_type): a count per id finds the types present at once
+    for eid in np.flatnonzero(np.bincount(ids, minlength=1)):
         fmt = formats_by_id.get(int(eid))
         if fmt is None:
             continue
@@ -809,17 +844,18 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
             st = st[good] if st is not None else None
         else:
             sel_ts = ts[sel]
+        rows = _Rows(o)
         pidf = fmt.field("common_pid")
-        pid = (_gather_int(buf, o + pidf.offset, pidf.size, True).astype(np.int32)
+        pid = (_gather_field(buf, rows, pidf.offset, pidf.size, True).astype(np.int32)
                if pidf and pidf.size in (1, 2, 4, 8)  # a damaged format can say any size
                else np.full(o.size, -1, np.int32))
         decodable = {f.name: f for f in fmt.fields if _decodable(f)}
         if fields is not None:
-            cols = {n: _field_column(buf, o, ln, decodable[n])
+            cols = {n: _field_column(buf, rows, ln, decodable[n])
                     for n in fields(fmt.system, fmt.name) if n in decodable}
         else:
-            cols = LazyFields(decodable, lambda name, o=o, ln=ln, d=decodable:
-                              _field_column(buf, o, ln, d[name]))
+            cols = LazyFields(decodable, lambda name, rows=rows, ln=ln, d=decodable:
+                              _field_column(buf, rows, ln, d[name]))
         out[(fmt.system, fmt.name)] = EventColumns(
             system=fmt.system, name=fmt.name, ts=sel_ts, cpu=np.full(o.size, walk.cpu, np.int32),
             pid=pid, fields=cols, stack=st)

@@ -194,3 +194,22 @@ def test_string_columns_are_exact(monkeypatch, collide):
     got = ringbuf._gather_strings(ringbuf._Views(bytes(buf)), np.array(starts, np.int64),
                                   np.array(lens, np.int64))
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 8])
+@pytest.mark.parametrize("signed", [False, True])
+def test_word_gathers_read_what_byte_gathers_read(size, signed):
+    """decode_columns' word-gather path (_gather_field) against the general gather,
+    on fields at every offset of 4-byte aligned payloads, near the end of the data too."""
+    rng = np.random.default_rng(size * 2 + signed)
+    data = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    v = ringbuf._Views(data)
+    offs = np.sort(rng.integers(0, (4096 - 24) // 4, 500)) * 4
+    offs[-1] = 4096 - 16  # the last field ends at the last byte
+    rows = ringbuf._Rows(offs)
+    assert rows.words is not None
+    for delta in range(0, 16 - size + 1):
+        want = ringbuf._gather_int(v, offs + delta, size, signed)
+        got = ringbuf._gather_field(v, rows, delta, size, signed)
+        assert got.dtype.itemsize == size and (got.dtype.kind == "i") == signed
+        assert got.tolist() == want.tolist(), delta
