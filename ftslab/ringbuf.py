@@ -684,22 +684,45 @@ def _gather_int(v: "_Views", offs: np.ndarray, size: int, signed: bool) -> np.nd
     return out
 
 
+# _STR_MASK[k]: the low k bytes of a u64 word
+_STR_MASK = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], np.uint64)
+
+
+def _string_bytes(v: "_Views", starts: np.ndarray, width: int) -> np.ndarray:
+    """(n, width / 8) u64 rows of the ``width`` bytes from each start (byte gathers;
+    past the data's end, its last byte again)."""
+    idx = starts[:, None] + np.arange(width, dtype=np.int64)
+    np.minimum(idx, v.u8.size - 1, out=idx)
+    return np.ascontiguousarray(v.u8[idx]).view("<u8")
+
+
 def _string_rows(v: "_Views", starts: np.ndarray, lens: np.ndarray, w8: int) -> np.ndarray:
     """(n, w8) u64 rows holding each string's bytes, zero past its length."""
     width = w8 * 8
-    if not (starts % 4).any() and int(starts.max()) + width <= v.u32.size * 4:
-        widx = (starts >> 2)[:, None] + np.arange(width // 4, dtype=np.int64)
-        q = v.u32[widx].view("<u8")
+    n = starts.size
+    # the strings of one field usually start at one offset within their events, so at
+    # one byte within a word: each row is then one copy of whole words from a window
+    # view (no n x width index to build), shifted by that byte
+    r = int(starts[0]) & 3 if n else 0
+    nw = (width + r + 3) // 4
+    if n and v.u32.size >= nw and not ((starts & 3) != r).any():
+        words = starts >> 2
+        win = np.lib.stride_tricks.as_strided(v.u32, shape=(v.u32.size - nw + 1, nw),
+                                              strides=(4, 4), writeable=False)
+        fits = words + nw <= v.u32.size  # all but strings in the data's last bytes
+        if fits.all():
+            q = np.ascontiguousarray(win[words].view(np.uint8)[:, r:r + width]).view("<u8")
+        else:
+            q = np.empty((n, w8), np.uint64)
+            q[fits] = win[words[fits]].view(np.uint8)[:, r:r + width].view("<u8")
+            q[~fits] = _string_bytes(v, starts[~fits], width)
     else:
-        idx = starts[:, None] + np.arange(width, dtype=np.int64)
-        np.minimum(idx, v.u8.size - 1, out=idx)
-        q = np.ascontiguousarray(v.u8[idx]).view("<u8")
+        q = _string_bytes(v, starts, width)
     # keep only each string's own bytes (the rest belongs to other fields/events)
     for j in range(w8):
-        valid = np.clip(lens - 8 * j, 0, 8).astype(np.uint64)
-        mask = np.where(valid == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
-                        (np.uint64(1) << (valid * np.uint64(8))) - np.uint64(1))
-        q[:, j] &= mask
+        valid = lens - 8 * j
+        np.clip(valid, 0, 8, out=valid)
+        q[:, j] &= _STR_MASK[valid]
     return q
 
 

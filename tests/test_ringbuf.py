@@ -213,3 +213,27 @@ def test_word_gathers_read_what_byte_gathers_read(size, signed):
         got = ringbuf._gather_field(v, rows, delta, size, signed)
         assert got.dtype.itemsize == size and (got.dtype.kind == "i") == signed
         assert got.tolist() == want.tolist(), delta
+
+
+@pytest.mark.parametrize("at_the_end", [False, True])
+@pytest.mark.parametrize("residue", [0, 1, 2, 3, None])
+def test_string_rows_hold_each_strings_bytes_and_zeros(residue, at_the_end):
+    """_string_rows (one word-window copy per row when the strings start at one byte
+    within a word, else byte gathers) against the bytes themselves, up to the data's
+    last byte."""
+    rng = np.random.default_rng(7 if residue is None else residue)
+    data = rng.integers(1, 256, 2048, dtype=np.uint8).tobytes()
+    v = ringbuf._Views(data)
+    w8 = 3
+    lens = rng.integers(0, w8 * 8 + 1, 300)
+    if residue is None:
+        starts = rng.integers(0, 2048 - 24, 300)
+    else:
+        starts = rng.integers(0, (2048 - 24) // 4, 300) * 4 + residue
+    if at_the_end:  # strings that end at the data's last byte, whose rows reach past it
+        lens[-2:] = [5, 9] if residue is None else [4 - residue, 8 - residue]
+        starts[-2:] = 2048 - lens[-2:]
+    q = ringbuf._string_rows(v, starts, lens, w8)
+    assert q.shape == (300, w8)
+    for row, s, n in zip(q, starts, lens):
+        assert row.tobytes() == data[s:s + n] + bytes(w8 * 8 - n)
