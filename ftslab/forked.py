@@ -5,7 +5,9 @@ The child is forked, so it sees the parent's memory (decompressed pages) without
 copy.  Both processes take the next item from one queue (a pipe of item numbers: each
 read of one number is atomic), so neither waits while the other has work left.  The
 child writes each result, pickled with its arrays out of band, to an anonymous memory
-file and says where on a pipe; the parent hands out every result in item order.
+file used as a ring (its pages are written again, not made anew for each result) and
+says where on a pipe; the parent reads it, says so on another pipe (that space is free
+again), and hands out every result in item order.
 
 The child must not outlive its parent, write to stdout/stderr, or run the parent's
 atexit or cleanup code (it leaves with os._exit).  And it is never required: when
@@ -14,6 +16,7 @@ itself, so results never depend on the child.
 """
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import select
@@ -28,6 +31,7 @@ _ITEM = struct.Struct("<i")
 _DONE = struct.Struct("<iqq")  # item, offset in the memory file, length
 _HEAD = struct.Struct("<q")    # count of out-of-band buffers, then their lengths
 _ALIGN = 64                    # each buffer starts aligned (numpy reads it in place)
+_RING = 64 << 20               # the memory file's size, unless one result is larger
 _MAX_ITEMS = 16384             # item numbers fit in one pipe's buffer (64 KiB)
 # A child with no result for this long is taken for stuck (its items are one decode
 # block each: tens of milliseconds): it is killed and the parent does the rest.
@@ -62,12 +66,12 @@ def in_order(work: Callable[[int], object], n: int, share: bool = True,
 
 
 class _Child:
-    def __init__(self, pid: int, queue: int, done: int, mem: int, work, n: int, unpack):
-        self.pid, self.queue, self.done, self.mem = pid, queue, done, mem
+    def __init__(self, pid: int, queue: int, done: int, acks: int, mem: int, work, n: int,
+                 unpack):
+        self.pid, self.queue, self.done, self.acks, self.mem = pid, queue, done, acks, mem
         self.work, self.n, self.unpack = work, n, unpack
         self._buf = b""
         self.alive = True
-        self._free = _hole_puncher(mem)
 
     @classmethod
     def start(cls, work, n: int, pack, unpack) -> "_Child | None":
@@ -79,6 +83,8 @@ class _Child:
             fds += [q_r, q_w]
             d_r, d_w = os.pipe()
             fds += [d_r, d_w]
+            a_r, a_w = os.pipe()
+            fds += [a_r, a_w]
             mem = os.memfd_create("ftslab-results", os.MFD_CLOEXEC)
             fds.append(mem)
             os.write(q_w, b"".join(_ITEM.pack(i) for i in range(n)))
@@ -101,12 +107,14 @@ class _Child:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 die_with_parent()
                 os.close(d_r)
-                _serve(work, pack, q_r, d_w, mem)
+                os.close(a_w)
+                _serve(work, pack, q_r, d_w, a_r, mem)
                 status = 0
             finally:
                 os._exit(status)
         os.close(d_w)
-        return cls(pid, q_r, d_r, mem, work, n, unpack)
+        os.close(a_r)
+        return cls(pid, q_r, d_r, a_w, mem, work, n, unpack)
 
     def _claim(self) -> int | None:
         """The next item nobody has taken, or None."""
@@ -134,7 +142,10 @@ class _Child:
 
     def _load(self, off: int, length: int):
         data = os.pread(self.mem, length, off)
-        self._free(off, length)
+        try:
+            os.write(self.acks, b"\1")  # read: the child may write there again
+        except OSError:
+            pass  # the child is gone
         if len(data) != length:
             raise OSError("short read of the helper's results")
         (count,) = _HEAD.unpack_from(data, 0)
@@ -193,7 +204,7 @@ class _Child:
                 break
             except InterruptedError:
                 continue
-        for fd in (self.queue, self.done, self.mem):
+        for fd in (self.queue, self.done, self.acks, self.mem):
             os.close(fd)
 
 
@@ -213,9 +224,10 @@ def _same(value):
     return value
 
 
-def _serve(work, pack, queue: int, done: int, mem: int) -> None:
+def _serve(work, pack, queue: int, done: int, acks: int, mem: int) -> None:
     """The child: results of the items it takes, until none are left."""
-    off = 0
+    pos = 0
+    unread: collections.deque[tuple[int, int]] = collections.deque()  # in write order
     while (i := _claim(queue)) is not None:
         value = work(i)
         bufs: list = []
@@ -230,26 +242,20 @@ def _serve(work, pack, queue: int, done: int, mem: int) -> None:
                 parts.append(bytes(pad))
             parts.append(r)
             at += pad + r.nbytes
-        written = os.pwritev(mem, parts, off)
+        if pos and pos + at > _RING:
+            pos = 0  # round the ring
+        # the parent reads results in the order they are written, one ack each: wait
+        # until none it has not read lies where this one goes
+        while any(s < pos + at and pos < e for s, e in unread):
+            if not os.read(acks, 1):
+                raise OSError("the parent is gone")
+            unread.popleft()
+        written = os.pwritev(mem, parts, pos)
         if written != at:
             raise OSError("short write of a result")
-        os.write(done, _DONE.pack(i, off, at))
-        off = _aligned(off + at)
-
-
-def _hole_puncher(fd: int) -> Callable[[int, int], None]:
-    """free(offset, length): gives the memory of a result read back to the system
-    (fallocate PUNCH_HOLE), so that the memory file never holds more than the results
-    not yet read."""
-    try:
-        import ctypes
-        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
-        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    except (OSError, AttributeError):
-        return lambda off, length: None
-    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
-    return lambda off, length: fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
-                                         off, length)
+        os.write(done, _DONE.pack(i, pos, at))
+        unread.append((pos, pos + at))
+        pos = _aligned(pos + at)
 
 
 def _death_signal() -> Callable[[], None]:

@@ -120,3 +120,13 @@ def test_a_stuck_child_is_killed_and_its_items_done_here(monkeypatch):
     results = list(forked.in_order(work, 20))
     _check(results, 20)
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("ring", [1 << 16, 3000])
+def test_the_childs_results_go_round_the_ring(monkeypatch, ring):
+    """Many results through a small ring (written over once read), and results larger
+    than the whole ring, all come back intact."""
+    monkeypatch.setattr(forked, "_RING", ring)
+    results = list(forked.in_order(_work, 60))
+    _check(results, 60)
+    assert len({v["pid"] for _, v in results}) == 2
