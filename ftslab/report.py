@@ -502,45 +502,76 @@ def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
     pointer <= 16 (kfree(NULL), ZERO_SIZE_PTR: traced too) frees nothing."""
     na = ak.shape[0]
     real = np.flatnonzero(fk > np.uint64(16))
-    if na == 0 or real.shape[0] == 0:
-        return np.zeros(na, bool), np.full(na, -1, np.int64)
-    keys = np.concatenate([ak, fk[real]])
-    ts = np.concatenate([at, ft[real]])
-    freed = np.zeros(na, dtype=bool)
+    owned = [np.concatenate([ak, fk[real]]), np.concatenate([at, ft[real]])]
+    freed, ridx = _pair_owned(owned, na)
     fidx = np.full(na, -1, np.int64)
-    got = _packed_keys(keys, ts)
+    fidx[freed] = real[ridx[freed]]
+    return freed, fidx
+
+
+def _pair_owned(owned: list, na: int) -> tuple[np.ndarray, np.ndarray]:
+    """pair_frees of ``owned`` = [pointers, times] of the allocations (the first
+    ``na``) then of the frees (pointers > 16 only), arrays this function owns: the
+    list is emptied, so that each array is dropped as soon as it has been used (on
+    10 M events they are 170 MB).  Returns (freed, the index among the frees of each
+    one's free, -1 where not freed)."""
+    keys, ts = owned
+    owned.clear()
+    n = keys.shape[0]
+    freed = np.zeros(na, dtype=bool)
+    ridx = np.full(na, -1, np.int64)
+    if na == 0 or n == na:
+        return freed, ridx
+    order, rank_bits = _time_ranks(keys, ts)
+    if order is None:
+        _pair_lexsorted(keys, ts, na, freed, ridx)
+        return freed, ridx
     del ts
-    if got is None:
-        _pair_lexsorted(keys, at, ft, real, freed, fidx)
-        return freed, fidx
-    packed, rank_bits, order = got
-    del got, keys
+    packed = keys
+    del keys
     _sort_in_two_threads(packed)
     # events in (pointer, time) order: an allocation is freed when the next event is a
-    # free of the same pointer
-    idx = order[packed & np.uint64((1 << rank_bits) - 1)]
-    del order
-    packed[:-1] ^= packed[1:]
-    same = packed[:-1] < np.uint64(1 << rank_bits)  # the pointer bits are equal
-    del packed
+    # free of the same pointer (the pointer bits of two neighbours are equal); a slice
+    # at a time, so that no temporary is as long as the events
+    rank_mask = np.uint64((1 << rank_bits) - 1)
+    idx = np.empty(n, order.dtype)
+    same = np.empty(n - 1, dtype=bool)
+    for at in range(0, n, _RANK_STEP):
+        end = min(at + _RANK_STEP, n)
+        if at < n - 1:
+            stop = min(end, n - 1)
+            x = packed[at:stop] ^ packed[at + 1:stop + 1]
+            np.less(x, np.uint64(1 << rank_bits), out=same[at:stop])
+            del x
+        idx[at:end] = order[packed[at:end] & rank_mask]
+    del order, packed
     is_alloc = idx < na
     hit = is_alloc[:-1] & ~is_alloc[1:] & same
     fpos = np.flatnonzero(hit)
     freed[idx[fpos]] = True
-    fidx[idx[fpos]] = real[idx[fpos + 1] - na]
-    return freed, fidx
+    ridx[idx[fpos]] = idx[fpos + 1] - na
+    return freed, ridx
 
 
 _RANK_STEP = 1 << 20
 
 
-def _packed_keys(keys: np.ndarray, ts: np.ndarray):
-    """One uint64 per event, (pointer, time rank) packed so that one plain sort orders
-    the events by pointer, then time: (packed, rank bits, the events in time order), or
-    None when the pointers span too many bits (then a lexsort does it).  Events come in
-    a few runs sorted by time (per CPU, per type): their time order is a cheap merge.
-    Equal times keep allocations first (they come first in ``ts``).  ``keys`` is
-    overwritten (it is pair_frees' own array)."""
+def _compress_into(mask: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
+    """out[:] = a[mask], without a temporary when the types agree (line numbers of
+    text input are int64: converted)."""
+    if a.dtype == out.dtype:
+        np.compress(mask, a, out=out)
+    else:
+        out[:] = a[mask]
+
+
+def _time_ranks(keys: np.ndarray, ts: np.ndarray):
+    """Pack each event's (pointer, rank in time) into ``keys`` (overwritten: it is
+    _pair_owned's own), so that one plain sort orders the events by pointer, then
+    time: returns (the events in time order, the rank bits), or (None, 0) with
+    ``keys`` as it was when the pointers span too many bits (then a lexsort does it).
+    Events come in a few runs sorted by time (per CPU, per type): their time order is
+    a cheap merge.  Equal times keep allocations first (they come first in ``ts``)."""
     n = keys.shape[0]
     lo = keys.min()
     keys -= lo
@@ -549,7 +580,7 @@ def _packed_keys(keys: np.ndarray, ts: np.ndarray):
     rank_bits = max(n - 1, 1).bit_length()
     if (int(keys.max()) >> shift).bit_length() + rank_bits > 64:
         keys += lo
-        return None
+        return None, 0
     order = np.argsort(ts, kind="stable")
     if n < 1 << 31:
         order = order.astype(np.int32)
@@ -558,7 +589,7 @@ def _packed_keys(keys: np.ndarray, ts: np.ndarray):
     for at in range(0, n, _RANK_STEP):  # each event's rank in time, a slice at a time
         end = min(at + _RANK_STEP, n)
         keys[order[at:end]] |= np.arange(at, end, dtype=np.uint64)
-    return keys, rank_bits, order
+    return order, rank_bits
 
 
 def _sort_in_two_threads(a: np.ndarray) -> None:
@@ -572,11 +603,10 @@ def _sort_in_two_threads(a: np.ndarray) -> None:
     a.sort(kind="stable")  # timsort: two runs, one merge
 
 
-def _pair_lexsorted(keys, at, ft, real, freed, fidx) -> None:
-    """pair_frees for pointers that do not pack into one word with their time rank."""
-    na = at.shape[0]
-    ts = np.concatenate([at, ft[real]])
-    kind = np.concatenate([np.zeros(na, np.uint8), np.ones(real.shape[0], np.uint8)])
+def _pair_lexsorted(keys, ts, na, freed, ridx) -> None:
+    """_pair_owned for pointers that do not pack into one word with their time rank."""
+    kind = np.ones(keys.shape[0], np.uint8)
+    kind[:na] = 0
     if int(ts.max()) < 1 << 62:
         order = np.lexsort((ts * np.uint64(2) + kind, keys))
     else:
@@ -587,7 +617,7 @@ def _pair_lexsorted(keys, at, ft, real, freed, fidx) -> None:
     hit[:-1] = (skind[:-1] == 0) & (skind[1:] == 1) & (sk[1:] == sk[:-1])
     fpos = np.flatnonzero(hit)
     freed[order[fpos]] = True
-    fidx[order[fpos]] = real[order[fpos + 1] - na]
+    ridx[order[fpos]] = order[fpos + 1] - na
 
 
 def _run_parallel(jobs: list[Callable[[], None]]) -> None:
@@ -675,18 +705,31 @@ class _Analysis:
         # (getname/putname), and only the line order says which came first
         by_seq = all(f.cols.seq is not None for f in frames) and \
             all(seq is not None for _, _, seq in frees)
-        ak = np.concatenate([f.ptr[f.matchable] for f in frames])
-        f_real = np.concatenate([t for t, _, _ in frees])  # free times, whatever orders
-        if by_seq:
-            at = np.concatenate([f.cols.seq[f.matchable] for f in frames]).astype(np.uint64)
-            ft = np.concatenate([seq for _, _, seq in frees]).astype(np.uint64)
-        else:
-            at = np.concatenate([f.ts[f.matchable] for f in frames])
-            ft = f_real
-        fk = np.concatenate([k for _, k, _ in frees])
-        freed, fidx = pair_frees(ak, at, fk, ft)
-        free_ts = np.zeros(ak.shape[0], np.uint64)
-        free_ts[freed] = f_real[fidx[freed]]
+        # pair_frees' arrays, built in place: allocations, then frees of pointers > 16
+        # (the others free nothing)
+        real = [k > np.uint64(16) for _, k, _ in frees]
+        na = sum(int(f.matchable.sum()) for f in frames)
+        n = na + sum(int(r.sum()) for r in real)
+        keys = np.empty(n, np.uint64)
+        ts = np.empty(n, np.uint64)
+        at = 0
+        for f in frames:
+            m = int(f.matchable.sum())
+            np.compress(f.matchable, f.ptr, out=keys[at:at + m])
+            _compress_into(f.matchable, f.cols.seq if by_seq else f.ts, ts[at:at + m])
+            at += m
+        for (t, k, seq), r in zip(frees, real):
+            m = int(r.sum())
+            np.compress(r, k, out=keys[at:at + m])
+            _compress_into(r, seq if by_seq else t, ts[at:at + m])
+            at += m
+        owned = [keys, ts]
+        del keys, ts
+        freed, ridx = _pair_owned(owned, na)
+        # each free's time, the real ones in the order they were given
+        f_real = np.concatenate([t[r] for (t, _k, _s), r in zip(frees, real)])
+        free_ts = np.zeros(na, np.uint64)
+        free_ts[freed] = f_real[ridx[freed]]
         start = 0
         for f in frames:
             m = int(f.matchable.sum())

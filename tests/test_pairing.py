@@ -1,6 +1,9 @@
 """pair_frees against a plain reference: walk the events in time order, a free frees
 the outstanding allocation of its pointer (if the pointer's last event was one)."""
+from pathlib import Path
+
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from ftslab import report
@@ -60,7 +63,7 @@ def test_the_packed_path_and_the_lexsort_path_agree_on_two_million_events(monkey
     ak, at, fk, ft = _random_case(1_100_000, rng, 1 << 16)
     freed, fidx = pair_frees(ak, at, fk, ft)
     assert 0 < freed.sum() < freed.size
-    monkeypatch.setattr(report, "_packed_keys", lambda keys, ts: None)
+    monkeypatch.setattr(report, "_time_ranks", lambda keys, ts: (None, 0))
     freed2, fidx2 = pair_frees(ak, at, fk, ft)
     assert np.array_equal(freed, freed2)
     assert np.array_equal(fidx, fidx2)
@@ -71,7 +74,43 @@ def test_pointers_spread_over_the_whole_address_space_take_the_lexsort_path():
     at = np.array([1, 2, 3], np.uint64)
     fk = np.array([17, 1 << 63, (1 << 63) + 9], np.uint64)
     ft = np.array([4, 5, 0], np.uint64)
-    assert report._packed_keys(np.concatenate([ak, fk]), np.concatenate([at, ft])) is None
+    assert report._time_ranks(np.concatenate([ak, fk]), np.concatenate([at, ft]))[0] is None
     freed, fidx = pair_frees(ak, at, fk, ft)
     assert freed.tolist() == [True, True, False]
     assert fidx.tolist() == [1, 0, -1]
+
+
+_FIX = Path(__file__).parent / "fixtures"
+# captures with frees (trace-cmd's fixtures hold kmem:kmalloc only)
+CAPTURES = sorted(_FIX.glob("*/ftslab-*.dat")) + sorted(_FIX.glob("*/kmem-trace*.txt"))
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_analysis_pairs_as_pair_frees_does(path):
+    """_Analysis builds pair_frees' arrays in place (allocations, then the frees of
+    pointers > 16): its frees and free times are pair_frees' own, on real captures,
+    binary (times) and text (line order)."""
+    from ftslab.load import load
+    ds = load(path)
+    an = report._Analysis(ds)
+    checked = 0
+    for layer in {f.src.layer for f in an.frames}:
+        frames = [f for f in an.frames if f.src.layer == layer and f.ptr is not None]
+        frees = an.frees.get(layer, [])
+        if not frames or not frees:
+            continue
+        by_seq = all(f.cols.seq is not None for f in frames)
+        ak = np.concatenate([f.ptr[f.matchable] for f in frames])
+        at = np.concatenate([(f.cols.seq if by_seq else f.ts)[f.matchable]
+                             for f in frames]).astype(np.uint64)
+        fk = np.concatenate([k for _, k, _ in frees])
+        ft = np.concatenate([(s if by_seq else t) for t, _, s in frees]).astype(np.uint64)
+        f_times = np.concatenate([t for t, _, _ in frees])
+        freed, fidx = pair_frees(ak, at, fk, ft)
+        got = np.concatenate([f.freed[f.matchable] for f in frames])
+        got_ts = np.concatenate([f.free_ts[f.matchable] for f in frames])
+        assert np.array_equal(got, freed)
+        assert np.array_equal(got_ts[freed], f_times[fidx[freed]])
+        assert not got_ts[~freed].any()
+        checked += 1
+    assert checked
