@@ -21,6 +21,7 @@ import os
 import pickle
 import select
 import signal
+import socket
 import struct
 import warnings
 from typing import Callable, Iterator
@@ -68,7 +69,8 @@ def in_order(work: Callable[[int], object], n: int, share: bool = True,
 class _Child:
     def __init__(self, pid: int, queue: int, done: int, acks: int, mem: int, work, n: int,
                  unpack):
-        self.pid, self.queue, self.done, self.acks, self.mem = pid, queue, done, acks, mem
+        self.pid, self.queue, self.done, self.mem = pid, queue, done, mem
+        self.acks = socket.socket(fileno=acks)
         self.work, self.n, self.unpack = work, n, unpack
         self._buf = b""
         self.alive = True
@@ -83,7 +85,10 @@ class _Child:
             fds += [q_r, q_w]
             d_r, d_w = os.pipe()
             fds += [d_r, d_w]
-            a_r, a_w = os.pipe()
+            # acks go the other way on a socket: a send to a dead child fails with
+            # EPIPE (MSG_NOSIGNAL), never with a SIGPIPE the parent may handle
+            a_w_sock, a_r_sock = socket.socketpair()
+            a_r, a_w = a_r_sock.detach(), a_w_sock.detach()
             fds += [a_r, a_w]
             mem = os.memfd_create("ftslab-results", os.MFD_CLOEXEC)
             fds.append(mem)
@@ -104,7 +109,8 @@ class _Child:
         if pid == 0:  # the child
             status = 1
             try:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+                    signal.signal(sig, signal.SIG_DFL)  # not the parent's handlers
                 die_with_parent()
                 os.close(d_r)
                 os.close(a_w)
@@ -143,7 +149,7 @@ class _Child:
     def _load(self, off: int, length: int):
         data = os.pread(self.mem, length, off)
         try:
-            os.write(self.acks, b"\1")  # read: the child may write there again
+            self.acks.send(b"\1", socket.MSG_NOSIGNAL)  # read: may be written again
         except OSError:
             pass  # the child is gone
         if len(data) != length:
@@ -204,7 +210,8 @@ class _Child:
                 break
             except InterruptedError:
                 continue
-        for fd in (self.queue, self.done, self.acks, self.mem):
+        self.acks.close()
+        for fd in (self.queue, self.done, self.mem):
             os.close(fd)
 
 

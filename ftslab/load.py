@@ -234,23 +234,30 @@ def load(path: str | os.PathLike, formats_hint: dict[str, EventFormat] | None = 
     parts, walks, with_stacks = [], [], []
     total = sum(len(d) for d in td.cpu_data.values()) or 1
     sink = ringbuf.ColumnSink(pages=total // td.buffer_page_size)
-    done = 0
-    for cpu in sorted(td.cpu_data):
+    order = sorted(td.cpu_data)
+    if fields is not None:
+        # every CPU's pages in blocks, in one go (one helper process for all)
+        where = {}
+        at = 0
+        for cpu in order:
+            where[cpu], at = at, at + len(td.cpu_data[cpu])
+
+        def each_block(cpu, pages):
+            progress.stage(f"decoding the pages of CPU {cpu}",
+                           0.1 + 0.8 * (where[cpu] + pages * td.buffer_page_size) / total)
+        progress.stage("decoding the pages", 0.1)
+        done = ringbuf.decode_blocks([(cpu, td.cpu_data[cpu]) for cpu in order], hp, he,
+                                     td.buffer_page_size, fmts, fields, sink, stack_id,
+                                     each_block, td.little_endian)
+        for cpu, walk in zip(order, done):
+            walks.append((cpu, None, _with_spans(td, walk, td.cpu_data[cpu], hp)))
+            td.cpu_data.pop(cpu)  # its events are columns now: its pages can go
+        order = order[len(done):]  # from a CPU with kernel stacks on: decoded whole
+    for cpu in order:
         data = td.cpu_data[cpu]
-        what = f"decoding the pages of CPU {cpu} ({len(data) >> 20} MiB)"
-        progress.stage(what, 0.1 + 0.8 * done / total)
-        at, done = done, done + len(data)
-        if fields is not None and not with_stacks:
-            def each_block(pages, what=what, at=at):
-                progress.stage(what, 0.1 + 0.8 * (at + pages * td.buffer_page_size) / total)
-            walk = ringbuf.decode_blocks(data, cpu, hp, he, td.buffer_page_size, fmts,
-                                         fields, sink, stack_id, each_block,
-                                         td.little_endian)
-            if walk is not None:
-                walks.append((cpu, None, _with_spans(td, walk, data, hp)))
-                del data
-                td.cpu_data.pop(cpu)  # its events are columns now: its pages can go
-                continue
+        progress.stage(f"decoding the pages of CPU {cpu} ({len(data) >> 20} MiB)",
+                       0.1 + 0.8 * (1 - sum(len(td.cpu_data[c]) for c in order
+                                            if c >= cpu) / total))
         walk = _walk_cpu(td, cpu, data, hp, he)
         walks.append((cpu, None, walk))
         if with_stacks or (stack_id is not None and (walk.ids == stack_id).any()):

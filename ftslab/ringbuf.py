@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from types import MappingProxyType
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -165,34 +165,38 @@ def _walk_all(data, cpu, hp, he, psize, n_pages) -> PageWalk:
     return w
 
 
-def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEvent,
-                  page_size: int | None, formats_by_id: Mapping[int, EventFormat],
+def decode_blocks(cpus: Sequence[tuple[int, bytes | memoryview]], hp: HeaderPage,
+                  he: HeaderEvent, page_size: int | None,
+                  formats_by_id: Mapping[int, EventFormat],
                   fields: Callable[[str, str], Iterable[str]], sink: "ColumnSink",
                   stack_id: int | None = None,
-                  each_block: Callable[[int], None] | None = None,
-                  little_endian: bool = True, share: bool | None = None) -> PageWalk | None:
-    """walk_pages + decode_columns of one CPU, a block of pages at a time, decoding only
-    the fields ``fields(system, name)`` names into ``sink``; returns the walk's counters
-    (no per-event arrays).  Nothing per event outlives its block but the columns, and
-    each block's gathers stay within 8 MiB of pages (cache hits, not misses).  None
-    (and ``sink`` as it was) when a block holds kernel stacks (event ``stack_id``): they
-    pair across blocks, so that CPU is decoded whole.  ``each_block(pages)`` is told
-    the pages of this CPU done so far after each block.
+                  each_block: Callable[[int, int], None] | None = None,
+                  little_endian: bool = True, share: bool | None = None) -> list[PageWalk]:
+    """walk_pages + decode_columns of the CPUs ``cpus`` ((cpu, its pages), in order), a
+    block of pages at a time, decoding only the fields ``fields(system, name)`` names
+    into ``sink``; returns each CPU's walk counters (no per-event arrays).  Nothing per
+    event outlives its block but the columns, and each block's gathers stay within 8 MiB
+    of pages (cache hits, not misses).  A CPU with kernel stacks (event ``stack_id``)
+    ends it: they pair across blocks, so that CPU and those after it are left to the
+    caller, decoded whole (fewer walks than CPUs come back, and ``sink`` holds the CPUs
+    before it only).  ``each_block(cpu, pages)`` is told the pages of a CPU done so far
+    after each block.
 
     ``share``: decode blocks in a forked child process too (see forked.py), the
     columns still added in block order; None: when there are blocks enough and a
     second CPU to run it on.  The walk holds the GIL, so threads would not help."""
     psize = _page_size(hp, he, page_size, little_endian)
-    n_pages = len(data) // psize
-    mv = memoryview(data)
-    starts = range(0, n_pages, _BLOCK_PAGES)
+    views = [memoryview(data) for _cpu, data in cpus]
+    items = [(c, first, min(_BLOCK_PAGES, len(v) // psize - first))
+             for c, v in enumerate(views)
+             for first in range(0, len(v) // psize, _BLOCK_PAGES)]
     if share is None:
-        share = len(starts) >= _SHARE_MIN_BLOCKS and forked.usable_cpus() > 1
+        share = len(items) >= _SHARE_MIN_BLOCKS and forked.usable_cpus() > 1
 
     def block(k: int):
-        first = starts[k]
-        count = min(_BLOCK_PAGES, n_pages - first)
-        blk = mv[first * psize:(first + count) * psize]
+        c, first, count = items[k]
+        cpu = cpus[c][0]
+        blk = views[c][first * psize:(first + count) * psize]
         part = _walk_all(blk, cpu, hp, he, psize, count)
         if stack_id is not None and (part.ids == stack_id).any():
             return None
@@ -200,18 +204,21 @@ def decode_blocks(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: Header
         part.ts = part.off = part.ids = part.lens = None
         return part, count, cols
 
-    w = PageWalk(cpu=cpu)
-    mark = sink.mark()
-    for k, got in forked.in_order(block, len(starts), share, _plain, _unplain):
+    walks = [PageWalk(cpu=cpu) for cpu, _data in cpus]
+    mark, at = sink.mark(), 0  # the CPU being added, and the sink before it
+    for k, got in forked.in_order(block, len(items), share, _plain, _unplain):
+        c, first, _count = items[k]
+        if c != at:
+            mark, at = sink.mark(), c
         if got is None:
             sink.rollback(mark)
-            return None
+            return walks[:c]
         part, count, cols = got
-        w.add_counts(part)
+        walks[c].add_counts(part)
         sink.add(cols, count)
         if each_block is not None:
-            each_block(starts[k] + count)
-    return w
+            each_block(cpus[c][0], first + count)
+    return walks
 
 
 # decode_blocks shares a CPU's blocks with a forked child from this many blocks (32 MiB

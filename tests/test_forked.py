@@ -130,3 +130,21 @@ def test_the_childs_results_go_round_the_ring(monkeypatch, ring):
     results = list(forked.in_order(_work, 60))
     _check(results, 60)
     assert len({v["pid"] for _, v in results}) == 2
+
+
+def test_a_dead_childs_acks_raise_no_sigpipe_in_the_parent(monkeypatch):
+    """A parent that handles SIGPIPE (ftslab's capture loop does) is not interrupted
+    when it tells a dead child that a result was read."""
+    got = []
+    old = signal.signal(signal.SIGPIPE, lambda s, f: got.append(s))
+    try:
+        parent = os.getpid()
+
+        def work(i):
+            if os.getpid() != parent and i >= 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _work(i)
+        _check(list(forked.in_order(work, 40)), 40)
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+    assert got == []
