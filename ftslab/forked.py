@@ -6,7 +6,7 @@ copy.  Both processes take the next item from one queue (a pipe of item numbers:
 read of one number is atomic), so neither waits while the other has work left.  The
 child writes each result, pickled with its arrays out of band, to an anonymous memory
 file used as a ring (its pages are written again, not made anew for each result) and
-says where on a pipe; the parent reads it, says so on another pipe (that space is free
+says where on a pipe; the parent reads it, says so on a socket (that space is free
 again), and hands out every result in item order.
 
 The child must not outlive its parent, write to stdout/stderr, or run the parent's
