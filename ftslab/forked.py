@@ -122,10 +122,6 @@ class _Child:
         os.close(a_r)
         return cls(pid, q_r, d_r, a_w, mem, work, n, unpack)
 
-    def _claim(self) -> int | None:
-        """The next item nobody has taken, or None."""
-        return _claim(self.queue)
-
     def _read_done(self, wait: bool) -> list[tuple[int, int, int]]:
         """The child's result notices that have come (waiting for one if ``wait``);
         marks the child gone at end of file."""
@@ -175,7 +171,7 @@ class _Child:
                     where[item] = (off, length)
                 if i in where:
                     break
-                j = self._claim()
+                j = _claim(self.queue)
                 if j is not None:
                     pending[j] = self.work(j)
                     continue
@@ -216,6 +212,7 @@ class _Child:
 
 
 def _claim(queue: int) -> int | None:
+    """The next item nobody has taken, or None."""
     try:
         got = os.read(queue, _ITEM.size)
     except BlockingIOError:

@@ -660,6 +660,19 @@ class _Views:
 _CHUNK = 1 << 18
 
 
+def _word_gather(v: "_Views", wi: np.ndarray, size: int) -> np.ndarray:
+    """The 4- or 8-byte little-endian values at word indexes ``wi`` (unsigned): one
+    word gather, or two (``wi`` is changed then)."""
+    lo = v.u32[wi]
+    if size == 4:
+        return lo
+    wi += 1
+    hi = v.u32[wi].astype(np.uint64)
+    hi <<= np.uint64(32)
+    hi |= lo
+    return hi
+
+
 def _gather_int(v: "_Views", offs: np.ndarray, size: int, signed: bool) -> np.ndarray:
     dtype = np.dtype(_int_dtype(size, signed)).newbyteorder("<")
     n = offs.size
@@ -674,16 +687,8 @@ def _gather_int(v: "_Views", offs: np.ndarray, size: int, signed: bool) -> np.nd
         o = offs[i:i + _CHUNK]
         dst = out[i:i + _CHUNK]
         if aligned:
-            wi = o >> 2
-            if size == 4:
-                dst.view(np.uint32)[:] = v.u32[wi]
-            else:
-                lo = v.u32[wi].astype(np.uint64)
-                wi += 1
-                hi = v.u32[wi].astype(np.uint64)
-                hi <<= np.uint64(32)
-                hi |= lo
-                dst.view(np.uint64)[:] = hi
+            dst.view(np.uint32 if size == 4 else np.uint64)[:] = _word_gather(v, o >> 2,
+                                                                              size)
         else:
             idx = o[:, None] + np.arange(size, dtype=np.int64)
             np.minimum(idx, v.u8.size - 1, out=idx)
@@ -812,15 +817,8 @@ def _gather_field(v: "_Views", rows: _Rows, delta: int, size: int, signed: bool
     if (rows.words is None or size not in (4, 8) or delta % 4
             or rows.last + delta + size > v.u32.size * 4):
         return _gather_int(v, rows.offs + delta, size, signed)
-    wi = rows.words + (delta >> 2)
-    lo = v.u32[wi]
-    if size == 4:
-        return lo.view(np.int32) if signed else lo
-    wi += 1
-    hi = v.u32[wi].astype(np.uint64)
-    hi <<= np.uint64(32)
-    hi |= lo
-    return hi.view(np.int64) if signed else hi
+    got = _word_gather(v, rows.words + (delta >> 2), size)
+    return got.view(_int_dtype(size, True)) if signed else got
 
 
 def _field_column(buf: "_Views", rows: _Rows, lens: np.ndarray, f: Field) -> np.ndarray:
