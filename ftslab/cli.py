@@ -5,6 +5,7 @@ errors.py.  Data goes to stdout; progress, warnings and the summary go to stderr
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -362,29 +363,7 @@ def _folded(ds, weight: str, source: str | None, live: bool, by) -> list:
                          live=live)
 
 
-def _keep_freed_memory() -> None:
-    """Have glibc keep freed memory for reuse instead of giving it back at once.
-
-    A report builds and drops many arrays of one entry per event.  glibc serves each
-    large one with a fresh mmap() and unmaps it on free, so the kernel zeroes new pages
-    for every one of them: a third of a 10 M-event report's CPU time went to
-    clear_page (perf, Linux 6.18 VM).  From the heap, without trimming, freed arrays
-    are reused as they are: 8-10 % less wall time, 15-35 % less system time over
-    alternating runs (bench/bench_report.py).  The process exits after the report, so
-    keeping its peak is harmless.  Only the CLI does this (a process-wide setting:
-    never on import); without glibc it is skipped."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-    mallopt(M_MMAP_MAX, 0)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    # the report's worker threads (decompression, pairing) would each get an arena of
-    # fresh memory: one arena reuses what the main thread freed
-    mallopt(M_ARENA_MAX, 1)
+_ANALYSIS_BYTES_PER_EVENT = 48  # what build_report's analysis grows by (11 M events)
 
 
 def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=False,
@@ -410,17 +389,21 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
     if interval_ns is not None and fmt == "folded":
         raise UsageError("--interval gives a time series; --format folded gives stacks: "
                          "give one of them")
-    _keep_freed_memory()
+    from .heap import keep_freed_memory, prefault
+    fields = functools.partial(fields_read, gfp="gfp" in by)
+    keep_freed_memory()
     hint = _live_kmem_formats()
     for path in files:
         bar = _ProgressLine()
         try:
-            ds = load(path, formats_hint=hint, buffer=buffer, fields=fields_read,
+            ds = load(path, formats_hint=hint, buffer=buffer, fields=fields,
                       progress=Part(bar.progress, 0.0, 0.45))
             if fmt == "folded":
                 rep = None
                 folded = _folded(ds, weight, source, live, by)
             else:
+                # the analysis's arrays, ~48 bytes an event, faulted in ahead
+                prefault(ds.events * _ANALYSIS_BYTES_PER_EVENT)
                 rep = build_report(ds, by=tuple(by), sort=sort, top=top, hist=hist,
                                    source=source, progress=Part(bar.progress, 0.45, 1.0),
                                    live=live, interval_ns=interval_ns)

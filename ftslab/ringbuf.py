@@ -66,7 +66,8 @@ class PageWalk:
     missed_spans: tuple = ()
     """(after_ns, before_ns, count) per page flagged 'events missed': the events were
     lost after the previous page's timestamp (0: before the first page) and before this
-    page's; count 0 when the page does not store it.  Filled by load (missed_spans())."""
+    page's; count 0 when the page does not store it.  Filled by load (missed_spans())
+    and by decode_blocks."""
 
     def add_counts(self, other: "PageWalk") -> None:
         """Add the page and loss counters of a walk of more pages of the same CPU."""
@@ -112,10 +113,11 @@ def walk_pages(data: bytes | memoryview, cpu: int, hp: HeaderPage, he: HeaderEve
     return _walk_all(data, cpu, hp, he, psize, len(data) // psize)
 
 
-def missed_spans(data: bytes | memoryview, hp: HeaderPage, page_size: int | None = None
-                 ) -> tuple:
+def missed_spans(data: bytes | memoryview, hp: HeaderPage, page_size: int | None = None,
+                 before: int | None = 0) -> tuple:
     """Where (in time) one CPU lost events: see PageWalk.missed_spans.  Apart from
-    walk_pages, which live readers call page by page: only whole recordings need it."""
+    walk_pages, which live readers call page by page: only whole recordings need it.
+    ``before``: the timestamp of the page before ``data``'s first (0: there is none)."""
     psize = page_size or (hp.data_offset + hp.data_size)
     n_pages = len(data) // psize
     if not n_pages:
@@ -138,7 +140,7 @@ def missed_spans(data: bytes | memoryview, hp: HeaderPage, page_size: int | None
         if commit_raw[p] & MISSED_STORED and c + 8 <= max_data:
             i = hp.data_offset // 4 + c // 4
             n = int(words[p, i]) | (int(words[p, i + 1]) << 32)
-        out.append((int(page_ts[p - 1]) if p else 0, int(page_ts[p]), n))
+        out.append((int(page_ts[p - 1]) if p else before, int(page_ts[p]), n))
     return tuple(out)
 
 
@@ -165,7 +167,7 @@ def _walk_all(data, cpu, hp, he, psize, n_pages) -> PageWalk:
     return w
 
 
-def decode_blocks(cpus: Sequence[tuple[int, bytes | memoryview]], hp: HeaderPage,
+def decode_blocks(cpus: Sequence[tuple[int, object]], hp: HeaderPage,
                   he: HeaderEvent, page_size: int | None,
                   formats_by_id: Mapping[int, EventFormat],
                   fields: Callable[[str, str], Iterable[str]], sink: "ColumnSink",
@@ -174,7 +176,9 @@ def decode_blocks(cpus: Sequence[tuple[int, bytes | memoryview]], hp: HeaderPage
                   little_endian: bool = True, share: bool | None = None) -> list[PageWalk]:
     """walk_pages + decode_columns of the CPUs ``cpus`` ((cpu, its pages), in order), a
     block of pages at a time, decoding only the fields ``fields(system, name)`` names
-    into ``sink``; returns each CPU's walk counters (no per-event arrays).  Nothing per
+    into ``sink``; returns each CPU's walk counters and loss spans (no per-event
+    arrays).  A CPU's pages are bytes, or anything with ``len()`` and ``read(start,
+    end)`` (tracedat.CompressedPages: decompressed a block at a time).  Nothing per
     event outlives its block but the columns, and each block's gathers stay within 8 MiB
     of pages (cache hits, not misses).  A CPU with kernel stacks (event ``stack_id``)
     ends it: they pair across blocks, so that CPU and those after it are left to the
@@ -186,26 +190,35 @@ def decode_blocks(cpus: Sequence[tuple[int, bytes | memoryview]], hp: HeaderPage
     columns still added in block order; None: when there are blocks enough and a
     second CPU to run it on.  The walk holds the GIL, so threads would not help."""
     psize = _page_size(hp, he, page_size, little_endian)
-    views = [memoryview(data) for _cpu, data in cpus]
+    # the pages of a CPU: bytes, or kept compressed (anything with read(start, end))
+    views = [data if hasattr(data, "read") else memoryview(data) for _cpu, data in cpus]
     items = [(c, first, min(_BLOCK_PAGES, len(v) // psize - first))
              for c, v in enumerate(views)
              for first in range(0, len(v) // psize, _BLOCK_PAGES)]
     if share is None:
         share = len(items) >= _SHARE_MIN_BLOCKS and forked.usable_cpus() > 1
+    ts_at = hp.timestamp_offset
+    ts_of = struct.Struct("<Q" if little_endian else ">Q").unpack_from
 
     def block(k: int):
         c, first, count = items[k]
-        cpu = cpus[c][0]
-        blk = views[c][first * psize:(first + count) * psize]
+        cpu, v = cpus[c][0], views[c]
+        start, end = first * psize, (first + count) * psize
+        blk = v[start:end] if isinstance(v, memoryview) else v.read(start, end)
         part = _walk_all(blk, cpu, hp, he, psize, count)
         if stack_id is not None and (part.ids == stack_id).any():
             return None
         cols = decode_columns(blk, part, formats_by_id, fields=fields)
         part.ts = part.off = part.ids = part.lens = None
-        return part, count, cols
+        # losses: spans whose page is the block's first start at the page before it,
+        # which the previous block knows (None until then)
+        if part.missed or part.missed_unknown:
+            part.missed_spans = missed_spans(blk, hp, psize, None)
+        return part, count, cols, ts_of(blk, (count - 1) * psize + ts_at)[0]
 
     walks = [PageWalk(cpu=cpu) for cpu, _data in cpus]
     mark, at = sink.mark(), 0  # the CPU being added, and the sink before it
+    last_ts = 0                # timestamp of the last page of the block before
     for k, got in forked.in_order(block, len(items), share, _plain, _unplain):
         c, first, _count = items[k]
         if c != at:
@@ -213,8 +226,13 @@ def decode_blocks(cpus: Sequence[tuple[int, bytes | memoryview]], hp: HeaderPage
         if got is None:
             sink.rollback(mark)
             return walks[:c]
-        part, count, cols = got
+        part, count, cols, end_ts = got
         walks[c].add_counts(part)
+        if part.missed_spans:
+            before = last_ts if first else 0
+            walks[c].missed_spans += tuple((before if a is None else a, b, n)
+                                           for a, b, n in part.missed_spans)
+        last_ts = end_ts
         sink.add(cols, count)
         if each_block is not None:
             each_block(cpus[c][0], first + count)
@@ -232,13 +250,13 @@ def _plain(got):
     objects to pickle."""
     if got is None:
         return None
-    part, count, cols = got
+    part, count, cols, end_ts = got
     plain = []
     for key, c in cols.items():
         flds = {n: (("str", a.codes, a.labels) if getattr(a, "codes", None) is not None
                     else a) for n, a in c.fields.items()}
         plain.append((key, c.ts, c.cpu, c.pid, flds))
-    return part, count, plain
+    return part, count, plain, end_ts
 
 
 def _unplain(got):
@@ -246,14 +264,14 @@ def _unplain(got):
     alive: ColumnSink copies them, and the string codes it keeps are copied here."""
     if got is None:
         return None
-    part, count, plain = got
+    part, count, plain, end_ts = got
     cols = {}
     for (system, name), ts, cpu, pid, flds in plain:
         fields = {n: (str_column(np.array(v[1], np.int32), v[2]) if isinstance(v, tuple)
                       else v) for n, v in flds.items()}
         cols[(system, name)] = EventColumns(system=system, name=name, ts=ts, cpu=cpu,
                                             pid=pid, fields=fields)
-    return part, count, cols
+    return part, count, cols, end_ts
 
 
 class _Growing:

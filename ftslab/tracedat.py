@@ -20,7 +20,9 @@ neither decodes events nor interprets format files (ringbuf.py and formats.py do
 """
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import mmap
 import os
@@ -115,7 +117,8 @@ class TraceDat:
     """Number of CPUs of the traced system (CPUCOUNT option; v6: file header)."""
     cpu_data: dict[int, bytes]
     """CPU id -> that CPU's raw ring-buffer pages, uncompressed and concatenated, each
-    ``buffer_page_size`` bytes.  CPUs without data are absent."""
+    ``buffer_page_size`` bytes (read_tracedat(lazy=True): a CompressedPages where they
+    are zstd chunks).  CPUs without data are absent."""
     buffer_page_size: int
     """Ring-buffer page (sub-buffer) size in bytes: the BUFFER option's page size (v7),
     the file's page size (v6)."""
@@ -277,6 +280,7 @@ class _BufferIndex:
 
 class _Reader:
     want_buffer: str | None = None
+    lazy = False
 
     def __init__(self, path: str, buf):
         self.path = path
@@ -737,8 +741,16 @@ class _Reader:
                 break
             total += usize
             pos += 8 + csize
-        out = _unzeroed(total) if whole_ok and total <= self.budget else None
         end_pos = pos
+        if (self.lazy and whole_ok and self.comp == "zstd" and count
+                and total <= self.budget and (size is None or pos == off + 4 + size)
+                and (raw_size is None or total == raw_size)):
+            lazy = CompressedPages.of(self, cpu, off + 4, count, end_pos)
+            if lazy is not None:
+                self.budget -= total
+                td.cpu_data[cpu] = lazy
+                return end_pos
+        out = _unzeroed(total) if whole_ok and total <= self.budget else None
         parts: list[bytes] = []
         got = 0
         if (out is not None and self.comp == "zstd" and count >= _PARALLEL_MIN_CHUNKS
@@ -813,7 +825,8 @@ class _Reader:
             td.cpus = max(cpu for cpu, _ in layout) + 1
 
 
-def read_tracedat(path: str | os.PathLike, buffer: str | None = None) -> TraceDat:
+def read_tracedat(path: str | os.PathLike, buffer: str | None = None,
+                  lazy: bool = False) -> TraceDat:
     """Read a trace-cmd trace.dat file (format v6 or v7).
 
     Returns the metadata texts and the uncompressed ring-buffer pages of one buffer:
@@ -821,6 +834,11 @@ def read_tracedat(path: str | os.PathLike, buffer: str | None = None) -> TraceDa
     buffer if it holds data, else the first buffer that does.  A file that ends early is read as far
     as it goes (``truncated`` / ``truncated_detail``).  Raises ``BadInput`` for a file that
     is missing, is not a trace.dat, is damaged, or ends before its header info.
+
+    ``lazy``: a CPU whose pages are whole zstd chunks is left compressed, as a
+    CompressedPages in ``cpu_data`` (len() its uncompressed size; read(start, end)
+    decompresses a range): a reader that decodes a block of pages at a time then never
+    holds them all at once.  A chunk that does not decompress raises BadInput when read.
     """
     path = os.fspath(path)
     try:
@@ -840,6 +858,7 @@ def read_tracedat(path: str | os.PathLike, buffer: str | None = None) -> TraceDa
             raise BadInput(f"cannot read {path}: {exc.strerror}") from None
         reader = _Reader(path, buf)
         reader.want_buffer = buffer
+        reader.lazy = lazy
         try:
             return reader.read()
         except _Bad as exc:
@@ -1171,6 +1190,80 @@ def _write(path: str, td: TraceDat, sources: list[_Source], comp: _Compressor, e
 _PARALLEL_MIN_CHUNKS = 256
 
 
+class CompressedPages:
+    """One CPU's ring-buffer pages as the zstd chunks of the file (read_tracedat(...,
+    lazy=True)): decompressed a range at a time, so a 10 M-event recording never holds
+    its 700 MB of pages at once (on a VM, touching fresh memory costs 1-3 s per GB).
+
+    ``len()`` is the size of the pages uncompressed; ``read(start, end)`` returns those
+    bytes, decompressing only the chunks that hold them; ``whole()`` all of them."""
+
+    def __init__(self, src: bytes, endian: str, heads: list[tuple[int, int, int]],
+                 where: Callable[[int, int], str]):
+        self._src = src            # the chunks, headers included (a copy: the file's
+        self._e = endian           # mapping is closed when read_tracedat returns)
+        self._heads = heads        # (offset in src of the data, compressed, uncompressed)
+        self._where = where        # (chunk number, offset) -> text for errors
+        self._ends = list(itertools.accumulate(u for _p, _c, u in heads))
+
+    @classmethod
+    def of(cls, reader: "_Reader", cpu: int, first: int, count: int, end: int
+           ) -> "CompressedPages | None":
+        """The ``count`` chunks from ``first`` (their headers checked to lie before
+        ``end``), or None if one is too large to be decompressed in one piece."""
+        heads, pos = [], first
+        for _ in range(count):
+            csize, usize = struct.unpack_from(reader.e + "II", reader.buf, pos)
+            if usize > _ZSTD_PIECE:
+                return None
+            heads.append((pos + 8 - first, csize, usize))
+            pos += 8 + csize
+        path = reader.path
+        return cls(bytes(reader.buf[first:end]), reader.e, heads,
+                   lambda i, at: f"{path}: malformed trace.dat: CPU {cpu} chunk {i} at "
+                                 f"offset {first + at - 8}")
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def read(self, start: int, end: int) -> memoryview:
+        """Bytes ``start`` to ``end`` of the pages (a fresh buffer: it may outlive the
+        next read).  Raises BadInput if a chunk does not decompress to its size."""
+        end = min(end, len(self))
+        if start >= end:
+            return memoryview(b"")
+        i = bisect.bisect_right(self._ends, start)
+        lo = self._ends[i - 1] if i else 0
+        j = bisect.bisect_left(self._ends, end, i)
+        out = _unzeroed(self._ends[j] - lo)
+        view = memoryview(out)
+        d = zstandard.ZstdDecompressor()
+        at = 0
+        for k in range(i, j + 1):
+            pos, csize, usize = self._heads[k]
+            if not usize:
+                continue
+            try:
+                chunk = d.decompress(self._src[pos:pos + csize], max_output_size=usize)
+            except zstandard.ZstdError as exc:
+                raise BadInput(f"{self._where(k, pos)}: cannot decompress ({exc})") from None
+            if len(chunk) != usize:
+                raise BadInput(f"{self._where(k, pos)}: decompresses to {len(chunk)} "
+                               f"bytes, header says {usize}")
+            view[at:at + usize] = chunk
+            at += usize
+        return view[start - lo:end - lo]
+
+    def whole(self) -> bytearray | memoryview:
+        """All of the pages (two threads, as read_tracedat does)."""
+        out = _unzeroed(len(self))
+        if len(self._heads) >= _PARALLEL_MIN_CHUNKS and \
+                _zstd_parallel(self._src, self._e, 0, len(self._heads), out):
+            return out
+        del out
+        return self.read(0, len(self))
+
+
 def _unzeroed(n: int) -> bytearray:
     """bytearray(n) without zeroing it first: its bytes are decompressed into, and only
     those written are used.  Zeroing 700 MB of fresh memory in one thread, before the
@@ -1188,27 +1281,23 @@ def _unzeroed(n: int) -> bytearray:
 
 
 def _populate_fn(buf: bytearray) -> Callable[[int, int], None]:
-    """populate(start, end): fault in buf[start:end] at once, without the GIL:
-    madvise(MADV_POPULATE_WRITE) (Linux 5.14+), else by zeroing it with numpy (which
-    lets the GIL go too).  Faulting it in chunk by chunk, under the GIL of a slice
-    assignment, serialises the two decompression threads."""
+    """populate(start, end): fault in buf[start:end] at once, without the GIL
+    (heap.populate), else by zeroing it with numpy (which lets the GIL go too).
+    Faulting it in chunk by chunk, under the GIL of a slice assignment, serialises the
+    two decompression threads."""
     import numpy as np
+    from .heap import populate as _populate
 
     def zero(start: int, end: int) -> None:
         np.frombuffer(buf, np.uint8, end - start, start)[:] = 0
     try:
         import ctypes
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         base = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
     except (ImportError, AttributeError, OSError, TypeError, ValueError):
         return zero
-    MADV_POPULATE_WRITE, page = 23, mmap.PAGESIZE
 
     def populate(start: int, end: int) -> None:
-        lo = (base + start + page - 1) // page * page
-        hi = (base + end) // page * page
-        if hi > lo and madvise(lo, hi - lo, MADV_POPULATE_WRITE) != 0:
+        if not _populate(base + start, end - start):
             zero(start, end)
     return populate
 
