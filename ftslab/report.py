@@ -326,6 +326,8 @@ def _as_u64(col: np.ndarray) -> np.ndarray:
 def _as_i64(col: np.ndarray) -> np.ndarray:
     if col.dtype == np.int64:
         return col
+    if col.dtype == np.uint64:
+        return col.view(np.int64)  # the same as astype (wraps), without a copy
     if col.dtype != object:
         return col.astype(np.int64)
     # a text trace read without formats: numbers as the lines printed them, or not
@@ -472,17 +474,35 @@ class _Frame:
                 matchable = self.ptr > np.uint64(16)
         self.ok = ok
         self.matchable = matchable
-        self.bytes_req = np.where(ok, breq, 0)
-        self.bytes_alloc = np.where(ok, balloc, 0)
+        # every allocation succeeded (the common case): the sizes as they are
+        every = bool(ok.all())
+        self.bytes_req = breq if every else np.where(ok, breq, 0)
+        self.bytes_alloc = balloc if every else np.where(ok, balloc, 0)
         self.freed = np.zeros(n, dtype=bool)
-        self.free_ts = None
-        """uint64 timestamp of the free of each freed allocation (0 where not freed);
-        set by free matching, None when the event type is never matched."""
+        self._free_ts: np.ndarray | None = None
+        self._free_of: tuple | None = None  # what free_ts is computed from, until asked
         self.nested = np.zeros(n, dtype=bool)
         self._keys: dict[str, tuple[np.ndarray, list]] = {}
 
     def const(self, label) -> tuple[np.ndarray, list]:
         return np.zeros(self.n, np.int64), [label]
+
+    @property
+    def free_ts(self) -> np.ndarray | None:
+        """uint64 timestamp of the free of each freed allocation (0 where not freed);
+        None when the event type is never matched.  Computed when first asked (only
+        --live and --interval read it): on 10 M events, 130 MB the other reports
+        never touch."""
+        if self._free_of is not None:
+            ridx, times = self._free_of
+            self._free_of = None
+            self._free_ts = np.zeros(self.n, np.uint64)
+            if times is not None:
+                at = np.zeros(ridx.shape[0], np.uint64)
+                hit = ridx >= 0
+                at[hit] = times.all[ridx[hit]]
+                self._free_ts[self.matchable] = at
+        return self._free_ts
 
     def drop_nested(self, mask: np.ndarray) -> None:
         """Events that are the inner half of one allocation (see _Analysis): neither
@@ -492,6 +512,18 @@ class _Frame:
         self.matchable = self.matchable & ~mask
         self.bytes_req = np.where(self.ok, self.bytes_req, 0)
         self.bytes_alloc = np.where(self.ok, self.bytes_alloc, 0)
+
+
+class _FreeTimes:
+    """The times of the frees that free matching used (pointers > 16), in the order
+    _match_frees gave them: joined only when a free_ts is asked for."""
+
+    def __init__(self, frees: list[tuple], real: list[np.ndarray]):
+        self._parts = [(t, r) for (t, _k, _s), r in zip(frees, real)]
+
+    @functools.cached_property
+    def all(self) -> np.ndarray:
+        return np.concatenate([t[r] for t, r in self._parts])
 
 
 def pair_frees(ak: np.ndarray, at: np.ndarray, fk: np.ndarray, ft: np.ndarray
@@ -699,7 +731,7 @@ class _Analysis:
         """Mark each allocation whose next event on the same pointer is a free."""
         frames = [f for f in frames if f.ptr is not None]
         for f in frames:
-            f.free_ts = np.zeros(f.n, np.uint64)
+            f._free_of = (None, None)  # matched: free_ts all 0 unless paired below
         if not frames or not frees:
             return
         # text input orders events by line (finer than its microsecond timestamps):
@@ -728,15 +760,12 @@ class _Analysis:
         owned = [keys, ts]
         del keys, ts
         freed, ridx = _pair_owned(owned, na)
-        # each free's time, the real ones in the order they were given
-        f_real = np.concatenate([t[r] for (t, _k, _s), r in zip(frees, real)])
-        free_ts = np.zeros(na, np.uint64)
-        free_ts[freed] = f_real[ridx[freed]]
+        times = _FreeTimes(frees, real)
         start = 0
         for f in frames:
             m = int(f.matchable.sum())
             f.freed[f.matchable] = freed[start:start + m]
-            f.free_ts[f.matchable] = free_ts[start:start + m]
+            f._free_of = (ridx[start:start + m], times)
             start += m
 
     # -- keys ---------------------------------------------------------------------------
