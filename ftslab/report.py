@@ -570,14 +570,17 @@ def _pair_owned(owned: list, na: int) -> tuple[np.ndarray, np.ndarray]:
     rank_mask = np.uint64((1 << rank_bits) - 1)
     idx = np.empty(n, order.dtype)
     same = np.empty(n - 1, dtype=bool)
-    for at in range(0, n, _RANK_STEP):
-        end = min(at + _RANK_STEP, n)
-        if at < n - 1:
-            stop = min(end, n - 1)
-            x = packed[at:stop] ^ packed[at + 1:stop + 1]
-            np.less(x, np.uint64(1 << rank_bits), out=same[at:stop])
-            del x
-        idx[at:end] = order[packed[at:end] & rank_mask]
+
+    def neighbours(lo: int, hi: int) -> None:
+        for at in range(lo, hi, _RANK_STEP):
+            end = min(at + _RANK_STEP, hi)
+            if at < n - 1:
+                stop = min(end, n - 1)
+                x = packed[at:stop] ^ packed[at + 1:stop + 1]
+                np.less(x, np.uint64(1 << rank_bits), out=same[at:stop])
+                del x
+            idx[at:end] = order[packed[at:end] & rank_mask]
+    _in_two_halves(neighbours, n)
     del order, packed
     is_alloc = idx < na
     hit = is_alloc[:-1] & ~is_alloc[1:] & same
@@ -620,10 +623,24 @@ def _time_ranks(keys: np.ndarray, ts: np.ndarray):
         order = order.astype(np.int32)
     keys >>= np.uint64(shift)
     keys <<= np.uint64(rank_bits)
-    for at in range(0, n, _RANK_STEP):  # each event's rank in time, a slice at a time
-        end = min(at + _RANK_STEP, n)
-        keys[order[at:end]] |= np.arange(at, end, dtype=np.uint64)
+
+    def ranks(lo: int, hi: int) -> None:  # each event's rank in time, a slice at a time
+        for at in range(lo, hi, _RANK_STEP):
+            end = min(at + _RANK_STEP, hi)
+            keys[order[at:end]] |= np.arange(at, end, dtype=np.uint64)
+    _in_two_halves(ranks, n)
     return order, rank_bits
+
+
+def _in_two_halves(step: Callable[[int, int], None], n: int) -> None:
+    """step(0, h) and step(h, n) at once in two threads (their writes are disjoint):
+    numpy's gathers and scatters let the GIL go, and the analysis otherwise runs on
+    one CPU.  Random scatters over 11 M events: 0.52 s -> 0.25 s."""
+    if n < 2 * _RANK_STEP:
+        step(0, n)
+        return
+    h = (n // 2 + _RANK_STEP - 1) // _RANK_STEP * _RANK_STEP
+    _run_parallel([lambda: step(0, h), lambda: step(h, n)])
 
 
 def _sort_in_two_threads(a: np.ndarray) -> None:

@@ -46,6 +46,23 @@ def test_pair_frees_matches_the_reference(allocs, frees):
     assert fidx.tolist() == want_fidx.tolist()
 
 
+@settings(max_examples=200, deadline=None)
+@given(events, events)
+def test_pair_frees_in_two_halves_of_small_slices_matches_the_reference(allocs, frees):
+    # the slice loops (ranks in time, neighbour checks) split in two threads: with
+    # slices of 2 events, every case is split, and slices meet anywhere
+    ak = np.array([p for p, _ in allocs], np.uint64)
+    at = np.array([t for _, t in allocs], np.uint64)
+    fk = np.array([p for p, _ in frees], np.uint64)
+    ft = np.array([t for _, t in frees], np.uint64)
+    want_freed, want_fidx = reference(ak, at, fk, ft)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "_RANK_STEP", 2)
+        freed, fidx = pair_frees(ak, at, fk, ft)
+    assert freed.tolist() == want_freed.tolist()
+    assert fidx.tolist() == want_fidx.tolist()
+
+
 def _random_case(n, rng, span):
     ak = (np.uint64(0xffff888000000000) +
           rng.integers(0, span, n).astype(np.uint64) * np.uint64(64))
