@@ -721,6 +721,7 @@ class _Analysis:
                               frees.get(layer, []))
         self._global: dict[str, dict] = {}
         self._rows: dict[tuple, "_Rows"] = {}
+        self._groups: dict[tuple, tuple] = {}
 
     def _nested_calls(self, fr: _Frame) -> None:
         """One allocation, two events: on 6.10+ kernels __do_kmalloc_node() calls the
@@ -1057,7 +1058,17 @@ def _count(gid: np.ndarray, rows: np.ndarray, ngroups: int) -> np.ndarray:
 
 def _group(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
     """Group rows of ``frames`` by ``by``: (per-key label lists, per-key codes of each
-    group, metric arrays per group)."""
+    group, metric arrays per group, each row's group).  Computed once per analysis
+    (the default report groups by cache and by call site twice: allocations, then
+    waste); callers only read what it returns."""
+    key = (tuple(id(fr) for fr in frames), tuple(by))
+    got = an._groups.get(key)
+    if got is None:
+        got = an._groups[key] = _group_rows(an, frames, tuple(by))
+    return got
+
+
+def _group_rows(an: _Analysis, frames: list[_Frame], by: tuple[str, ...]):
     rows = _rows(an, frames)
     n = rows.n
     key_codes, key_labels = [], []

@@ -609,3 +609,15 @@ def test_text_input_pairs_frees_by_line_order_within_a_microsecond():
     rows = {r["callsite"]: r for r in report.group_allocations(ds, ("callsite",)).rows}
     assert (rows["first+0x1"]["frees"], rows["first+0x1"]["live"]) == (1, 0)
     assert (rows["second+0x1"]["frees"], rows["second+0x1"]["live"]) == (0, 1)
+
+
+def test_each_grouping_is_computed_once_per_report(monkeypatch):
+    # the default report groups by cache and by call site for two tables each
+    # (allocations, waste): the second asks the first's grouping
+    calls = []
+    real = report._group_rows
+    monkeypatch.setattr(report, "_group_rows",
+                        lambda an, frames, by: calls.append(by) or real(an, frames, by))
+    once = [t.rows for t in report.build_report(synthetic()).tables]
+    assert len(calls) == len(set(calls)) and ("cache",) in calls and ("callsite",) in calls
+    assert len(once) > len(calls)  # tables that shared a grouping
