@@ -392,7 +392,8 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
     from .heap import keep_freed_memory, prefault
     fields = functools.partial(fields_read, gfp="gfp" in by)
     keep_freed_memory()
-    hint = _live_kmem_formats()
+    # read only for a text trace (the running kernel's formats: ~75 ms)
+    hint = functools.cache(_live_kmem_formats)
     for path in files:
         bar = _ProgressLine()
         try:

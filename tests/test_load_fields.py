@@ -274,3 +274,33 @@ def test_a_chunk_that_does_not_decompress_is_one_clear_error(tmp_path):
     r = __import__("conftest").run_ftslab("report", str(bad))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "CPU 1 chunk 10" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_formats_hint_is_read_only_for_a_text_trace():
+    # the CLI's hint is the running kernel's formats (tracefs reads): a trace.dat
+    # carries its own, so the hint is asked for only when a text trace is loaded
+    from ftslab.load import load as load_any
+    asked = []
+
+    def hint():
+        asked.append(1)
+        return None
+    load_any(FIX / "6.18" / "ftslab-open200.dat", formats_hint=hint)
+    assert asked == []
+    ds = load_any(FIX / "6.18" / "kmem-trace.txt", formats_hint=hint)
+    assert asked == [1] and ds.events > 0
+
+
+def test_only_the_kernel_stack_format_of_the_ftrace_ones_is_parsed(monkeypatch):
+    import importlib
+    L = importlib.import_module("ftslab.load")
+    parsed = []
+    real = L.parse_format
+    monkeypatch.setattr(L, "parse_format",
+                        lambda text, system: parsed.append(system) or real(text, system))
+    from ftslab.tracedat import read_tracedat
+    td = read_tracedat(FIX / "6.18" / "ftslab-stacks-eventfd300.dat")
+    assert len(td.ftrace_formats) > 5
+    f = L._stack_format(td)
+    assert f is not None and f.name == "kernel_stack"
+    assert parsed == ["ftrace"]
