@@ -33,17 +33,19 @@ ptrs = st.sampled_from([0, 8, 16, 0xffff888000001000, 0xffff888000001040,
 events = st.lists(st.tuples(ptrs, st.integers(0, 20)), max_size=40)
 
 
+def _agrees_with_the_reference(allocs, frees) -> None:
+    args = [np.array([x[i] for x in evs], np.uint64) for evs in (allocs, frees)
+            for i in (0, 1)]
+    want_freed, want_fidx = reference(*args)
+    freed, fidx = pair_frees(*args)
+    assert freed.tolist() == want_freed.tolist()
+    assert fidx.tolist() == want_fidx.tolist()
+
+
 @settings(max_examples=400, deadline=None)
 @given(events, events)
 def test_pair_frees_matches_the_reference(allocs, frees):
-    ak = np.array([p for p, _ in allocs], np.uint64)
-    at = np.array([t for _, t in allocs], np.uint64)
-    fk = np.array([p for p, _ in frees], np.uint64)
-    ft = np.array([t for _, t in frees], np.uint64)
-    want_freed, want_fidx = reference(ak, at, fk, ft)
-    freed, fidx = pair_frees(ak, at, fk, ft)
-    assert freed.tolist() == want_freed.tolist()
-    assert fidx.tolist() == want_fidx.tolist()
+    _agrees_with_the_reference(allocs, frees)
 
 
 @settings(max_examples=200, deadline=None)
@@ -51,16 +53,9 @@ def test_pair_frees_matches_the_reference(allocs, frees):
 def test_pair_frees_in_two_halves_of_small_slices_matches_the_reference(allocs, frees):
     # the slice loops (ranks in time, neighbour checks) split in two threads: with
     # slices of 2 events, every case is split, and slices meet anywhere
-    ak = np.array([p for p, _ in allocs], np.uint64)
-    at = np.array([t for _, t in allocs], np.uint64)
-    fk = np.array([p for p, _ in frees], np.uint64)
-    ft = np.array([t for _, t in frees], np.uint64)
-    want_freed, want_fidx = reference(ak, at, fk, ft)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "_RANK_STEP", 2)
-        freed, fidx = pair_frees(ak, at, fk, ft)
-    assert freed.tolist() == want_freed.tolist()
-    assert fidx.tolist() == want_fidx.tolist()
+        _agrees_with_the_reference(allocs, frees)
 
 
 def _random_case(n, rng, span):
