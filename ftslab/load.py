@@ -261,8 +261,8 @@ def load(path: str | os.PathLike,
         order = order[len(done):]  # from a CPU with kernel stacks on: decoded whole
     for cpu in order:
         data = td.cpu_data[cpu]
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            data = td.cpu_data[cpu] = data.whole()  # still compressed: decoded whole
+        if hasattr(data, "whole"):  # still compressed (CompressedPages): decoded whole
+            data = td.cpu_data[cpu] = data.whole()
         progress.stage(f"decoding the pages of CPU {cpu} ({len(data) >> 20} MiB)",
                        0.1 + 0.8 * (1 - sum(len(td.cpu_data[c]) for c in order
                                             if c >= cpu) / total))

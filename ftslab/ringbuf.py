@@ -177,8 +177,8 @@ def decode_blocks(cpus: Sequence[tuple[int, object]], hp: HeaderPage,
     """walk_pages + decode_columns of the CPUs ``cpus`` ((cpu, its pages), in order), a
     block of pages at a time, decoding only the fields ``fields(system, name)`` names
     into ``sink``; returns each CPU's walk counters and loss spans (no per-event
-    arrays).  A CPU's pages are bytes, or anything with ``len()`` and ``read(start,
-    end)`` (tracedat.CompressedPages: decompressed a block at a time).  Nothing per
+    arrays).  A CPU's pages are bytes, or a tracedat.CompressedPages (``len()``,
+    ``read(start, end)``, ``whole()``: decompressed a block at a time).  Nothing per
     event outlives its block but the columns, and each block's gathers stay within 8 MiB
     of pages (cache hits, not misses).  A CPU with kernel stacks (event ``stack_id``)
     ends it: they pair across blocks, so that CPU and those after it are left to the
@@ -190,8 +190,8 @@ def decode_blocks(cpus: Sequence[tuple[int, object]], hp: HeaderPage,
     columns still added in block order; None: when there are blocks enough and a
     second CPU to run it on.  The walk holds the GIL, so threads would not help."""
     psize = _page_size(hp, he, page_size, little_endian)
-    # the pages of a CPU: bytes, or kept compressed (anything with read(start, end))
-    views = [data if hasattr(data, "read") else memoryview(data) for _cpu, data in cpus]
+    # the pages of a CPU: bytes, or kept compressed (CompressedPages: read(start, end))
+    views = [data if hasattr(data, "whole") else memoryview(data) for _cpu, data in cpus]
     items = [(c, first, min(_BLOCK_PAGES, len(v) // psize - first))
              for c, v in enumerate(views)
              for first in range(0, len(v) // psize, _BLOCK_PAGES)]

@@ -315,10 +315,10 @@ class _Reader:
                     self._zstd = zstandard.ZstdDecompressor()
                 if usize <= _ZSTD_PIECE:
                     # One call for the common case (trace-cmd chunks are 10 pages).
-                    out = self._zstd.decompress(data, max_output_size=usize)
-                    if len(out) != usize:
-                        raise self.bad(f"{where}: decompresses to {len(out)} bytes, "
-                                       f"header says {usize}")
+                    try:
+                        out = _zstd_chunk(self._zstd, data, usize)
+                    except ValueError as exc:
+                        raise self.bad(f"{where}: {exc}") from None
                     self.budget -= usize
                     return out
                 # Read in pieces: the reader allocates what is asked for, and usize is
@@ -1190,6 +1190,18 @@ def _write(path: str, td: TraceDat, sources: list[_Source], comp: _Compressor, e
 _PARALLEL_MIN_CHUNKS = 256
 
 
+def _zstd_chunk(d, data, usize: int) -> bytes:
+    """One zstd frame that must decompress to exactly ``usize`` (<= _ZSTD_PIECE) bytes;
+    ValueError saying what is wrong otherwise."""
+    try:
+        out = d.decompress(data, max_output_size=usize)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"cannot decompress ({exc})") from None
+    if len(out) != usize:
+        raise ValueError(f"decompresses to {len(out)} bytes, header says {usize}")
+    return out
+
+
 class CompressedPages:
     """One CPU's ring-buffer pages as the zstd chunks of the file (read_tracedat(...,
     lazy=True)): decompressed a range at a time, so a 10 M-event recording never holds
@@ -1244,12 +1256,9 @@ class CompressedPages:
             if not usize:
                 continue
             try:
-                chunk = d.decompress(self._src[pos:pos + csize], max_output_size=usize)
-            except zstandard.ZstdError as exc:
-                raise BadInput(f"{self._where(k, pos)}: cannot decompress ({exc})") from None
-            if len(chunk) != usize:
-                raise BadInput(f"{self._where(k, pos)}: decompresses to {len(chunk)} "
-                               f"bytes, header says {usize}")
+                chunk = _zstd_chunk(d, self._src[pos:pos + csize], usize)
+            except ValueError as exc:
+                raise BadInput(f"{self._where(k, pos)}: {exc}") from None
             view[at:at + usize] = chunk
             at += usize
         return view[start - lo:end - lo]
