@@ -57,7 +57,9 @@ def _grammar():
         (pp.Literal("&&"), 2, pp.OpAssoc.LEFT),
         (pp.Literal("||"), 2, pp.OpAssoc.LEFT),
     ])
-    return expr
+    # pyparsing expands tabs before parsing by default: a tab inside a quoted value
+    # would reach the kernel as spaces (another string) instead of being refused
+    return expr.parse_with_tabs()
 
 
 _EXPR = _grammar()

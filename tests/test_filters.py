@@ -111,6 +111,17 @@ def test_string_values_cannot_carry_quotes_or_control_characters(value):
         string_literal(value, "--cache")
 
 
+def test_a_tab_is_refused_not_turned_into_spaces():
+    # a comm may hold a tab (prctl PR_SET_NAME): the filter must not match another name
+    with pytest.raises(UsageError, match="invalid value"):
+        parse_filter('comm == "a\tb"')
+    # between the tokens a tab is whitespace like any other
+    assert parse_filter("bytes_req\t>=\t64").text == "bytes_req >= 64"
+    # and a column counts it as one character
+    with pytest.raises(UsageError, match="at column 15:"):
+        parse_filter("bytes_req\t== 1.5")
+
+
 def test_string_literal_limits():
     assert string_literal("kmalloc-rcl-64") == '"kmalloc-rcl-64"'
     assert string_literal("x" * 255) == '"' + "x" * 255 + '"'
