@@ -1,13 +1,22 @@
-"""TopState: the live aggregation of `ftslab top`, fed interval by interval (pure), on
-the hand-built Dataset of test_report cut in two at a known time."""
+"""`ftslab top` without root: TopState, the live aggregation fed interval by interval
+(pure), on the hand-built Dataset of test_report cut in two at a known time; and
+_TopReader, the reader run_session pumps, on the real pages of 6.18 recordings (its
+splice and read paths, the ticks, and the backlog drop)."""
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+import ftslab
+from ftslab import ringbuf, top
+from ftslab.formats import parse_header_event, parse_header_page
 from ftslab.records import Dataset, EventColumns
-from ftslab.top import TopState
+from ftslab.top import TopFrame, TopState, _TopReader
 
 from test_report import synthetic
+from test_stream_decoder import replay_session
 
 
 def _cut(ds: Dataset, lo: int, hi: int) -> Dataset:
@@ -42,38 +51,94 @@ def test_live_carries_across_intervals():
         "nginx": (2, 96), "bash": (3, 8576), "<...>": (1, 12288)}
 
 
-def test_backlog_drops_the_oldest_pages_and_counts_their_events():
+# ------------------------------------------------------------------ the reader, on real pages
+# _TopReader as run_session makes it, over a tracefs tree holding a real recording's
+# pages (test_stream_decoder.replay_session): trace_pipe_raw is a regular file there,
+# which splice moves into the reader's pipe and read() reads, as from the kernel's.
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
+
+
+@pytest.fixture
+def gone_tasks(monkeypatch):
+    """The recording's tasks have exited: /proc/PID/comm fails, saved_cmdlines names them."""
+    real = top.read_text_file
+
+    def read(path, *a, **k):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(top, "read_text_file", read)
+
+
+def _run_reader(session, splice=True):
+    frames: list[TopFrame] = []
+    r = _TopReader(session, 0.0, frames.append, None, None)  # interval 0: tick every pump
+    try:
+        r.can_splice = r.can_splice and splice
+        for c in session.cpus:
+            r.pump(c)
+        if r._worker is not None:
+            r._worker.join()
+        assert r.error is None
+        for c in session.cpus:  # as run_session ends: what is left, then close
+            r.flush(c)
+    finally:
+        r.close()
+    assert not r.fds and not r.pipes
+    return r, frames
+
+
+def _pages(td, cpu):
+    data, psize = td.cpu_data[cpu], td.buffer_page_size
+    return [bytes(data[i:i + psize]) for i in range(0, len(data), psize)]
+
+
+def _walk_count(td, cpu, pages) -> int:
+    hp, he = parse_header_page(td.header_page), parse_header_event(td.header_event)
+    return int(ringbuf.walk_pages(b"".join(pages), cpu, hp, he, td.buffer_page_size).ts.size)
+
+
+@pytest.mark.parametrize("name, splice", [("ftslab-open200.dat", True),
+                                          ("tracecmd-v7-none.dat", True),
+                                          ("ftslab-open200.dat", False)])
+def test_reader_counts_what_the_whole_recording_holds(tmp_path, gone_tasks, name, splice):
+    session, td = replay_session(tmp_path, FIX / name)
+    r, frames = _run_reader(session, splice)
+    ds = ftslab.load(FIX / name)
+    assert r.state.events == ds.events > 0
+    assert r.dropped == 0 and frames[-1].dropped == 0
+    assert r.lost == ds.meta.total_lost == frames[-1].lost
+    # live at the end: as one TopState fed the whole recording at once says
+    whole = TopState()
+    rows = whole.feed(ds, 1.0, None)
+    assert r.state.ptr.size == whole.ptr.size == frames[-1].live_objects
+    assert int(r.state.bytes.sum()) == int(whole.bytes.sum()) == frames[-1].live_bytes
+    live = lambda rows_: {x["cache"]: (x["live"], x["live_bytes"]) for x in rows_["cache"]
+                          if x["live"]}
+    assert live(frames[-1].rows) == live(rows)
+    # allocations counted once each, over the frames
+    slab = sum(len(c) for (s, n), c in ds.columns.items()
+               if n in ("kmalloc", "kmem_cache_alloc"))
+    assert round(sum(x["allocs_per_s"] * f.interval for f in frames
+                     for x in f.rows["cache"])) == slab
+
+
+def test_backlog_drops_the_oldest_pages_and_counts_their_events(tmp_path, gone_tasks,
+                                                                 monkeypatch):
     """When decoding falls behind, the older half of the waiting pages is set aside
     and its events counted (walked, not decoded): exact, never silent."""
-    import threading
-    from pathlib import Path
-
-    from ftslab import ringbuf
-    from ftslab.formats import parse_header_event, parse_header_page
-    from ftslab.top import _TopReader
-    from ftslab.tracedat import read_tracedat
-
-    fix = Path(__file__).resolve().parent / "fixtures" / "6.18"
-    td = read_tracedat(fix / "ftslab-open200.dat")
-    hp = parse_header_page(td.header_page)
-    he = parse_header_event(td.header_event)
-    psize = td.buffer_page_size
-    r = _TopReader.__new__(_TopReader)
-    r.hp, r.he, r.page_size = hp, he, psize
-    r.cpus = sorted(td.cpu_data)
-    r.pages = {c: [bytes(td.cpu_data[c][i:i + psize])
-                   for i in range(0, len(td.cpu_data[c]), psize)] for c in r.cpus}
-    r.backlog = sum(len(p) for ps in r.pages.values() for p in ps)
-    r.dropped = r.lost = 0
-    r.to_drop, r._drop_lock = [], threading.Lock()
-    expect = 0
-    for c in r.cpus:
-        half = r.pages[c][:len(r.pages[c]) // 2]
-        if half:
-            expect += ringbuf.walk_pages(b"".join(half), c, hp, he, psize).ts.size
-    before = r.backlog
-    r._drop_oldest()
-    assert r.dropped == 0 and r.to_drop                  # counted later, by the worker
-    r._count_dropped()
-    assert r.dropped == expect > 0
-    assert r.backlog == sum(len(p) for ps in r.pages.values() for p in ps) < before
+    session, td = replay_session(tmp_path, FIX / "ftslab-open200.dat")
+    (cpu,) = session.cpus  # one CPU holds this recording's pages
+    # whole pages per splice (the kernel's trace_pipe_raw moves whole pages; a file
+    # moves what it is asked for), and every byte waiting is over the limit
+    monkeypatch.setattr(top, "_PIPE_BYTES", td.buffer_page_size)
+    monkeypatch.setattr(top, "BACKLOG_BYTES", 0)
+    pages = _pages(td, cpu)
+    k = len(pages) // 2
+    dropped, kept = _walk_count(td, cpu, pages[:k]), _walk_count(td, cpu, pages[k:])
+    r, frames = _run_reader(session)
+    assert dropped > 0 and kept > 0
+    assert r.dropped == dropped == frames[0].dropped      # the oldest half, counted
+    assert r.state.events == kept                          # the newest half, decoded
+    assert frames[0].events == kept
