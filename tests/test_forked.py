@@ -10,8 +10,20 @@ import pytest
 from ftslab import forked
 
 
+_PARENT = os.getpid()
+_CHILD_TOOK_ONE = os.memfd_create("child-took-one")
+
+
 def _work(i):
-    time.sleep(0.01)  # long enough that both processes take items
+    """One item.  The parent's calls wait while a child is alive and has taken no item
+    yet, so that both processes take some however the machine schedules them."""
+    if os.getpid() != _PARENT:
+        os.pwrite(_CHILD_TOOK_ONE, b"x", 0)
+    else:
+        deadline = time.monotonic() + 120  # a guard against a hang, not a measure
+        while (os.fstat(_CHILD_TOOK_ONE).st_size == 0 and _live_children()
+               and time.monotonic() < deadline):
+            time.sleep(0.001)
     return {"i": i, "pid": os.getpid(), "a": np.arange(i * 1000, dtype=np.uint64),
             "s": f"item {i}"}
 
@@ -32,8 +44,23 @@ def _children() -> set[int]:
     return out
 
 
+def _live_children() -> set[int]:
+    """This process's children that have not exited (zombies left out)."""
+    live = set()
+    for pid in _children():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            live.add(pid)
+    return live
+
+
 @pytest.fixture(autouse=True)
 def _no_child_left():
+    os.ftruncate(_CHILD_TOOK_ONE, 0)
     before = _children()
     yield
     assert _children() <= before  # the helper was killed and reaped on every path

@@ -1,5 +1,6 @@
 """load(fields=...): the columns a report reads, decoded block by block with each CPU's
 pages dropped, must equal what the lazy whole-CPU decode gives, on real captures."""
+import os
 import time
 from pathlib import Path
 
@@ -150,6 +151,20 @@ def test_big_endian_pages_are_refused_by_the_block_decoder_too(tmp_path):
             load(be, fields=fields)
 
 
+def _child_alive() -> bool:
+    """Whether this process has a child that has not exited (a zombie is not)."""
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            for pid in f.read().split():
+                try:
+                    with open(f"/proc/{pid}/stat") as st:
+                        if st.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                            return True
+                except OSError:
+                    pass
+    return False
+
+
 def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
     """The child really decodes blocks (each block slowed so that both processes take
     some), and the columns are the one-process columns: same rows, same order."""
@@ -159,9 +174,18 @@ def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
     monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
     alone = load(path, fields=fields_read)
     walk = ringbuf._walk_all
+    parent, child_walks = os.getpid(), os.memfd_create("child-walks")
 
     def slow_walk(*a):
-        time.sleep(0.005)
+        # the parent waits (bounded) while its child lives and has walked fewer than
+        # three blocks, so that the child's share does not depend on scheduling
+        if os.getpid() != parent:
+            os.write(child_walks, b"x")
+        else:
+            deadline = time.monotonic() + 120  # a hang guard, not a measure
+            while (os.fstat(child_walks).st_size < 3 and time.monotonic() < deadline
+                   and _child_alive()):
+                time.sleep(0.001)
         return walk(*a)
     monkeypatch.setattr(ringbuf, "_walk_all", slow_walk)
     from_child = []
