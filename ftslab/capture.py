@@ -29,13 +29,14 @@ from .errors import (CleanupIncomplete, FtslabError, OutputError, PermissionDeni
                      ProbeVerifyFailed, Stopped, TracefsUnavailable, Unsupported, UsageError)
 from .filters import _COMMON as _COMMON_FILTER_FIELDS
 from .filters import FilterExpr, comm_filter, parse_filter, string_literal
-from .tracefs import (INSTANCE_PREFIX, CpuStats, Instance, Tracefs, online_cpus, pid_alive,
-                      read_text_file)
+from .tracefs import (INSTANCE_PREFIX, CpuStats, EnabledElsewhere, Instance, Tracefs,
+                      online_cpus, pid_alive, read_text_file)
 from .undo import STOP_SIGNALS, UndoStack, defer_signal, signals_deferred
 
 __all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
            "parse_event_spec", "stop_signals_raise", "RecordResult", "record",
-           "run_session", "RunResult", "print_dry_run", "request_stop"]
+           "run_session", "RunResult", "print_dry_run", "request_stop",
+           "SHARED_EVENT_COST", "enabled_elsewhere_message"]
 
 DEFAULT_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:mm_page_alloc",
                   "kmem:kfree", "kmem:kmem_cache_free", "kmem:mm_page_free")
@@ -45,6 +46,64 @@ _PIPE_BYTES = 1 << 20
 #: kept, and the command fails afterwards with exit 4 saying so.
 TRACEFS_UNMOUNTED = "tracefs unmounted"
 INSTANCE_REMOVED = "instance removed"
+
+
+#: What another probe on the recorded tracepoints costs, from bench/bench_shared_events.py:
+#: the workload's speed under ``ftslab record -a`` with the kmem events also enabled in
+#: a second instance (tracing off there), as a fraction of its speed without; the kernel
+#: and the date of that run.
+SHARED_EVENT_COST = (0.83, "6.18", "2026-12-06")
+
+
+def enabled_elsewhere_message(found: list[EnabledElsewhere], root: str | os.PathLike
+                              ) -> str | None:
+    """One line saying which events are enabled in which other buffers, what that costs
+    and how to turn them off (None when ``found`` is empty).  Pure."""
+    if not found:
+        return None
+    by_place: dict[str | None, list[EnabledElsewhere]] = {}
+    for f in found:
+        by_place.setdefault(f.instance, []).append(f)
+    order = sorted(by_place, key=lambda i: (i is not None, i or ""))
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for inst in order:
+        fs = by_place[inst]
+        if inst is None:
+            place = "the top-level buffer"
+            if fs[0].tracing_on is False:
+                place += (" (tracing off there: left by another tracer, e.g. "
+                          "`trace-cmd record -k`)")
+        elif fs[0].owner_pid is not None:
+            place = f"instance {inst} (ftslab session {fs[0].owner_pid})"
+        else:
+            place = f"instance {inst}"
+        groups.setdefault(tuple(dict.fromkeys(f.event for f in fs)), []).append(place)
+    parts = []
+    for events, places in groups.items():
+        where = places[0] if len(places) == 1 else (", ".join(places[:-1]) + " and "
+                                                     + places[-1])
+        parts.append((", ".join(events), len(events), where))
+    if len(parts) == 1:
+        names, n, where = parts[0]
+        text = f"{names} {'is' if n == 1 else 'are'} also enabled in {where}"
+    else:
+        text = ("events recorded here are also enabled elsewhere: "
+                + "; ".join(f"{names} in {where}" for names, _n, where in parts))
+    ratio, kernel, date = SHARED_EVENT_COST
+    text += (f": with a second probe on a tracepoint every event costs more (measured: a "
+             f"syscall workload under `ftslab record -a` ran at ~{ratio:.2f}x of its speed "
+             f"without it; Linux {kernel}, {date})")
+    offs = []
+    for inst in order:
+        fs = by_place[inst]
+        if fs[0].owner_pid is not None:
+            continue  # another ftslab session's: it ends by itself (or `ftslab reset`)
+        base = f"{root}/" + (f"instances/{inst}/" if inst is not None else "")
+        for system in dict.fromkeys(f.event.split(":", 1)[0] for f in fs):
+            offs.append(f"`echo 0 > {base}events/{system}/enable`")
+    if offs:
+        text += "; if not in use: " + "; ".join(offs)
+    return text
 
 
 class Interrupted(BaseException):
@@ -397,6 +456,18 @@ class Session:
         self.stack_events = [label for label, _ in targets]
         return out
 
+    def warn_enabled_elsewhere(self) -> list[EnabledElsewhere]:
+        """Say (one line) which of the session's tracepoints another buffer has enabled
+        too: every event then costs more (SHARED_EVENT_COST).  Only reads: the other
+        tracer's state is its own."""
+        events = [ev for ev in self.formats if self.probe_plan is None or
+                  ev[0] not in {p.group for p in self.probe_plan.probes}]
+        found = self.tracefs.events_enabled_elsewhere(events, own=self.name)
+        msg = enabled_elsewhere_message(found, self.tracefs.root)
+        if msg:
+            self.warn(msg)
+        return found
+
     # -- applying ----------------------------------------------------------------
     def apply(self, steps: list[Step]) -> None:
         # Test hook (robustness tests kill ftslab at a known point of setup): with
@@ -748,6 +819,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             meta["tracefs_writes"] = [f"{s.path} <- {s.value}" for s in steps]
             if session.stack_events:
                 meta["stack_events"] = list(session.stack_events)
+            session.warn_enabled_elsewhere()
             session.apply(steps)
             inst = session.instance
             with signals_deferred():  # the reader's fds must be ours to close

@@ -26,7 +26,7 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
                "kprobes": False, "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
                "arg_style": None, "btf_args": False, "offsets": None, "probes": [],
                "skipped": [], "notes": [], "tracepoints": {}, "problems": [],
-               "ok": False}
+               "enabled_elsewhere": [], "enabled_elsewhere_message": None, "ok": False}
     problems = d["problems"]
     if not d["root"]:
         problems.append("not root: tracefs instances need CAP_SYS_ADMIN (run as root)")
@@ -46,6 +46,14 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
             d["tracepoints"][f"kmem:{name}"] = [f.name for f in fmt.fields]
         except FtslabError:
             d["tracepoints"][f"kmem:{name}"] = None
+    # another buffer with these events enabled makes every one of them cost more
+    from .capture import enabled_elsewhere_message
+    present = [("kmem", n) for n in KMEM_TRACEPOINTS if d["tracepoints"][f"kmem:{n}"]]
+    found = tfs.events_enabled_elsewhere(present)
+    d["enabled_elsewhere"] = [{"event": f.event, "instance": f.instance, "state": f.state,
+                               "tracing_on": f.tracing_on, "ftslab_pid": f.owner_pid}
+                              for f in found]
+    d["enabled_elsewhere_message"] = enabled_elsewhere_message(found, tfs.root)
     if not any(d["tracepoints"].values()):
         problems.append("no kmem tracepoints in this kernel's tracefs")
     if not tfs.exists("instances"):
@@ -100,6 +108,9 @@ def render_text(d: dict) -> list[str]:
     for name, fields in d["tracepoints"].items():
         out.append(f"tracepoint    {name:<22} "
                    + (", ".join(fields) if fields else "ABSENT"))
+    if d["tracefs"]:
+        out.append("elsewhere     " + (d["enabled_elsewhere_message"] or
+                                       "no other buffer has the kmem events enabled"))
     if d["kprobes"]:
         out.append("kprobes       yes (kprobe_events)")
     else:

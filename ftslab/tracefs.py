@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import (FtslabError, KernelWriteError, PermissionDenied,
                      TracefsUnavailable, UsageError)
 
-__all__ = ["Tracefs", "Instance", "CpuStats", "INSTANCE_PREFIX",
+__all__ = ["Tracefs", "Instance", "CpuStats", "EnabledElsewhere", "INSTANCE_PREFIX",
            "read_text_file", "pid_alive", "parse_cpu_stats", "online_cpus",
            "read_probe_context", "read_lockdown", "read_slab_names", "read_kallsyms"]
 
@@ -125,6 +125,34 @@ class CpuStats:
     @property
     def lost(self) -> int:
         return self.overrun + self.commit_overrun + self.dropped
+
+
+@dataclass(frozen=True)
+class EnabledElsewhere:
+    """An event that another buffer of this tracefs has enabled too (a second probe on
+    its tracepoint: see Tracefs.events_enabled_elsewhere)."""
+
+    event: str
+    """``system:name``."""
+    instance: str | None
+    """The instance's name; None for the top-level buffer."""
+    state: str
+    """What its enable file reads: ``1``, or ``0*``/``1*`` (soft mode: the probe is
+    registered, e.g. by an enable_event trigger, whether or not it records)."""
+    tracing_on: bool | None
+    """That buffer's tracing_on (None: unreadable).  Off, its probe still runs."""
+    owner_pid: int | None = None
+    """The pid an ``ftslab_<pid>`` instance is named for (another ftslab session)."""
+
+
+def enable_state_has_probe(text: str) -> bool:
+    """Whether an event's ``enable`` file says its tracepoint probe is registered.
+
+    It reads ``0`` or ``1``, with ``*`` after it in soft mode (kernel/trace/
+    trace_events.c, event_enable_read): ``0*`` is registered but soft-disabled, which
+    costs every event the same as ``1``."""
+    t = text.strip()
+    return t == "1" or t.endswith("*")
 
 
 def parse_cpu_stats(cpu: int, text: str) -> CpuStats:
@@ -261,6 +289,44 @@ class Tracefs:
     def stale_instances(self) -> list[tuple[str, int]]:
         """ftslab instances whose owner process is gone."""
         return [(name, pid) for name, pid in self.ftslab_instances() if not pid_alive(pid)]
+
+    def events_enabled_elsewhere(self, events, own: str | None = None
+                                 ) -> list[EnabledElsewhere]:
+        """Where else each of ``events`` ((system, name) pairs) is enabled: the top-level
+        buffer and every instance but ``own`` (this session's).  Only reads.
+
+        Each is a second probe on the tracepoint: the kernel then calls its probes
+        through ``__traceiter_<event>`` instead of a static call, and every event costs
+        more.  Other users of a tracepoint are not visible here: perf (perf_event_open
+        on a tracepoint) and BPF programs register their probes without any tracefs
+        file saying so; finding them means walking every process's fds and asking the
+        kernel about each (bpftool's BPF_TASK_FD_QUERY), which this does not do.
+        Unreadable files (not root, an instance removed meanwhile) are skipped."""
+        def state(rel: str) -> str | None:
+            try:
+                return read_text_file(self.root / rel).strip()
+            except (OSError, FtslabError):
+                return None
+
+        def on(prefix: str) -> bool | None:
+            t = state(f"{prefix}tracing_on")
+            return None if t is None else t == "1"
+
+        places: list[tuple[str | None, str]] = [(None, "")]
+        places += [(name, f"instances/{name}/") for name in self.instances() if name != own]
+        out = []
+        for inst, prefix in places:
+            tracing = None
+            for system, name in events:
+                st = state(f"{prefix}events/{system}/{name}/enable")
+                if st is None or not enable_state_has_probe(st):
+                    continue
+                if tracing is None:
+                    tracing = on(prefix)
+                m = _OWNED.match(inst) if inst else None
+                out.append(EnabledElsewhere(f"{system}:{name}", inst, st, tracing,
+                                            int(m.group(1)) if m else None))
+        return out
 
     def error_log_last(self, instance: str | None = None) -> str | None:
         """The last entry of error_log (with its caret line), or None."""
