@@ -72,7 +72,17 @@ def no_proc_comm(monkeypatch):
             raise FileNotFoundError(path)
         return real(path, *a, **k)
     monkeypatch.setattr(stream, "read_text_file", read)
-    monkeypatch.setattr(capture, "_stop_requested", [])
+    no_stop(monkeypatch)
+
+
+def no_stop(monkeypatch) -> list:
+    """No stop request pending, whatever an earlier test left in capture's list: the
+    decoder would drain for DRAIN_S only and stop.  stream.py holds the list under its
+    own name: both names get the same new list."""
+    fresh: list = []
+    monkeypatch.setattr(capture, "_stop_requested", fresh)
+    monkeypatch.setattr(stream, "_stop_requested", fresh)
+    return fresh
 
 
 def _decode_all(session) -> tuple[_PageDecoder, list]:
@@ -166,6 +176,7 @@ _TEXT = re.compile(r"^(?P<comm>.*)-(?P<pid>\d+) \[(?P<cpu>\d{3})\] (?P<s>\d+)\.(
 @pytest.fixture(scope="module")
 def open200(tmp_path_factory):
     mp = pytest.MonkeyPatch()
+    no_stop(mp)
     real = stream.read_text_file
     mp.setattr(stream, "read_text_file",
                lambda p, *a, **k: (_ for _ in ()).throw(FileNotFoundError(p))
