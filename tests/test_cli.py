@@ -564,3 +564,69 @@ def test_doctor_without_tracefs(capsys, tmp_path):
     assert d["ok"] is False and d["problems"]
     assert code in (errors.EXIT_TRACEFS, errors.EXIT_PERMISSION)
     one_error(err, "recording cannot work here")
+
+
+# ------------------------------------------------------------------ top --batch on real pages
+
+def _replayed_top(monkeypatch, tmp_path, recording):
+    """top's reader on a recording's pages (as _replayed_stream): pumped until its worker
+    has made a frame of everything (polled, with a deadline), then flushed and closed."""
+    import time
+    from ftslab import capture, top
+    from ftslab.capture import RunResult
+    from test_stream_decoder import replay_session
+    session, _td = replay_session(tmp_path / "replay", recording)
+    session.undo = capture.UndoStack()
+    real = top.read_text_file
+    monkeypatch.setattr(top, "read_text_file", lambda p, *a, **k: (
+        (_ for _ in ()).throw(FileNotFoundError(p)) if str(p).startswith("/proc/") else
+        real(p, *a, **k)))
+
+    def run_session(tracefs, opts, warn, status, make_reader, meta):
+        reader = make_reader(session)
+        try:
+            deadline = time.monotonic() + 120
+            while reader._worker is None and time.monotonic() < deadline:
+                for c in session.cpus:
+                    reader.pump(c)  # a tick once -n has passed since the reader began
+                time.sleep(0.01)
+            assert reader._worker is not None, "no tick within 120 s"
+            reader._worker.join()
+            for c in session.cpus:
+                reader.flush(c)
+        finally:
+            reader.close()
+        return RunResult(session, [], None, 0.5, None, True)
+    monkeypatch.setattr(top, "run_session", run_session)
+
+
+def test_top_batch_frames_on_real_pages(capsys, monkeypatch, tmp_path, fake):
+    from ftslab.render import human_bytes
+    from ftslab.top import TopState
+    _replayed_top(monkeypatch, tmp_path, OPEN200)
+    code, out, err = run(capsys, "top", "--tracefs", fake, "--batch", "-n", "0.1")
+    assert code == 0, err
+    frame = out.split("\n\n")[0].splitlines()
+    assert re.match(r"ftslab top +\d+\.\d+s +[\d,]+ events/s +live [\d,]+ objects .* lost 0$",
+                    frame[0]), frame[0]
+    assert frame[1].split() == ["CACHE", "ALLOCS/S", "BYTES/S", "LIVE", "LIVE", "BYTES"]
+    # what is live at the end of the recording, by cache, as TopState says of it whole
+    whole = TopState()
+    rows = whole.feed(ftslab.load(OPEN200), 1.0, 20)["cache"]
+    held = re.escape(human_bytes(int(whole.bytes.sum())))
+    assert re.search(rf" live {whole.ptr.size:,} objects {held}  lost 0$", frame[0]), frame[0]
+    shown = {ln[:40].rstrip(): ln[40:] for ln in frame[2:]}
+    assert set(shown) == {r["cache"] for r in rows}
+    for r in rows:
+        assert re.search(rf" {r['live']:>10,} +{re.escape(human_bytes(r['live_bytes']))}$",
+                         shown[r["cache"]]), (r, shown[r["cache"]])
+    assert re.search(r"^ftslab: top ran \d+\.\ds; lost 0 events$", err, re.M), err
+
+
+def test_top_refusals(capsys, fake):
+    code, out, err = run(capsys, "top", "--tracefs", fake, "--batch", "-p", _dead_pid())
+    assert code == errors.EXIT_USAGE and out == ""
+    one_error(err, "no such process")
+    code, out, err = run(capsys, "top", "--tracefs", fake, "--batch", "--filter", "x ==")
+    assert code == errors.EXIT_USAGE
+    one_error(err, "invalid filter")
