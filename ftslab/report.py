@@ -1280,7 +1280,16 @@ def live_allocations(ds: Dataset, by: Sequence[str], top: int | None = None,
 
 NO_STACK = "(no stack recorded)"
 _STACK_SEP = " <- "  # between the frames of a --by stack label (no symbol holds it)
+#: Leading (innermost) frames of a recorded stack that belong to the tracing machinery,
+#: not to the allocation.  A tracepoint calls its probes through a static call while it
+#: has one probe: the call goes straight to trace_event_raw_event_<event>.  With a second
+#: probe on it (another instance or the top level with the same event enabled, e.g.
+#: after `trace-cmd record -k`; perf; BPF) the static call targets the iterator
+#: __traceiter_<event>, which loops over the probes, and that frame sits between the
+#: allocator and trace_event_raw_event_<event> (seen on 6.18).  __SCT__tp_func_<event> is
+#: the static call's trampoline, a frame only where the call is not patched inline.
 _TRACING_FRAMES = ("trace_event_raw_event_", "perf_trace_", "trace_event_buffer",
+                   "__traceiter_", "__SCT__",
                    "event_triggers", "event_trigger", "stacktrace_trigger", "__trace_stack",
                    "__ftrace_trace_stack", "ftrace_", "__ftrace", "arch_ftrace", "kprobe",
                    "__kprobe", "aggr_pre_handler", "opt_pre_handler", "optimized_callback",
