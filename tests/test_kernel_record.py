@@ -6,6 +6,7 @@ root/tracefs, and asserts no ftslab instance is left afterwards.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import (as_nobody, ftslab_leftovers, need_tool, popen_ftslab, run_ftslab,
                       run_tracecmd)
+from toplevel import wait_tracing_on
 
 N_FILES = 2000
 OPEN_FILES = [sys.executable, "-c",
@@ -56,23 +58,54 @@ def test_text_report_shows_tables(kernel, tmp_path):
     assert "callsite" in header and "count" in header and "bytes_alloc" in header
 
 
+#: pipe(2)'s path down to alloc_pipe_info, which kmallocs the pipe: the compiler may
+#: inline any of these into the next, so a call site is in whichever it kept
+PIPE_PATH = ("alloc_pipe_info", "get_pipe_inode", "create_pipe_files", "__do_pipe_flags",
+             "do_pipe2", "__do_sys_pipe2", "__se_sys_pipe2", "__x64_sys_pipe2")
+
+
+def _kernel_pipe_sizes() -> tuple[int, int]:
+    """(bytes of struct pipe_inode_info, bytes of a new pipe's pipe_buffer array) on the
+    running kernel: alloc_pipe_info kzallocs the one and kcallocs one pipe_buffer per
+    page of the pipe's capacity.  The struct sizes come from the kernel's BTF, the
+    capacity from a fresh pipe's F_GETPIPE_SZ (max_usage pages, the count it made)."""
+    from ftslab import btf
+    types = btf.parse(Path("/sys/kernel/btf/vmlinux").read_bytes())
+    info, buf = types.struct_size("pipe_inode_info"), types.struct_size("pipe_buffer")
+    assert info and buf, (info, buf)
+    r, w = os.pipe()
+    try:
+        pages = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) // os.sysconf("SC_PAGE_SIZE")
+    finally:
+        os.close(r)
+        os.close(w)
+    return info, pages * buf
+
+
+def _pipe_kmallocs(path) -> list:
+    """The recording's kmalloc events made on pipe(2)'s path."""
+    import ftslab
+    sym = ftslab.load(path).symbolize
+    return [ev for ev in ftslab.read(path) if ev.name == "kmalloc"
+            and (sym(ev.fields["call_site"]) or "").split("+")[0] in PIPE_PATH]
+
+
 def test_pipe_kmalloc_sizes_are_the_kernels(kernel, tmp_path):
-    """pipe() allocates its pipe_buffer array with kcalloc(16, sizeof(struct pipe_buffer)):
-    the size reported must be a multiple of 16 from alloc_pipe_info."""
+    """Each pipe() kmallocs its struct pipe_inode_info and its pipe_buffer array: the
+    sizes recorded are exactly the running kernel's, one of each per pipe."""
+    info, bufs = _kernel_pipe_sizes()
     out = tmp_path / "pipe.dat"
     prog = "import os\nfor i in range(500):\n    r, w = os.pipe(); os.close(r); os.close(w)"
-    run_ftslab("record", "-o", out, "-e", "kmem:kmalloc", "--", sys.executable, "-c", prog,
-               check=True)
+    cp = run_ftslab("record", "-o", out, "-e", "kmem:kmalloc", "--", sys.executable, "-c",
+                    prog, check=True)
+    assert "lost 0" in cp.stderr, cp.stderr
     rep = _report_json(out, "--by", "callsite", "--top", "1000")
-    pipe_rows = [r for r in rep["rows"] if r["callsite"].startswith("alloc_pipe_info+")]
-    assert pipe_rows, [r["callsite"] for r in rep["rows"]][:30]
-    total = sum(r["count"] for r in pipe_rows)
-    assert total >= 500
-    import ftslab
-    sizes = {ev.fields["bytes_req"] for ev in ftslab.read(out)
-             if ev.name == "kmalloc" and "alloc_pipe_info" in
-             (ftslab.load(out).symbolize(ev.fields["call_site"]) or "")}
-    assert sizes and all(s % 16 == 0 for s in sizes), sizes
+    pipe_rows = [r for r in rep["rows"] if r["callsite"].split("+")[0] in PIPE_PATH]
+    assert sum(r["count"] for r in pipe_rows) >= 2 * 500, [r["callsite"] for r in rep["rows"]]
+    from collections import Counter
+    sizes = Counter(ev.fields["bytes_req"] for ev in _pipe_kmallocs(out))
+    assert set(sizes) == {info, bufs}, (sizes, info, bufs)
+    assert sizes[info] == sizes[bufs] >= 500, sizes
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -80,10 +113,7 @@ def test_signal_mid_record_keeps_data_and_cleans_up(kernel, tmp_path, sig):
     out = tmp_path / "sig.dat"
     p = popen_ftslab("record", "-o", out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not ftslab_leftovers():
-        time.sleep(0.05)
-    time.sleep(1.0)
+    wait_tracing_on(p)
     p.send_signal(sig)
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -203,24 +233,25 @@ def test_filter_on_no_recorded_event_is_refused_before_the_kernel(kernel):
 
 
 def test_kernel_side_comm_and_size_filters(kernel, tmp_path):
+    """A pipe kmallocs two sizes (see _kernel_pipe_sizes): --min-size the larger keeps
+    every allocation of that size and drops every one of the smaller."""
+    small, large = sorted(_kernel_pipe_sizes())
+    assert small < large, "this kernel's pipe allocations cannot tell a size filter"
     out = tmp_path / "f.dat"
     prog = ("import ctypes, os\nctypes.CDLL(None).prctl(15, b'ftslabfilt', 0, 0, 0)\n"
             "for i in range(300):\n r, w = os.pipe(); os.close(r); os.close(w)")
-    p = popen_ftslab("record", "-o", out, "--comm", "ftslabfilt", "--min-size", "512", "-e",
-                     "kmem:kmalloc", "-d", "4", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                     text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not ftslab_leftovers():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    p = popen_ftslab("record", "-o", out, "--comm", "ftslabfilt", "--min-size", large, "-e",
+                     "kmem:kmalloc", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_tracing_on(p)
     subprocess.run([sys.executable, "-c", prog], check=True)
+    p.send_signal(signal.SIGINT)  # the workload is over: every event of it was recorded
     _o, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+    assert p.returncode == 0 and "lost 0" in err, err
     import ftslab
     evs = list(ftslab.read(out))
-    assert len(evs) >= 300, err  # pipe_buffer arrays: kcalloc(16, 40) = 640 bytes each
-    assert {e.comm for e in evs} == {"ftslabfilt"}
-    assert min(e.fields["bytes_req"] for e in evs) >= 512
+    assert {e.comm for e in evs} == {"ftslabfilt"}, err
+    assert min(e.fields["bytes_req"] for e in evs) >= large
+    assert [e.fields["bytes_req"] for e in _pipe_kmallocs(out)] == [large] * 300
 
 
 def test_pid_option_records_that_process(kernel, tmp_path):
@@ -230,10 +261,7 @@ def test_pid_option_records_that_process(kernel, tmp_path):
     target = subprocess.Popen([sys.executable, "-c", prog], stdin=subprocess.PIPE, text=True)
     p = popen_ftslab("record", "-o", out, "-p", target.pid, "-e", "kmem:kmem_cache_alloc",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not ftslab_leftovers():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_tracing_on(p)
     target.communicate("go\n", timeout=60)
     _o, err = p.communicate(timeout=60)  # ends by itself when the process is gone
     assert p.returncode == 0, err
@@ -306,11 +334,8 @@ def test_missing_and_non_recording_inputs(tmp_path):
 def test_sigkill_leftover_is_named_and_reset_removes_it(kernel, tmp_path):
     out = tmp_path / "k.dat"
     p = popen_ftslab("record", "-o", out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 20
     name = f"ftslab_{p.pid}"
-    while time.time() < deadline and name not in ftslab_leftovers():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_tracing_on(p)
     p.kill()
     p.communicate(timeout=30)
     assert name in ftslab_leftovers(), "SIGKILL cannot clean up: the instance must remain"
@@ -337,10 +362,7 @@ def test_reset_keeps_running_sessions(kernel, tmp_path):
     p = popen_ftslab("record", "-o", tmp_path / "r.dat", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
     name = f"ftslab_{p.pid}"
-    on = Path(f"/sys/kernel/tracing/instances/{name}/tracing_on")
-    deadline = time.time() + 20
-    while time.time() < deadline and not (on.exists() and on.read_text().strip() == "1"):
-        time.sleep(0.05)  # recording (not only set up): a signal now ends it with exit 0
+    wait_tracing_on(p)  # recording (not only set up): a signal now ends it with exit 0
     cp = run_ftslab("reset", check=True)
     assert f"keeping {name}" in cp.stderr and name in ftslab_leftovers()
     p.send_signal(signal.SIGINT)
@@ -376,10 +398,7 @@ def test_sigterm_ends_the_recorded_command_too(kernel, tmp_path):
     out = tmp_path / "t.dat"
     p = popen_ftslab("record", "-o", out, "--", "sleep", "30", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not ftslab_leftovers():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_tracing_on(p)
     p.send_signal(signal.SIGTERM)
     _o, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
@@ -390,21 +409,22 @@ def test_sigterm_ends_the_recorded_command_too(kernel, tmp_path):
 # -- regressions found in review ------------------------------------------------------
 
 def test_stream_text_stops_on_time_and_on_sigint(kernel, tmp_path):
-    t0 = time.monotonic()
+    """A stream of the whole system has no end of its own: only -d or a signal ends it
+    (the timeouts only guard against a hang), and it says so on its last line."""
+    ending = re.compile(r"^ftslab: streamed [\d,]+ events in (\d+\.\d)s, lost [\d,]+")
     with open(tmp_path / "o.txt", "w") as out:
         p = popen_ftslab("stream", "-d", "1", stdout=out, stderr=subprocess.PIPE, text=True)
-        _o, err = p.communicate(timeout=60)
-    assert p.returncode == 0 and time.monotonic() - t0 < 15, err
+        _o, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    m = ending.match(err.strip().splitlines()[-1])
+    assert m and float(m.group(1)) >= 1.0, err   # it ran its second, then ended by itself
     with open(tmp_path / "o2.txt", "w") as out:
         p = popen_ftslab("stream", stdout=out, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 20
-        while time.time() < deadline and not ftslab_leftovers():
-            time.sleep(0.05)
-        time.sleep(1.0)
-        t0 = time.monotonic()
+        wait_tracing_on(p)
         p.send_signal(signal.SIGINT)
-        _o, err = p.communicate(timeout=30)
-    assert p.returncode == 0 and time.monotonic() - t0 < 10, err
+        _o, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert ending.match(err.strip().splitlines()[-1]), err
     assert not ftslab_leftovers()
 
 
@@ -413,14 +433,12 @@ def test_whole_system_recording_leaves_ftslab_itself_out(kernel, tmp_path, flags
     """Without a COMMAND or -p the whole system is recorded; -a says so again and, as in
     perf and trace-cmd, is accepted (it was refused without a COMMAND)."""
     out = tmp_path / "sys.dat"
-    p = popen_ftslab("record", *flags, "-d", "3", "-o", out, stdout=subprocess.PIPE,
+    p = popen_ftslab("record", *flags, "-o", out, stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while time.time() < deadline and not ftslab_leftovers():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_tracing_on(p)
     for _ in range(200):
         os.close(os.open("/dev/null", os.O_RDONLY))
+    p.send_signal(signal.SIGINT)
     _o, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     import ftslab
@@ -428,14 +446,37 @@ def test_whole_system_recording_leaves_ftslab_itself_out(kernel, tmp_path, flags
     assert p.pid not in pids and os.getpid() in pids
 
 
+def _slabinfo_name(cache: str) -> str:
+    """The name under which /proc/slabinfo (and the kmem tracepoints) show the objects
+    of CACHE.  SLUB merges caches of one object size and compatible flags: the merged
+    cache is a directory such as /sys/kernel/slab/:0000096 and each name merged into it
+    a link to it; /proc/slabinfo lists it under one of those names (the first created)."""
+    slab = Path("/sys/kernel/slab")
+    listed = {line.split()[0] for line in Path("/proc/slabinfo").read_text().splitlines()[2:]}
+    if not (slab / cache).is_symlink():
+        assert cache in listed, cache
+        return cache
+    target = (slab / cache).resolve()
+    names = [n for n in os.listdir(slab) if n in listed and (slab / n).resolve() == target]
+    assert len(names) == 1, (cache, target.name, names)
+    return names[0]
+
+
 def test_slabinfo_diff_is_not_ftslabs_own_instance(kernel, tmp_path):
-    """An instance costs one trace_event_file object per event (~2300 on this kernel):
-    the snapshots are taken with the instance up, so that does not show as a change."""
+    """An instance costs one trace_event_file object per event of the kernel (and a
+    tracefs inode per file looked up): the snapshots are taken with the instance up, so
+    that does not show as a change.  trace_event_file may be merged into another cache,
+    whose name is then the one slabinfo shows: that cache may change a little with the
+    rest of the system, never by an instance's worth of events."""
+    per_instance = sum(1 for _ in Path("/sys/kernel/tracing/events").glob("*/*/enable"))
     out = tmp_path / "z.dat"
     run_ftslab("record", "-o", out, "-d", "0.5", "--comm", "nosuchcomm", check=True)
     rep = _report_json(out)
-    rows = rep["tables"]["slabinfo_diff"]["rows"]
-    assert not [r for r in rows if r["cache"] in ("trace_event_file", "tracefs_inode_cache")]
+    rows = {r["cache"]: r for r in rep["tables"]["slabinfo_diff"]["rows"]}
+    assert _slabinfo_name("tracefs_inode_cache") not in rows
+    files = rows.get(_slabinfo_name("trace_event_file"))
+    assert files is None or abs(files["delta_active"]) < per_instance // 2, (files,
+                                                                             per_instance)
 
 
 def test_exec_failure_leaves_nothing(kernel, tmp_path):
@@ -473,6 +514,28 @@ def test_stream_keeps_the_commands_output_off_stdout(kernel):
 
 # -- regressions found in the robustness review -----------------------------------
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                # pid (comm) state ppid ...: comm may hold spaces and parentheses
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie: its parent died and nobody reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def test_command_never_runs_if_ftslab_dies_during_setup(kernel, tmp_path):
     """SIGKILL while setting up (held there by FTSLAB_TEST_PAUSE_AT): the held
     command must not run untraced afterwards."""
@@ -481,15 +544,21 @@ def test_command_never_runs_if_ftslab_dies_during_setup(kernel, tmp_path):
     p = popen_ftslab("record", "-o", tmp_path / "k.dat", "--", "sh", "-c",
                      f"echo RAN > {marker}", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      extra_env={"FTSLAB_TEST_PAUSE_AT": "2"})
-    deadline = time.time() + 20
+    deadline = time.monotonic() + 60
     name = f"ftslab_{p.pid}"
-    while time.time() < deadline and name not in ftslab_leftovers():
+    while name not in ftslab_leftovers():
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
         time.sleep(0.01)
-    assert name in ftslab_leftovers()
+    held = _children(p.pid)  # the command, forked before setup and held at its gate
+    assert len(held) == 1, held
     p.kill()
     p.communicate(timeout=30)
-    time.sleep(0.5)
     try:
+        # the gate closed with ftslab: the held command ends, without running (had it
+        # run, `echo` would have written the marker before it ended)
+        while _alive(held[0]):
+            assert time.monotonic() < deadline, f"the held command {held[0]} is still there"
+            time.sleep(0.01)
         assert not marker.exists(), "the command ran although ftslab died before tracing"
     finally:
         if name in ftslab_leftovers():
@@ -497,14 +566,33 @@ def test_command_never_runs_if_ftslab_dies_during_setup(kernel, tmp_path):
 
 
 def test_duration_does_not_wait_for_a_longer_command(kernel, tmp_path):
+    """-d ends the recording while the command goes on: ftslab says so and leaves it
+    running.  The command never ends by itself, so waiting for it would hang (the
+    timeout guards that)."""
     out = tmp_path / "w.dat"
-    t0 = time.monotonic()
-    with open(tmp_path / "err.txt", "w") as err:
-        p = popen_ftslab("record", "-o", out, "-d", "1", "--", "sleep", "6",
-                         stdout=subprocess.DEVNULL, stderr=err)
-        assert p.wait(timeout=60) == 0
-    assert time.monotonic() - t0 < 5
-    assert "still running" in (tmp_path / "err.txt").read_text() and out.exists()
+    pidfile = tmp_path / "cmd.pid"
+    cmd = ["sh", "-c", f'echo $$ > {pidfile}; exec sleep 100000']
+    try:
+        with open(tmp_path / "err.txt", "w") as err:
+            p = popen_ftslab("record", "-o", out, "-d", "1", "--", *cmd,
+                             stdout=subprocess.DEVNULL, stderr=err)
+            assert p.wait(timeout=120) == 0
+        text = (tmp_path / "err.txt").read_text()
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or not pidfile.read_text().endswith("\n"):
+            assert time.monotonic() < deadline, text  # it runs on, maybe not yet that far
+            time.sleep(0.01)
+        cmd_pid = int(pidfile.read_text())
+        assert f"the command (pid {cmd_pid}) is still running" in text, text
+        assert "recording ended after -d" in text and _alive(cmd_pid), text
+        assert re.search(r"recorded [\d,]+ events in \d+\.\ds, lost 0", text), text
+        assert out.exists()
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
 
 
 def test_closed_or_full_stderr_does_not_cost_the_recording(kernel, tmp_path):
@@ -539,13 +627,11 @@ def test_temp_file_is_not_a_predictable_path(kernel, tmp_path):
 def test_stream_that_falls_behind_still_ends_on_time(kernel, tmp_path):
     """A consumer slower than the events (here: a pipe read 4 KiB per 20 ms) leaves a
     backlog in the buffer at -d.  The stream drains it for at most DRAIN_S, says how many
-    events it did not show, and ends: -d 3 is over within 3 + DRAIN_S + a few seconds of
-    tracing starting (it used to print the whole backlog, minutes of it)."""
+    events it did not show, and ends (it used to print the whole backlog: at this pace,
+    minutes of it, which the hang guard's timeout would catch too)."""
     import threading
-    from ftslab.stream import DRAIN_S
     load = subprocess.Popen([sys.executable, "-c",
-                             "import os, time\nend = time.monotonic() + 12\n"
-                             "while time.monotonic() < end:\n"
+                             "import os\nwhile True:\n"
                              "    os.close(os.open('/dev/null', os.O_RDONLY))"])
     try:
         p = popen_ftslab("stream", "--format", "json", "-e", "kmem:kmem_cache_alloc", "-d", "3",
@@ -562,21 +648,18 @@ def test_stream_that_falls_behind_still_ends_on_time(kernel, tmp_path):
 
         t = threading.Thread(target=slow_reader, daemon=True)
         t.start()
-        deadline = time.monotonic() + 30
-        while not ftslab_leftovers():
-            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read()
-            time.sleep(0.02)
-        t_started = time.monotonic()  # the instance exists: tracing starts right after
-        p.wait(timeout=60)
-        took = time.monotonic() - t_started
+        p.wait(timeout=120)
         err = p.stderr.read().decode()
-        t.join(timeout=30)
+        t.join(timeout=60)
     finally:
         load.kill()
         load.wait()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == 0, err
-    assert took < 3 + DRAIN_S + 4, (took, err)
     m = re.search(r"streamed ([\d,]+) events .*, not shown ([\d,]+)", err)
     assert m and int(m.group(2).replace(",", "")) > 0, err
     assert "the stream fell behind" in err, err
+    assert not t.is_alive() and sum(got) > 0
     assert not ftslab_leftovers()

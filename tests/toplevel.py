@@ -1,12 +1,16 @@
-"""Snapshot and restore the top-level tracing buffer's settings.
+"""Snapshot and restore the top-level tracing buffer's settings; wait for a session's
+own instance to trace.
 
-ftslab never changes them (the ``kernel`` fixture asserts that); trace-cmd 3.1.6 on a
-kernel without function tracing only works as ``record -d -k``, which leaves its
-settings behind, so tests and benchmarks that run it put them back with this.
+ftslab never changes the top level's settings (the ``kernel`` fixture asserts that);
+trace-cmd 3.1.6 on a kernel without function tracing only works as ``record -d -k``,
+which leaves its settings behind, so tests and benchmarks that run it put them back
+with this.
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 TRACEFS = Path(os.environ.get("FTSLAB_TRACEFS", "/sys/kernel/tracing"))
@@ -89,3 +93,27 @@ def restore_toplevel(state: dict[str, str]) -> None:
             _write(path, val.strip())
 
 
+def wait_tracing_on(proc: subprocess.Popen, timeout: float = 60) -> Path:
+    """Wait until the ftslab process ``proc`` traces: its instance (``ftslab_<pid>``)
+    has events enabled and tracing_on reads 1.  The instance appears well before that:
+    the buffers are allocated, the spool fsynced and kallsyms compressed first, which
+    takes from milliseconds to seconds on a loaded machine.  (A new instance starts with
+    tracing_on at 1 until ftslab turns it off to set up: the events tell that moment
+    from the real start, since they are enabled with tracing off.)  Returns the
+    instance's directory; fails if ``proc`` ends first or ``timeout`` (a hang guard)
+    passes."""
+    inst = TRACEFS / "instances" / f"ftslab_{proc.pid}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ((inst / "tracing_on").read_text().strip() == "1"
+                    and (inst / "set_event").read_text().strip()):
+                return inst
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"ftslab ended (rc {proc.returncode}) before tracing: {err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{inst.name} did not start tracing in {timeout:g} s")
+        time.sleep(0.02)

@@ -7,6 +7,7 @@ and after ftslab's session.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import time
 from robust_util import TRACEFS, figure, instances_of, spawn
 
 from conftest import need_tool
-from toplevel import restore_toplevel, toplevel_state
+from toplevel import restore_toplevel, toplevel_state, wait_tracing_on
 
 N = 3000
 COMM = "ftslabconc"
@@ -26,14 +27,29 @@ WORKLOAD = [sys.executable, "-c",
             f"for i in range({N}): os.close(os.open('/dev/null', os.O_RDONLY))"]
 
 
-def _wait_instances(procs, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not all(instances_of(p.pid) for p in procs):
-        assert time.monotonic() < deadline, "sessions did not start"
-        for p in procs:
-            assert p.poll() is None, p.communicate()
-        time.sleep(0.05)
-    time.sleep(0.3)  # tracing_on comes right after the instance's setup
+def _wait_tracing(procs):
+    for p in procs:
+        wait_tracing_on(p)
+
+
+def _stop(procs) -> list[str]:
+    """End the sessions (the workload is over: they have its events) and their stderr."""
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    return [p.communicate(timeout=120)[1] for p in procs]
+
+
+def _children_comms(pid: int) -> list[str]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                comm, rest = f.read().split(" (", 1)[1].rsplit(") ", 1)
+            if int(rest.split()[1]) == pid:
+                out.append(comm)
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
 def _filp_in_recording(tmp_path, path) -> int:
@@ -43,17 +59,17 @@ def _filp_in_recording(tmp_path, path) -> int:
 
 
 def _record_args(out):
-    return ["record", "-o", out, "--comm", COMM, "-e", "kmem:kmem_cache_alloc", "-d", "6"]
+    return ["record", "-o", out, "--comm", COMM, "-e", "kmem:kmem_cache_alloc"]
 
 
 def test_two_records_at_once(kernel, tmp_path):
     a, _ = spawn(tmp_path, *_record_args(tmp_path / "a.dat"))
     b, _ = spawn(tmp_path, *_record_args(tmp_path / "b.dat"))
-    _wait_instances([a, b])
+    _wait_tracing([a, b])
     subprocess.run(WORKLOAD, check=True)
     # each sees the other's instance and leaves it alone
     assert instances_of(a.pid) and instances_of(b.pid)
-    errs = [p.communicate(timeout=60)[1] for p in (a, b)]
+    errs = _stop([a, b])
     assert a.returncode == 0 and b.returncode == 0, errs
     for err in errs:
         assert "lost 0" in err and "stale" not in err, err
@@ -66,10 +82,10 @@ def test_record_and_stream_at_once(kernel, tmp_path):
     a, _ = spawn(tmp_path, *_record_args(tmp_path / "a.dat"))
     with open(tmp_path / "stream.json", "w") as out:
         b, _ = spawn(tmp_path, "stream", "--format", "json", "--comm", COMM, "-e",
-                     "kmem:kmem_cache_alloc", "-d", "6", stdout=out)
-        _wait_instances([a, b])
+                     "kmem:kmem_cache_alloc", stdout=out)
+        _wait_tracing([a, b])
         subprocess.run(WORKLOAD, check=True)
-        errs = [p.communicate(timeout=60)[1] for p in (a, b)]
+        errs = _stop([a, b])
     assert a.returncode == 0 and b.returncode == 0, errs
     streamed = [json.loads(l) for l in (tmp_path / "stream.json").read_text().splitlines()]
     n_stream = sum(1 for o in streamed if o.get("name") == "filp" or
@@ -87,34 +103,39 @@ def test_next_to_tracecmd_on_the_top_level_buffer(toplevel_expanded, kernel, tmp
     tc = need_tool("trace-cmd")
     before = toplevel_state()
     tc_out = tmp_path / "tc.dat"
+    # its command runs until the end of the test (Ctrl-C: SIGINT to its process group)
     tcp = subprocess.Popen([tc, "record", "-d", "-k", "-e", "kmem:kmem_cache_alloc", "-o",
-                            str(tc_out), "sleep", "10"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            str(tc_out), "sleep", "100000"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                           start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
+        # set up: tracing on, its event enabled, and its command started (trace-cmd
+        # starts it once the top level is as it wants it)
         while not ((TRACEFS / "tracing_on").read_text().strip() == "1" and
-                   "kmem:kmem_cache_alloc" in (TRACEFS / "set_event").read_text()):
-            assert time.monotonic() < deadline and tcp.poll() is None, tcp.communicate()
+                   "kmem:kmem_cache_alloc" in (TRACEFS / "set_event").read_text() and
+                   "sleep" in _children_comms(tcp.pid)):
+            assert tcp.poll() is None, tcp.communicate()
+            assert time.monotonic() < deadline, "trace-cmd did not start recording"
             time.sleep(0.05)
-        time.sleep(0.5)
         during = toplevel_state()  # trace-cmd's settings
         # the whole system (no --comm: trace-cmd names a pid by its last comm, so the
         # comparison is by pid)
         a, _ = spawn(tmp_path, "record", "-o", tmp_path / "a.dat", "-e",
-                     "kmem:kmem_cache_alloc", "-d", "6")
-        _wait_instances([a])
+                     "kmem:kmem_cache_alloc")
+        _wait_tracing([a])
         assert toplevel_state() == during  # ftslab's setup did not touch the top level
         w = subprocess.Popen(WORKLOAD)
         assert w.wait() == 0
-        _o, err = a.communicate(timeout=60)
+        err = _stop([a])[0]
         assert a.returncode == 0, err
         assert toplevel_state() == during  # nor did its teardown
         assert tcp.poll() is None, "trace-cmd ended early"
-        tcp.send_signal(signal.SIGINT)
+        os.killpg(tcp.pid, signal.SIGINT)
         tcp.communicate(timeout=120)
     finally:
         if tcp.poll() is None:
-            tcp.kill()
+            os.killpg(tcp.pid, signal.SIGKILL)
             tcp.wait()
         restore_toplevel(before)
     rep = subprocess.run([tc, "report", str(tc_out)], capture_output=True, text=True,
