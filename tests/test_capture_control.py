@@ -205,9 +205,12 @@ def test_signal_during_setup_is_reported_not_silent(fake_tracefs, monkeypatch):
             raise capture.Interrupted(sig.SIGTERM)
 
     monkeypatch.setattr(Tracefs, "_write", refusing)
-    with pytest.raises(capture.Stopped) as exc:
-        capture.run_session(Tracefs(fake_tracefs), RecordOptions(), lambda m: None,
-                            lambda t, f: None, lambda s: None, {})
+    try:
+        with pytest.raises(capture.Stopped) as exc:
+            capture.run_session(Tracefs(fake_tracefs), RecordOptions(), lambda m: None,
+                                lambda t, f: None, lambda s: None, {})
+    finally:
+        capture._stop_requested.clear()  # the stop is this test's, not the next one's
     assert exc.value.exit_code == 128 + 15
     assert "before recording started" in str(exc.value)
     assert not [p for p in (fake_tracefs / "instances").iterdir()]
