@@ -153,7 +153,8 @@ def _kmem_enabled_places() -> dict[str, set[str]]:
 
 
 def _shared_lines(stderr: str) -> list[str]:
-    return [l for l in stderr.splitlines() if "also enabled" in l]
+    """The lines of stderr about events enabled elsewhere, without the "ftslab: "."""
+    return [l.removeprefix("ftslab: ") for l in stderr.splitlines() if "also enabled" in l]
 
 
 @pytest.fixture
