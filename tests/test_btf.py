@@ -1,28 +1,25 @@
 """ftslab.btf: the BTF reader, on hand-built blobs and on the running kernel's vmlinux BTF.
 
 Synthetic blobs are built here with struct.pack (no BTF blob is committed).  The kernel
-tests read /sys/kernel/btf/vmlinux and compare with pahole/bpftool; they skip when it or
-the tools are missing, unless FTSLAB_KERNEL_TESTS=1 turns the skip into a failure.
+tests read /sys/kernel/btf/vmlinux and compare with what bpftool and pahole read there
+(and /proc/kallsyms, the kernel's config): nothing of one kernel build is written here.
+They skip when the BTF or the tools are missing, unless FTSLAB_KERNEL_TESTS=1 turns the
+skip into a failure.
 """
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import struct
-import subprocess
 from array import array
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import KERNEL_TESTS, need_tool
 from ftslab.btf import BtfError, Member, Param, kmem_cache_offsets, parse
 from ftslab.errors import BadInput, EXIT_INPUT
-
-VMLINUX = Path("/sys/kernel/btf/vmlinux")
+from kernel_oracle import (VMLINUX, BtfRaw, kallsyms_text_counts, kernel_config,
+                           pahole_members, unavailable)
 
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
 VOLATILE, CONST, RESTRICT, FUNC, FUNC_PROTO, VAR, DATASEC = 9, 10, 11, 12, 13, 14, 15
@@ -386,24 +383,29 @@ def test_fuzz_truncations_and_bit_flips_of_sample(blob, data):
 
 
 # --------------------------------------------------------------------------- real kernel
-
-def _unavailable(why: str) -> None:
-    if KERNEL_TESTS:
-        pytest.fail(f"{why} (FTSLAB_KERNEL_TESTS=1)")
-    pytest.skip(why)
-
+#
+# Every expected value below is what the running kernel says through another route
+# than ftslab's reader (tests/kernel_oracle.py: bpftool's and pahole's own BTF parsers,
+# /proc/kallsyms, the kernel's configuration): no size, offset, type id or prototype of
+# one build is written here.
 
 @pytest.fixture(scope="module")
 def vmlinux_bytes() -> bytes:
     try:
         return VMLINUX.read_bytes()
     except OSError as exc:
-        _unavailable(f"cannot read {VMLINUX}: {exc.strerror}")
+        unavailable(f"cannot read {VMLINUX}: {exc.strerror}")
 
 
 @pytest.fixture(scope="module")
 def vmlinux(vmlinux_bytes):
     return parse(vmlinux_bytes)
+
+
+@pytest.fixture(scope="module")
+def bpftool_btf() -> BtfRaw:
+    """The same BTF as bpftool reads it."""
+    return BtfRaw.from_file(VMLINUX)
 
 
 def _prefix_blob(real: bytes, ntypes: int) -> bytes:
@@ -427,10 +429,25 @@ def real_prefix(vmlinux_bytes) -> bytes:
     return _prefix_blob(vmlinux_bytes, 300)
 
 
-def test_real_prefix_is_valid(real_prefix):
+#: bpftool kinds whose spelling is the record's own name (or "struct NAME") in both
+_SPELLED_ALIKE = ("INT", "TYPEDEF", "FLOAT", "STRUCT", "UNION", "ENUM", "FUNC")
+
+
+def _bpftool_spelling(raw: BtfRaw, tid: int) -> str | None:
+    kind, name, _attrs, _m = raw.types[tid]
+    if kind not in _SPELLED_ALIKE or name == "(anon)":
+        return None
+    return raw.type_name(tid)
+
+
+def test_real_prefix_is_valid(real_prefix, bpftool_btf):
+    """The first 300 records, cut out of the kernel's blob, are read as bpftool reads
+    the whole: the same record under each type id."""
     btf = parse(real_prefix)
     assert len(btf) == 300
-    assert btf.type_name(1) == "long unsigned int"
+    want = {i: sp for i in range(1, 301) if (sp := _bpftool_spelling(bpftool_btf, i))}
+    assert len(want) > 30, "bpftool named too few of the first 300 types to compare"
+    assert {i: btf.type_name(i) for i in want} == want
 
 
 @settings(max_examples=int(os.environ.get("BTF_FUZZ_N", 60)), deadline=None,
@@ -449,97 +466,50 @@ def test_fuzz_truncations_and_bit_flips_of_real_prefix(real_prefix, data):
     try_parse(bytes(mutated))
 
 
-# Offsets measured on 6.18 (shared/KERNEL-FACTS.md), also printed by pahole there.
-FACTS_618 = {"name": 104, "size": 32, "object_size": 36}
+def _kallsyms_text() -> set[str]:
+    try:
+        return set(kallsyms_text_counts())
+    except OSError as exc:
+        unavailable(f"cannot read /proc/kallsyms: {exc.strerror}")
 
-# Signatures seen in the 6.18 BTF (`bpftool btf dump file /sys/kernel/btf/vmlinux`).
-# CONFIG_SLAB_BUCKETS=y adds the `b` (kmem_buckets *) parameter of the _node variants.
-PARAMS_618 = {
-    "__kmalloc_noprof": [("size", "size_t"), ("flags", "gfp_t")],
-    "__kmalloc_cache_noprof": [("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                               ("size", "size_t")],
-    "__kmalloc_cache_node_noprof": [("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                                    ("node", "int"), ("size", "size_t")],
-    "kmem_cache_alloc_noprof": [("s", "struct kmem_cache *"), ("gfpflags", "gfp_t")],
-    "kmem_cache_alloc_node_noprof": [("s", "struct kmem_cache *"), ("gfpflags", "gfp_t"),
-                                     ("node", "int")],
-    "kmem_cache_alloc_lru_noprof": [("s", "struct kmem_cache *"),
-                                    ("lru", "struct list_lru *"), ("gfpflags", "gfp_t")],
-    "__kmalloc_node_noprof": [("size", "size_t"), ("b", "kmem_buckets *"),
-                              ("flags", "gfp_t"), ("node", "int")],
-    "__kmalloc_node_track_caller_noprof": [("size", "size_t"), ("b", "kmem_buckets *"),
-                                           ("flags", "gfp_t"), ("node", "int"),
-                                           ("caller", "long unsigned int")],
-    "__kmalloc_large_noprof": [("size", "size_t"), ("flags", "gfp_t")],
-    "__kmalloc_large_node_noprof": [("size", "size_t"), ("flags", "gfp_t"),
-                                    ("node", "int")],
-    "__alloc_pages_noprof": [("gfp", "gfp_t"), ("order", "unsigned int"),
-                             ("preferred_nid", "int"), ("nodemask", "nodemask_t *")],
-    "alloc_pages_noprof": [("gfp", "gfp_t"), ("order", "unsigned int")],
-}
 
-IS_618 = os.uname().release.startswith("6.18.")
+def _family_candidates() -> list[str]:
+    from ftslab.kprobes import FAMILY
+    return [c for m in FAMILY for c in m.candidates]
 
 
 @pytest.mark.kernel
-def test_kmem_cache_offsets_on_this_kernel(vmlinux):
+def test_kmem_cache_offsets_on_this_kernel(vmlinux, bpftool_btf):
+    """offsetof/sizeof as bpftool reads the same BTF, and the member ftslab's probes
+    dereference is a pointer to the name string there too."""
     offsets = kmem_cache_offsets(vmlinux)
     assert offsets is not None
-    if IS_618:
-        assert offsets == FACTS_618
-        assert vmlinux.struct_size("kmem_cache") == 8416
-        assert vmlinux.struct_members("kmem_cache")["name"].type_name == "const char *"
-
-
-def _pahole_members(struct_name: str) -> dict[str, tuple[int, int]]:
-    """name -> (byte offset, size) from pahole's comments ``/* offset size */``."""
-    out = subprocess.run(["pahole", "-C", struct_name, str(VMLINUX)], capture_output=True,
-                         text=True, timeout=60).stdout
-    members = {}
-    for line in out.splitlines():
-        m = re.search(r"(?:\(\*)?(\w+)(?:\))?(?:\(.*\))?(?:\[\d+\])*(?::\d+)?;\s*/\*\s*(\d+)"
-                      r"(?::\s*\d+)?\s+(\d+)\s*\*/", line)
-        if m:
-            members.setdefault(m.group(1), (int(m.group(2)), int(m.group(3))))
-    return members
-
-
-def _bpftool_members(struct_name: str) -> dict[str, tuple[int, int, int]]:
-    """name -> (bit offset, bitfield size, type id) from ``bpftool btf dump``'s raw
-    listing of the first STRUCT of that name with members."""
-    out = subprocess.run(["bpftool", "btf", "dump", "file", str(VMLINUX)],
-                         capture_output=True, text=True, timeout=120).stdout
-    m = re.search(rf"^\[\d+\] STRUCT '{re.escape(struct_name)}' size=\d+ vlen=[1-9]\d*\n"
-                  r"((?:\t.*\n)*)", out, re.M)
-    assert m, f"bpftool lists no struct {struct_name}"
-    return {mm.group(1): (int(mm.group(3)), int(mm.group(4) or 0), int(mm.group(2)))
-            for mm in re.finditer(r"'(\w+)' type_id=(\d+) bits_offset=(\d+)"
-                                  r"(?: bitfield_size=(\d+))?", m.group(1))}
+    theirs = bpftool_btf.members("kmem_cache")
+    assert offsets == {k: theirs[k][0] // 8 for k in ("name", "size", "object_size")}
+    assert all(theirs[k][1] == 0 for k in ("name", "size", "object_size"))  # not bitfields
+    assert vmlinux.struct_size("kmem_cache") == bpftool_btf.struct_size("kmem_cache")
+    name_type = bpftool_btf.type_name(theirs["name"][2])
+    assert name_type == "const char *"  # what `+0(+OFF(s)):string` relies on
+    assert vmlinux.struct_members("kmem_cache")["name"].type_name == name_type
 
 
 @pytest.mark.kernel
-def test_kmem_cache_matches_pahole_or_bpftool(vmlinux):
+def test_kmem_cache_matches_pahole_and_bpftool(vmlinux, bpftool_btf):
     members = vmlinux.struct_members("kmem_cache")
-    if shutil.which("pahole"):
-        theirs = _pahole_members("kmem_cache")
-        assert theirs, "pahole printed no members"
-        ours = {n: (m.offset, m.size) for n, m in members.items() if n in theirs}
-        assert ours == theirs
-    elif shutil.which("bpftool"):
-        theirs3 = _bpftool_members("kmem_cache")
-        assert {n: (m.bit_offset, m.bitfield_size) for n, m in members.items()
-                if n in theirs3} == {n: v[:2] for n, v in theirs3.items()}
-    else:
-        _unavailable("neither pahole (dwarves) nor bpftool is installed")
     for field in ("name", "size", "object_size"):
         assert field in members
+    theirs = pahole_members("kmem_cache")
+    ours = {n: (m.offset, m.size) for n, m in members.items() if n in theirs}
+    assert ours == theirs
+    bits = bpftool_btf.members("kmem_cache")
+    assert {n: (m.bit_offset, m.bitfield_size) for n, m in members.items()
+            if n in bits} == {n: v[:2] for n, v in bits.items()}
 
 
 @pytest.mark.kernel
-def test_bitfields_match_bpftool(vmlinux):
-    need_tool("bpftool")
+def test_bitfields_match_bpftool(vmlinux, bpftool_btf):
     # task_struct: bitfields (kind_flag), anonymous structs and unions
-    theirs = _bpftool_members("task_struct")
+    theirs = bpftool_btf.members("task_struct")
     ours = vmlinux.struct_members("task_struct")
     assert any(bf for _off, bf, _t in theirs.values())
     for name, (bits, bitfield, type_id) in theirs.items():
@@ -547,35 +517,45 @@ def test_bitfields_match_bpftool(vmlinux):
         assert ours[name].type_name == vmlinux.type_name(type_id)
 
 
-def _kallsyms_text() -> set[str]:
-    try:
-        lines = Path("/proc/kallsyms").read_text().splitlines()
-    except OSError:
-        return set()
-    return {p[2] for p in (ln.split() for ln in lines) if len(p) >= 3 and p[1] in "Tt"}
-
-
 @pytest.mark.kernel
-def test_kmalloc_family_params(vmlinux):
+def test_kmalloc_family_params(vmlinux, bpftool_btf):
+    """Every kmalloc-family function this kernel has (ftslab's catalogue of names, read
+    against /proc/kallsyms): ftslab's prototype is bpftool's, and the `kmem_buckets *`
+    argument is there exactly when the kernel was built with CONFIG_SLAB_BUCKETS."""
     syms = _kallsyms_text()
-    seen = {}
-    for fn, expected in PARAMS_618.items():
+    present = [fn for fn in _family_candidates() if fn in syms]
+    assert present, "no function of ftslab's kmalloc-family catalogue in /proc/kallsyms"
+    compared = 0
+    for fn in present:
         params = vmlinux.func_params(fn)
-        if fn in syms:
-            assert params is not None, f"{fn} is in kallsyms but not in BTF"
-        seen[fn] = params
-        if IS_618:
-            assert [(p.name, p.type_name) for p in params] == expected, fn
-    if not IS_618:
-        assert any(seen.values()), "no kmalloc-family function in BTF"
+        theirs = bpftool_btf.prototype(fn)
+        assert (params is None) == (theirs is None), fn
+        if params is None:
+            continue
+        assert [(p.name, p.type_name) for p in params] == theirs, fn
+        compared += 1
+    assert compared, f"none of {present} has a BTF prototype"
+    from ftslab.kprobes import FAMILY
+    node = [fn for m in FAMILY if m.family == "kmalloc_node" for fn in m.candidates
+            if fn in present]
+    if node:
+        config = kernel_config()
+        if config is None:
+            unavailable("the kernel publishes no configuration (/proc/config.gz, "
+                        "/boot/config-RELEASE)")
+        has_b = any(t == "kmem_buckets *" for _n, t in bpftool_btf.prototype(node[0]) or [])
+        assert has_b == (config.get("CONFIG_SLAB_BUCKETS") == "y"), node[0]
+        assert any(p.type_name == "kmem_buckets *" for p in vmlinux.func_params(node[0])) \
+            == has_b
 
 
 @pytest.mark.kernel
-def test_every_type_spelled_and_byte_swapped_copy_reads_the_same(vmlinux_bytes, vmlinux):
+def test_every_type_spelled_and_byte_swapped_copy_reads_the_same(vmlinux_bytes, vmlinux,
+                                                                 bpftool_btf):
     # Every record spelled once; then the blob converted to big-endian (header and type
     # section are 32-bit words; strings are bytes and stay as they are) must read the same.
     names = [vmlinux.type_name(i) for i in range(len(vmlinux) + 1)]
-    assert names[0] == "void" and len(vmlinux) > 10_000
+    assert names[0] == "void" and len(vmlinux) == len(bpftool_btf)
     hdr_len, type_off, type_len = struct.unpack_from("<3I", vmlinux_bytes, 4)
 
     def swap(raw: bytes) -> bytes:
@@ -591,5 +571,7 @@ def test_every_type_spelled_and_byte_swapped_copy_reads_the_same(vmlinux_bytes, 
     assert big.big_endian and not vmlinux.big_endian
     assert len(big) == len(vmlinux)
     assert big.struct_members("kmem_cache") == vmlinux.struct_members("kmem_cache")
-    assert big.func_params("__kmalloc_noprof") == vmlinux.func_params("__kmalloc_noprof")
+    syms = _kallsyms_text()
+    fn = next(c for c in _family_candidates() if c in syms)
+    assert big.func_params(fn) == vmlinux.func_params(fn) is not None
     assert [big.type_name(i) for i in range(0, len(big) + 1, 97)] == names[::97]
