@@ -3,6 +3,9 @@
 Kernel tests need root and a mounted tracefs.  Outside CI they skip when those are
 missing; with FTSLAB_KERNEL_TESTS=1 (set by .ci/run) a missing capability FAILS.
 Every kernel test also checks that nothing of ftslab is left in tracefs afterwards.
+Every test that asks for ``kernel``, ``root`` or ``toplevel_expanded`` (directly or
+through another fixture) gets the ``kernel`` marker here; tests that read the running
+kernel's files without those fixtures carry it by hand.
 """
 from __future__ import annotations
 
@@ -76,6 +79,26 @@ def kernel():
     assert not left, f"ftslab left tracefs instances behind: {left}"
     changed = {k for k, v in toplevel_state().items() if top.get(k) != v}
     assert not changed, f"top-level tracing settings changed: {sorted(changed)}"
+
+
+@pytest.fixture
+def root():
+    """Root (for a check of what root is told, on a fake tracefs), or skip (fail under
+    FTSLAB_KERNEL_TESTS=1)."""
+    if os.geteuid() != 0:
+        if KERNEL_TESTS:
+            pytest.fail("FTSLAB_KERNEL_TESTS=1 but not root")
+        pytest.skip("needs root")
+
+
+#: fixtures that make a test a kernel test (the marker follows them through other fixtures)
+KERNEL_FIXTURES = frozenset({"kernel", "root", "toplevel_expanded"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if KERNEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
 
 
 @pytest.fixture

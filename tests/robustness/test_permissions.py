@@ -154,10 +154,9 @@ class _RefusingOs:
 
 
 @pytest.mark.parametrize("argv", [["record", "-d", "1"], ["stream", "-d", "1"]])
-def test_confidentiality_lockdown_is_named(fake_tracefs, confidentiality, monkeypatch,
+def test_confidentiality_lockdown_is_named(root, fake_tracefs, confidentiality, monkeypatch,
                                           capsys, tmp_path, argv):
-    if os.geteuid() != 0:
-        pytest.skip("the message for root is what is checked")
+    # root: the message for root is what is checked
     import ftslab.cli
     import ftslab.tracefs
     monkeypatch.setattr(ftslab.tracefs, "os", _RefusingOs(os, fake_tracefs))
@@ -171,11 +170,10 @@ def test_confidentiality_lockdown_is_named(fake_tracefs, confidentiality, monkey
     figure("fault", what=f"lockdown confidentiality (simulated EPERM): {argv[0]}", exit=3)
 
 
-def test_confidentiality_at_boot_leaves_tracefs_empty(tmp_path, confidentiality):
+def test_confidentiality_at_boot_leaves_tracefs_empty(root, tmp_path, confidentiality):
     """Locked down at boot, the kernel never populates tracefs (tracing_init_dentry()):
-    an empty mount is explained by lockdown, not as 'not mounted'."""
-    if os.geteuid() != 0:
-        pytest.skip("the message for root is what is checked")
+    an empty mount is explained by lockdown, not as 'not mounted' (the message for root
+    is what is checked)."""
     from ftslab.errors import PermissionDenied
     from ftslab.tracefs import Tracefs
     empty = tmp_path / "tracing"
