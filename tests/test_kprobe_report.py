@@ -8,7 +8,6 @@ counted once in both sources, and trace-cmd reads the file too."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 import ftslab
+from conftest import need_tool
 from ftslab.records import Dataset
 from ftslab.render import event_to_json, event_to_seed
 from ftslab.report import build_report, group_allocations
@@ -118,9 +118,9 @@ def test_json_and_seed_lines_of_kprobe_events(ds):
                                  f"{km.pid} allocated {km.fields['size']} bytes")
 
 
-@pytest.mark.skipif(shutil.which("trace-cmd") is None, reason="trace-cmd not installed")
 def test_trace_cmd_reads_the_kprobe_recording(ds):
-    cp = subprocess.run(["trace-cmd", "report", "-i", str(DAT)], capture_output=True,
+    trace_cmd = need_tool("trace-cmd")  # skips without it, fails under FTSLAB_KERNEL_TESTS=1
+    cp = subprocess.run([trace_cmd, "report", "-i", str(DAT)], capture_output=True,
                         text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr[-500:]
     n = sum(1 for line in cp.stdout.splitlines() if " kp_kmem_cache_alloc_noprof:" in line)
