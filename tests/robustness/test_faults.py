@@ -1,7 +1,10 @@
 """Faults: disk full, a closed or full stdout, tracefs unmounted or the instance removed
-under a running session, a tracefs file held open at teardown, and every kernel write
-refused in turn (EBUSY, EINVAL, EEXIST, ENOMEM, EPERM) on the real kernel.  Each ends in
-one clear error line, a documented exit code, and nothing left in tracefs.
+under a running session, a tracefs file held open at teardown, refusals the real kernel
+makes (EEXIST for a taken instance name, EBUSY for an instance in use, EINVAL for event
+filters ftslab's grammar accepts and the kernel does not), and every kernel write refused
+in turn by fault injection (EBUSY, EINVAL, EEXIST, ENOMEM, EPERM: errors this kernel
+cannot be made to give at each step).  Each ends in one clear error line, a documented
+exit code, and nothing left in tracefs.
 """
 from __future__ import annotations
 
@@ -237,10 +240,69 @@ def test_name_taken_in_another_pid_namespace_is_eexist(kernel, tmp_path):
     figure("fault", what="mkdir EEXIST (pid namespace)", exit=5)
 
 
-# -- every kernel write refused in turn, on the real kernel (in-process) --------------------
+# -- filters the kernel refuses (the kernel's own EINVAL and error_log) ------------------
+
+def _kernel_says(root, event: str, text: str) -> tuple[str, str]:
+    """(errno name, error_log message) the kernel gives for ``text`` written to the
+    filter of ``event``, asked of a scratch instance of the test's own (not named
+    ftslab_*: nothing of ftslab's may see it)."""
+    inst = root / "instances" / f"ftslabtest_{os.getpid()}"
+    inst.mkdir()
+    try:
+        fd = os.open(inst / "events" / event / "filter", os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, text.encode())
+        except OSError as exc:
+            entry = (inst / "error_log").read_text().strip().splitlines()
+            head = next(l for l in reversed(entry) if "error:" in l)
+            return errno.errorcode[exc.errno], head.rsplit("error:", 1)[1].strip()
+        finally:
+            os.close(fd)
+        raise AssertionError(f"this kernel accepts the filter {text!r} on {event}: "
+                             "the test needs one it refuses")
+    finally:
+        inst.rmdir()
+
+
+# Each filter passes ftslab's grammar (field OP value) and reaches the kernel, which
+# refuses it when it checks the field's type or the value.
+REFUSED_FILTERS = [("kmem/kmalloc", "bytes_req ~ 5"),           # glob on a number
+                   ("kmem/kmem_cache_alloc", 'name > "x"'),     # order on a string
+                   ("kmem/kmalloc", 'bytes_req == "abc"'),      # a string for a number
+                   ("kmem/kmalloc", "bytes_req == 99999999999999999999999")]  # > u64
+
+
+# stream sets its filters as record does: one case of it
+FILTER_CASES = [(*f, "record") for f in REFUSED_FILTERS] + [(*REFUSED_FILTERS[0], "stream")]
+
+
+@pytest.mark.parametrize("event,text,cmd", FILTER_CASES)
+def test_filter_the_kernel_refuses(kernel, tmp_path, event, text, cmd):
+    """The kernel, not ftslab's grammar, refuses these: ftslab says the errno and the
+    kernel's error_log message, exits 5 (README, Exit codes), and leaves nothing: no
+    instance (the kernel fixture), no output, no spool, no registry entry."""
+    errno_name, message = _kernel_says(kernel, event, text)
+    out = tmp_path / "f.dat"
+    args = ["-o", out] if cmd == "record" else ["--format", "json"]
+    cp = run(tmp_path, cmd, *args, "-d", "5", "--filter", text)
+    assert cp.returncode == 5, cp.stderr
+    line = _one_error_line(cp.stderr)
+    assert errno_name in line and message in line and text in line, (line, message)
+    assert f"{event}/filter" in line, line
+    assert not out.exists() and not spools_in(tmp_path)
+    run_dir = tmp_path / "run"
+    assert not run_dir.exists() or not list(run_dir.iterdir()), "registry entry left"
+    figure("fault", what=f"kernel refuses filter {text!r} ({cmd})", exit=5)
+
+
+# -- every kernel write refused in turn, injected (in-process, real kernel) --------------------
 
 class _FailingOs:
-    """ftslab.tracefs's ``os``, with the Nth write (or mkdir) failing with ``err``."""
+    """ftslab.tracefs's ``os``, with the Nth write (or mkdir) failing with ``err``.
+
+    Kept beside the real refusals above: the kernel cannot be made to refuse each
+    setup step with each errno (ENOMEM needs memory pressure, EBUSY a racing tracer),
+    and every step's undo must still run when it does."""
 
     def __init__(self, real, fail_at: int, err: int):
         self._real, self.fail_at, self.err, self.n = real, fail_at, err, 0
