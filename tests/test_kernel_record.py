@@ -108,12 +108,27 @@ def test_pipe_kmalloc_sizes_are_the_kernels(kernel, tmp_path):
     assert sizes[info] == sizes[bufs] >= 500, sizes
 
 
+def _wait_recording(p: subprocess.Popen) -> str:
+    """Wait until `record` (stderr a text pipe) is in its capture loop, and return what
+    it wrote to stderr so far.  Tracing is on a little earlier (wait_tracing_on), but a
+    stop signal before the loop, e.g. while the COMMAND is being exec'ed, ends the session
+    as stopped before it started.  The loop's first status line is printed at once."""
+    wait_tracing_on(p)
+    seen = ""
+    while True:
+        line = p.stderr.readline()
+        assert line, seen + p.communicate()[1]
+        seen += line
+        if line.startswith("ftslab: recording "):
+            return seen
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_mid_record_keeps_data_and_cleans_up(kernel, tmp_path, sig):
     out = tmp_path / "sig.dat"
     p = popen_ftslab("record", "-o", out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      text=True)
-    wait_tracing_on(p)
+    _wait_recording(p)
     p.send_signal(sig)
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -362,7 +377,7 @@ def test_reset_keeps_running_sessions(kernel, tmp_path):
     p = popen_ftslab("record", "-o", tmp_path / "r.dat", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
     name = f"ftslab_{p.pid}"
-    wait_tracing_on(p)  # recording (not only set up): a signal now ends it with exit 0
+    _wait_recording(p)  # recording (not only set up): a signal now ends it with exit 0
     cp = run_ftslab("reset", check=True)
     assert f"keeping {name}" in cp.stderr and name in ftslab_leftovers()
     p.send_signal(signal.SIGINT)
@@ -398,9 +413,9 @@ def test_sigterm_ends_the_recorded_command_too(kernel, tmp_path):
     out = tmp_path / "t.dat"
     p = popen_ftslab("record", "-o", out, "--", "sleep", "30", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
-    wait_tracing_on(p)
+    err = _wait_recording(p)
     p.send_signal(signal.SIGTERM)
-    _o, err = p.communicate(timeout=30)
+    err += p.communicate(timeout=60)[1]
     assert p.returncode == 0, err
     assert "stopped by SIGTERM" in err and "command exited with status -15" in err, err
     assert not ftslab_leftovers()
