@@ -318,6 +318,13 @@ class _TopReader:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.join()
+        if self.error is None and any(self.pages.values()):
+            # the pages collected since the last tick (a session shorter than one
+            # interval has no other): decoded and shown, never left uncounted
+            now = time.monotonic()
+            batch, self.pages, self.backlog = self.pages, {c: [] for c in self.cpus}, 0
+            seconds, self.last = now - self.last, now
+            self._tick(batch, seconds, now)
         self._count_dropped()
         close_quietly(list(self.fds.values()) + [x for p in self.pipes.values() for x in p])
         self.fds.clear()
@@ -339,4 +346,6 @@ def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
     if not readers:
         return run, None, 0, 0
     r = readers[0]
+    if r.error is not None:  # raised by the last tick, in close()
+        raise r.error
     return run, r.state, max(r.lost, sum(s.lost for s in run.stats)), r.dropped

@@ -71,9 +71,9 @@ def gone_tasks(monkeypatch):
     monkeypatch.setattr(top, "read_text_file", read)
 
 
-def _run_reader(session, splice=True):
+def _run_reader(session, splice=True, interval=0.0):
     frames: list[TopFrame] = []
-    r = _TopReader(session, 0.0, frames.append, None, None)  # interval 0: tick every pump
+    r = _TopReader(session, interval, frames.append, None, None)  # 0: tick every pump
     try:
         r.can_splice = r.can_splice and splice
         for c in session.cpus:
@@ -143,3 +143,14 @@ def test_backlog_drops_the_oldest_pages_and_counts_their_events(tmp_path, gone_t
     assert r.dropped == dropped == frames[0].dropped      # the oldest half, counted
     assert r.state.events == kept                          # the newest half, decoded
     assert frames[0].events == kept
+
+
+def test_a_session_shorter_than_one_interval_still_counts_its_pages(tmp_path, gone_tasks):
+    """No tick came while pumping (`top --batch -d 0.5` with the default -n 1): the pages
+    collected are decoded at close, in one last frame, not dropped without a word."""
+    session, td = replay_session(tmp_path, FIX / "ftslab-open200.dat")
+    r, frames = _run_reader(session, interval=3600.0)
+    ds = ftslab.load(FIX / "ftslab-open200.dat")
+    assert len(frames) == 1
+    assert r.state.events == frames[0].events == ds.events > 0
+    assert r.dropped == 0 and r.lost == ds.meta.total_lost
