@@ -8,6 +8,7 @@ tests/robustness/figures.py sums them up for the README.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -133,3 +134,62 @@ class Allocations:
 
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# -- what a cut recording must still hold (the fuzz tests' oracles) ----------------------
+
+#: an event line of a kernel text trace: "comm-pid [cpu] flags ts: event: ..." (a loss
+#: marker "CPU:N [LOST M EVENTS]" and comments are not events)
+EVENT_LINE = re.compile(r"^\s*.+-\d+\s+(\(\s*[\d-]+\)\s+)?\[\d+\]\s.*?\d+\.\d+: (\w+): ")
+
+
+def text_event_names(lines: list[str]) -> list[str | None]:
+    """For each line of a text trace, the name of the event it holds, or None."""
+    out = []
+    for line in lines:
+        m = EVENT_LINE.match(line)
+        out.append(m.group(2) if m else None)
+    return out
+
+
+def page_event_counts(td, cpu: int, pages: bytes) -> list[int]:
+    """Events of known formats on each whole page of one CPU's raw pages, each page
+    walked alone (a page's timestamps are relative to its own header)."""
+    from ftslab import ringbuf
+    from ftslab.formats import parse_header_event, parse_header_page
+    from ftslab.load import formats_of
+    hp, he = parse_header_page(td.header_page), parse_header_event(td.header_event)
+    known = set(formats_of(td))
+    ps = td.buffer_page_size
+    out = []
+    for i in range(len(pages) // ps):
+        walk = ringbuf.walk_pages(pages[i * ps:(i + 1) * ps], cpu, hp, he, ps)
+        out.append(0 if walk.ids is None else sum(1 for e in walk.ids.tolist() if e in known))
+    return out
+
+
+def v6_page_cuts(path: Path) -> list[tuple[int, int]]:
+    """(cut offset, events a load of the first ``offset`` bytes must hold) for an
+    uncompressed v6 trace.dat: each CPU's pages lie one after the other in the file,
+    and a cut keeps the whole pages before it.  Cuts at every page boundary, and one
+    byte into every page."""
+    from ftslab.tracedat import read_tracedat
+    td = read_tracedat(path)
+    assert td.version == 6 and td.compression is None, path
+    data = path.read_bytes()
+    ps = td.buffer_page_size
+    regions = []
+    for cpu, pages in sorted(td.cpu_data.items()):
+        at = data.find(pages[:ps])
+        assert at >= 0 and data[at:at + len(pages)] == pages, (path, cpu)
+        regions.append((at, page_event_counts(td, cpu, pages)))
+    regions.sort()
+    cuts = []
+    for k, (at, counts) in enumerate(regions):
+        before = sum(sum(c) for _a, c in regions[:k])
+        for i in range(len(counts) + 1):
+            whole = before + sum(counts[:i])
+            cuts.append((at + i * ps, whole))
+            if i < len(counts):
+                cuts.append((at + i * ps + 1, whole))
+    return cuts
