@@ -83,16 +83,20 @@ def _live(frame: list[str], site: str) -> int:
     return int(rows[0].split()[-3].replace(",", ""))  # CALL SITE ALLOCS/S BYTES/S LIVE LIVE BYTES
 
 
-def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+def _read_until(fd: int, needle: bytes | None, timeout: float) -> bytes:
+    """Read the terminal until NEEDLE shows (None: until the other side is closed)."""
     buf = b""
     end = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < end:
+    while (needle is None or needle not in buf) and time.monotonic() < end:
         r, _, _ = select.select([fd], [], [], 0.2)
         if r:
             try:
-                buf += os.read(fd, 65536)
-            except OSError:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: every end of the terminal's other side is closed
                 break
+            if not chunk:
+                break
+            buf += chunk
     return buf
 
 
@@ -102,14 +106,16 @@ def test_top_interactive_keys_switch_and_quit(kernel, tmp_path):
                      extra_env={"TERM": "xterm", "COLUMNS": "120", "LINES": "40"})
     os.close(slave)
     try:
-        seen = _read_until(master, b"ALLOCS/S", 30)
+        # (the timeouts are hang guards: each read returns as soon as it has its text)
+        seen = _read_until(master, b"ALLOCS/S", 60)
         assert b"CACHE" in seen, seen[-2000:]
         os.write(master, b"p")
-        seen = _read_until(master, b"COMM", 10)
+        seen = _read_until(master, b"COMM", 60)
         assert b"COMM" in seen, seen[-2000:]
         os.write(master, b"q")
-        p.wait(timeout=60)  # a hang guard: q ends it, nothing else would
-        rest = _read_until(master, b"lost", 30)
+        # q ends it, nothing else would: all it writes, up to its last line, then EOF
+        rest = _read_until(master, None, 60)
+        p.wait(timeout=60)
     finally:
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
