@@ -834,9 +834,13 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                 session.undo.push(f"tracing off in {inst.path}",
                                   lambda i=inst: i.exists() and i.tracing_on(False))
             t_start = time.monotonic()
-            if child is not None:
-                child.release()  # the command execs now, with tracing on
-            started = True
+            with signals_deferred():
+                # tracing is on: from here a stop signal ends a recording that started
+                # (kept, exit 0), also while the command is being let go
+                _testhook.pause("release", lambda: bool(_stop_requested))
+                if child is not None:
+                    child.release()  # the command execs now, with tracing on
+                started = True
             stop_signals_raise(False)
             _testhook.pause("capture", lambda: bool(_stop_requested))
             if _stop_requested:

@@ -73,3 +73,27 @@ def test_nested_blocks_release_only_at_the_outermost(raising_handlers):
             time.sleep(0.05)
             seen.append("outer done")
     assert seen == ["inner done", "outer done"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_command_is_let_go_keeps_the_recording(kernel, tmp_path, sig):
+    """Tracing is on and the command is being let go (held there by the test hook) when
+    the stop signal comes: the recording has started, so it ends as one stopped by that
+    signal, kept (exit 0), never 'nothing was recorded' (exit 128+N)."""
+    import json
+    import sys
+
+    from robust_util import run, spawn, wait_paused
+    out = tmp_path / "release.dat"
+    prog = "import os\nfor i in range(100): os.close(os.open('/dev/null', os.O_RDONLY))"
+    p, marker = spawn(tmp_path, "record", "-o", out, "--", sys.executable, "-c", prog,
+                      pause="release")
+    wait_paused(p, marker)
+    p.send_signal(sig)
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert f"stopped by {sig.name}" in err, err
+    assert "nothing was recorded" not in err, err
+    rep = run(tmp_path, "report", out, "--format", "json")
+    assert rep.returncode == 0, rep.stderr
+    assert json.loads(rep.stdout)["lost"] == 0
