@@ -80,7 +80,9 @@ class BtfRaw:
                 continue
             mm = self._MEMBER.match(line)
             if mm and cur is not None:
-                cur[3].append((mm.group(1), int(mm.group(2)),
+                # an anonymous member or an unnamed parameter: bpftool prints '(anon)'
+                name = "" if mm.group(1) == "(anon)" else mm.group(1)
+                cur[3].append((name, int(mm.group(2)),
                                int(mm.group(3)) if mm.group(3) else None,
                                int(mm.group(4) or 0)))
 
@@ -125,9 +127,10 @@ class BtfRaw:
         return None if tid is None else int(self.types[tid][2]["size"])
 
     def members(self, struct: str) -> dict[str, tuple[int, int, int]]:
-        """{member: (bit offset, bitfield size, type id)} of the top level of STRUCT."""
+        """{member: (bit offset, bitfield size, type id)} of the named members at the top
+        level of STRUCT (not those inside its anonymous structs and unions)."""
         _kind, _name, _attrs, members = self.types[self.structs[struct]]
-        return {n: (bits, bf, t) for n, t, bits, bf in members if bits is not None}
+        return {n: (bits, bf, t) for n, t, bits, bf in members if n and bits is not None}
 
     def member_offsets(self, struct: str) -> dict[str, int]:
         """{member: byte offset} of a struct (named top-level members)."""
