@@ -166,7 +166,7 @@ def guest_capture(out: Path) -> int:
     syms = kallsyms_text_counts()
     role = _symbols_kmalloc(syms)
     if tool("bpftool"):
-        btf = BtfRaw.from_kernel()
+        btf = BtfRaw.from_file()
         lines = []
         for name in sorted(s for s in syms if FAMILY_RE.match(s) and s in btf.funcs):
             params = btf.prototype(name)

@@ -6,7 +6,8 @@ This module lets a test prove ftslab's kprobe path on them, with nothing but Deb
 packages and TCG (software) emulation:
 
 * host tools are installed when missing (qemu-system-x86 --no-install-recommends,
-  busybox-static, kmod for depmod; dwarves and bpftool best effort, for the tests);
+  busybox-static, kmod for depmod; dwarves and bpftool for the tests: best effort, or
+  required with ``ensure_host_tools(require_optional=True)``, as tests/vm does);
 * the kernel package is fetched with ``apt-get download`` and unpacked with
   ``dpkg-deb -x`` into a cache outside the repository (FTSLAB_VM_CACHE, default
   /var/cache/ftslab-vm/<package>; nothing is installed in /boot); only vmlinuz, the
@@ -63,6 +64,9 @@ CACHE = Path(os.environ.get("FTSLAB_VM_CACHE", "/var/cache/ftslab-vm"))
 
 #: Short kernel name -> the Debian binary package name pattern; the highest ABI/patch
 #: number apt knows is used.  The *amd64* flavour: Debian's *cloud* flavour lacks 9p.
+#: The guest tests take no fact of one upload for granted: what they expect is read in
+#: the guest from the booted kernel (tests/vm/guest/vmfacts.py), so the newest package
+#: is as good as the one the fixtures (tests/fixtures/<kernel>/) were captured on.
 KERNELS = {
     "6.1": re.compile(r"linux-image-6\.1\.0-(\d+)-amd64"),
     "6.12": re.compile(r"linux-image-6\.12\.(\d+)\+deb12-amd64-unsigned"),
@@ -183,17 +187,20 @@ def _apt_install(pkgs: list[str]) -> subprocess.CompletedProcess:
     return cp
 
 
-def ensure_host_tools(optional: bool = True) -> None:
-    """Install QEMU, static busybox and depmod when missing (and pahole/bpftool, best
-    effort: only the guest tests use them)."""
+def ensure_host_tools(optional: bool = True, require_optional: bool = False) -> None:
+    """Install QEMU, static busybox and depmod when missing, and pahole/bpftool (the
+    guest tests' independent readers of the guest's BTF): best effort, unless
+    ``require_optional``, where one that cannot be installed is a VMError."""
     missing = [pkg for pkg, probe in _HOST_TOOLS.items() if not _present(probe)]
-    extra = [pkg for pkg, probe in _OPTIONAL_TOOLS.items() if optional and not _present(probe)]
+    extra = [pkg for pkg, probe in _OPTIONAL_TOOLS.items()
+             if (optional or require_optional) and not _present(probe)]
     if not missing and not extra:
         return
     if os.geteuid() != 0:
-        if missing:
-            raise VMError(f"missing host packages {missing} and not root to install them "
-                          f"(apt-get install --no-install-recommends {' '.join(missing)})")
+        need = missing + (extra if require_optional else [])
+        if need:
+            raise VMError(f"missing host packages {need} and not root to install them "
+                          f"(apt-get install --no-install-recommends {' '.join(need)})")
         return
     if missing:
         _log(f"installing {' '.join(missing)}")
@@ -201,10 +208,13 @@ def ensure_host_tools(optional: bool = True) -> None:
         if cp.returncode != 0:
             raise VMError(f"apt-get install {' '.join(missing)} failed:\n{cp.stderr[-2000:]}")
     if extra:
-        _log(f"installing {' '.join(extra)} (optional)")
+        _log(f"installing {' '.join(extra)}" + ("" if require_optional else " (optional)"))
         for pkg in extra:  # one at a time: one missing package must not cost the others
             cp = _apt_install([pkg])
             if cp.returncode != 0:
+                if require_optional:
+                    raise VMError(f"apt-get install {pkg} failed (the guest tests compare "
+                                  f"ftslab with it):\n{cp.stderr[-2000:]}")
                 _log(f"optional package {pkg} not installed: {cp.stderr.strip()[-300:]}")
 
 

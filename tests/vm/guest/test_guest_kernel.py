@@ -1,15 +1,14 @@
 """Facts about the guest kernel that ftslab's kprobe path relies on, read without ftslab.
 
-If one of these fails, the kernel changed (a new Debian upload): the expectation in
-vmfacts.py and the fixtures in tests/fixtures/<kernel>/ need a look before ftslab does.
+Each is checked against a second, independent reading of the same kernel (pahole
+against bpftool, the README against the kernel's configuration, a tracepoint's format
+file against its BTF record): if one of these fails, the kernel or the tools changed,
+and the fixtures in tests/fixtures/<kernel>/ may need a look before ftslab does.
 """
 from __future__ import annotations
 
-import subprocess
-
-import pytest
-
-from .vmfacts import TRACEFS, BtfRaw, filter_functions, kallsyms_text_counts, pahole_members, tool
+from .vmfacts import (TRACEFS, BtfRaw, filter_functions, kallsyms_text_counts,
+                      pahole_members)
 
 
 def test_tracefs_has_kprobe_and_dynamic_events():
@@ -20,30 +19,38 @@ def test_tracefs_has_kprobe_and_dynamic_events():
 
 
 def test_readme_fetch_arg_support(expect):
+    """The README offers what the configuration says the kernel was built with:
+    $arg<N> with CONFIG_HAVE_FUNCTION_ARG_ACCESS_API, BTF-typed args (<argname>) with
+    CONFIG_PROBE_EVENTS_BTF_ARGS (v6.6+)."""
     readme = (TRACEFS / "README").read_text()
-    assert ("$arg<N>" in readme) == expect["readme_arg_n"]
-    # BTF-typed args (<argname>[->field...]) came with CONFIG_PROBE_EVENTS_BTF_ARGS (v6.6)
-    assert ("<argname>" in readme) == expect["readme_btf_args"]
+    cfg = expect.config
+    assert ("$arg<N>" in readme) == (cfg.get("CONFIG_HAVE_FUNCTION_ARG_ACCESS_API") == "y")
+    assert ("<argname>" in readme) == (cfg.get("CONFIG_PROBE_EVENTS_BTF_ARGS") == "y")
     assert "$stack<index>" in readme and "$retval" in readme
 
 
 def test_kmalloc_family_symbols(expect):
-    """Each expected symbol is one text symbol in kallsyms and ftrace-able; the names of
-    other kernel generations are absent (there is no out-of-line `kmalloc` at all)."""
+    """Each family this kernel has is one text symbol in kallsyms and ftrace-able, and
+    no family has names of two kernel generations at once (the catalogue's order would
+    then decide which is probed)."""
+    from ftslab.kprobes import FAMILY
     syms = kallsyms_text_counts()
     aff = filter_functions()
-    for s in expect["symbols"]:
-        assert syms.get(s) == 1, f"{s}: listed {syms.get(s, 0)} times in /proc/kallsyms"
+    assert {"kmalloc", "kmalloc_node", "kmem_cache_alloc"} <= set(expect.symbols), \
+        expect.symbols
+    for fam, s in expect.symbols.items():
         assert s in aff, f"{s} not in available_filter_functions"
-    present = [s for s in expect["absent"] if s in syms]
-    assert not present, f"names of another kernel generation present: {present}"
+    for m in FAMILY:
+        listed = [c for c in m.candidates if c in syms]
+        assert len(listed) <= 1, f"{m.family}: {listed} all in /proc/kallsyms"
 
 
 def test_kmem_tracepoint_fields(expect):
-    """Whether kmem:kmem_cache_alloc carries the cache name (6.18 does; these do not)."""
+    """Whether kmem:kmem_cache_alloc carries the cache name: the format file says what
+    the tracepoint's BTF record struct says."""
     fmt = (TRACEFS / "events/kmem/kmem_cache_alloc/format").read_text()
     has_name = "char[] name;" in fmt or " name;" in fmt
-    assert has_name == expect["kmem_cache_alloc_has_name"], fmt
+    assert has_name == expect.kmem_cache_alloc_has_name, fmt
     for ev in ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
                "mm_page_free"):
         assert (TRACEFS / f"events/kmem/{ev}/format").is_file(), ev
@@ -53,38 +60,20 @@ def test_btf_present():
     assert (TRACEFS.parent / "btf/vmlinux").stat().st_size > 1_000_000
 
 
-def test_pahole_kmem_cache_offsets(expect):
-    pahole = tool("pahole")
-    if not pahole:
-        pytest.skip("pahole not installed (Debian package dwarves)")
-    cp = subprocess.run([pahole, "-C", "kmem_cache", "/sys/kernel/btf/vmlinux"],
-                        capture_output=True, text=True, timeout=120)
-    assert cp.returncode == 0, cp.stderr
-    members = pahole_members(cp.stdout)
-    got = {k: members[k][0] for k in ("name", "size", "object_size")}
-    assert got == expect["offsets"], cp.stdout
+def test_pahole_and_bpftool_agree_on_kmem_cache(expect):
+    members = pahole_members("kmem_cache")
+    assert {k: members[k][0] for k in ("name", "size", "object_size")} == expect.offsets
+    assert BtfRaw.from_file().member_offsets("kmem_cache")["name"] == members["name"][0]
 
 
-@pytest.fixture(scope="module")
-def btf_raw():
-    if not tool("bpftool"):
-        pytest.skip("bpftool not installed")
-    return BtfRaw.from_kernel()
-
-
-def test_bpftool_kmem_cache_offsets(btf_raw, expect):
-    off = btf_raw.member_offsets("kmem_cache")
-    assert {k: off[k] for k in ("name", "size", "object_size")} == expect["offsets"]
-
-
-def test_prototypes_argument_order(btf_raw, expect):
-    """Parameter names in order: on 6.12 CONFIG_SLAB_BUCKETS puts `kmem_buckets *b`
-    second in __kmalloc_node_noprof and __kmalloc_node_track_caller_noprof."""
-    got = {f: [n for n, _t in (btf_raw.prototype(f) or [])] for f in expect["prototypes"]}
-    assert got == expect["prototypes"]
-    for f in expect["prototypes"]:
-        for name, typ in btf_raw.prototype(f):
-            if name == "s":
-                assert typ == "struct kmem_cache *", (f, typ)
-            if name == "b":
-                assert typ == "kmem_buckets *", (f, typ)
+def test_prototypes_follow_the_configuration(expect):
+    """CONFIG_SLAB_BUCKETS adds `kmem_buckets *b` after size to __kmalloc_node*; the
+    cache argument of the cache functions is a `struct kmem_cache *`."""
+    node = expect.prototypes[expect.symbols["kmalloc_node"]]
+    has_b = ("b", "kmem_buckets *") in node
+    assert has_b == (expect.config.get("CONFIG_SLAB_BUCKETS") == "y"), node
+    assert node[0] == ("size", "size_t"), node
+    for fam in ("kmem_cache_alloc", "kmalloc_cache"):
+        if fam in expect.symbols:
+            params = expect.prototypes[expect.symbols[fam]]
+            assert params[0][1] == "struct kmem_cache *", (fam, params)

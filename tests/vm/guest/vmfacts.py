@@ -1,186 +1,101 @@
-"""What the guest tests expect of each Debian kernel, and independent ways to read it.
+"""What the guest tests expect of the guest kernel, read from that kernel.
 
 Used inside the guest only (by the tests beside it and by capture_fixtures.py).  The
-readers here do not use ftslab: pahole and bpftool (Debian's dwarves and bpftool, from
-the host's tree) and plain reads of /proc and tracefs, so that what ftslab derives can
-be checked against them.  Every expectation was measured on the kernel it names
-(see tests/fixtures/<kernel>/README.md).
+harness boots whichever package apt offers (tests/vm/vmrun.py): nothing here is a fact
+of one Debian upload.  Each expectation is read in the guest, from the booted kernel,
+by another route than ftslab's: offsets and prototypes as bpftool and pahole read
+/sys/kernel/btf/vmlinux (Debian's bpftool and dwarves, from the host's tree), symbols
+from /proc/kallsyms read against ftslab's catalogue of names (kprobes.FAMILY, taken as
+data), the kernel's configuration (/boot/config-RELEASE, put there by the init script),
+plain reads of /proc and tracefs (tests/kernel_oracle.py has the readers).
+
+One fact is the kernel's code, not its build: setxattr(2) copies its value with
+vmemdup_user() (fs/xattr.c since v2.6.x; both kernels); ``read_facts`` checks the
+function is there and out of line, so a kernel that changed it fails clearly here.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
-__all__ = ["KERNEL", "TRACEFS", "EXPECT", "kallsyms_text_counts", "filter_functions",
-           "pahole_members", "BtfRaw", "ftslab_leftovers", "tool"]
+try:
+    import kernel_oracle
+except ImportError:  # run as a script (capture_fixtures.py): tests/ is not on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import kernel_oracle
+from kernel_oracle import (BtfRaw, expected_fetch_args, kallsyms_text_counts,  # noqa: E402
+                           kernel_config, need_tool, pahole_members, tool)
+
+__all__ = ["KERNEL", "TRACEFS", "Facts", "read_facts", "kallsyms_text_counts",
+           "filter_functions", "pahole_members", "BtfRaw", "ftslab_leftovers", "tool",
+           "need_tool", "expected_fetch_args", "kernel_config"]
 
 #: Short name of the guest kernel ("6.1", "6.12"); None on the host.
 KERNEL = os.environ.get("FTSLAB_GUEST_KERNEL")
 TRACEFS = Path("/sys/kernel/tracing")
 
-_COMMON = {
-    # offsetof(struct kmem_cache, ...) in bytes: identical in Debian's 6.1 and 6.12
-    "offsets": {"name": 96, "size": 24, "object_size": 28},
-    # setxattr(2) copies the value with vmemdup_user() -> kvmalloc(): one kmalloc of
-    # exactly the value's length from the kvmalloc path, per call
-    "setxattr_caller": "vmemdup_user",
-}
-
-EXPECT = {
-    "6.1": dict(_COMMON, **{
-        "symbols": ["__kmalloc", "__kmalloc_node", "kmalloc_trace", "kmalloc_node_trace",
-                    "kmalloc_large", "kmalloc_large_node", "__kmalloc_node_track_caller",
-                    "kmem_cache_alloc", "kmem_cache_alloc_node", "kmem_cache_alloc_lru",
-                    "__alloc_pages"],
-        "absent": ["__kmalloc_noprof", "__kmalloc_cache_noprof", "kmem_cache_alloc_noprof",
-                   "__alloc_pages_noprof", "kmalloc"],
-        "setxattr_function": "__kmalloc_node",
-        "kmem_cache_alloc_has_name": False,
-        "readme_arg_n": True,
-        "readme_btf_args": False,
-        "prototypes": {
-            "__kmalloc": ["size", "flags"],
-            "__kmalloc_node": ["size", "flags", "node"],
-            "kmalloc_trace": ["s", "gfpflags", "size"],
-            "kmalloc_node_trace": ["s", "gfpflags", "node", "size"],
-            "__kmalloc_node_track_caller": ["size", "flags", "node", "caller"],
-            "kmem_cache_alloc": ["s", "gfpflags"],
-            "kmem_cache_alloc_lru": ["s", "lru", "gfpflags"],
-            "__alloc_pages": ["gfp", "order", "preferred_nid", "nodemask"],
-        },
-    }),
-    "6.12": dict(_COMMON, **{
-        "symbols": ["__kmalloc_noprof", "__kmalloc_node_noprof", "__kmalloc_cache_noprof",
-                    "__kmalloc_cache_node_noprof", "__kmalloc_large_noprof",
-                    "__kmalloc_large_node_noprof", "__kmalloc_node_track_caller_noprof",
-                    "kmem_cache_alloc_noprof", "kmem_cache_alloc_node_noprof",
-                    "kmem_cache_alloc_lru_noprof", "__alloc_pages_noprof"],
-        "absent": ["__kmalloc", "__kmalloc_node", "kmalloc_trace", "kmalloc_large",
-                   "kmem_cache_alloc", "__alloc_pages", "kmalloc"],
-        "setxattr_function": "__kmalloc_node_noprof",
-        "kmem_cache_alloc_has_name": False,
-        "readme_arg_n": True,
-        "readme_btf_args": True,
-        # CONFIG_SLAB_BUCKETS=y in Debian's 6.12: `kmem_buckets *b` is the 2nd argument
-        "prototypes": {
-            "__kmalloc_noprof": ["size", "flags"],
-            "__kmalloc_node_noprof": ["size", "b", "flags", "node"],
-            "__kmalloc_cache_noprof": ["s", "gfpflags", "size"],
-            "__kmalloc_cache_node_noprof": ["s", "gfpflags", "node", "size"],
-            "__kmalloc_node_track_caller_noprof": ["size", "b", "flags", "node", "caller"],
-            "kmem_cache_alloc_noprof": ["s", "gfpflags"],
-            "kmem_cache_alloc_lru_noprof": ["s", "lru", "gfpflags"],
-            "__alloc_pages_noprof": ["gfp", "order", "preferred_nid", "nodemask"],
-        },
-    }),
-}
+#: setxattr(2) copies the value with vmemdup_user() -> kvmalloc(): one kmalloc of
+#: exactly the value's length per call, from this call site.
+SETXATTR_CALLER = "vmemdup_user"
 
 
-def tool(name: str) -> str | None:
-    """A host tool as the guest sees it (Debian puts bpftool in /usr/sbin)."""
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """The guest kernel, as it describes itself (units: bytes)."""
+
+    release: str
+    """`uname -r`."""
+    offsets: dict
+    """offsetof(struct kmem_cache, name / size / object_size), as bpftool reads BTF."""
+    symbols: dict
+    """Family of ftslab's catalogue -> the one candidate name /proc/kallsyms lists once
+    (families this kernel has none of are left out)."""
+    prototypes: dict
+    """Symbol -> [(parameter name, type)] as bpftool reads BTF, for each of ``symbols``."""
+    config: dict
+    """CONFIG_* -> value."""
+    kmem_cache_alloc_has_name: bool
+    """Whether kmem:kmem_cache_alloc records the cache name: its BTF record struct
+    (trace_event_raw_kmem_cache_alloc) has ``__data_loc_name``."""
+    setxattr_function: str
+    """The kmalloc function a kvmalloc() of a few KiB calls: the kmalloc_node member of
+    the family (kvmalloc_node -> __kmalloc_node[_noprof], v6.1 and v6.12 alike)."""
+    setxattr_caller: str = SETXATTR_CALLER
 
 
-def kallsyms_text_counts() -> dict[str, int]:
-    """Text symbols of /proc/kallsyms (kernel and modules) -> how often each is listed."""
-    out: dict[str, int] = {}
-    with open("/proc/kallsyms") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[1] in ("t", "T"):
-                out[parts[2]] = out.get(parts[2], 0) + 1
-    return out
+def read_facts() -> Facts:
+    """Read every expectation from the running (guest) kernel."""
+    from ftslab.kprobes import FAMILY
+    btf = BtfRaw.from_file()
+    off = btf.member_offsets("kmem_cache")
+    syms = kallsyms_text_counts()
+    symbols = {}
+    for m in FAMILY:
+        present = [c for c in m.candidates if syms.get(c) == 1]
+        if m.default and present:
+            symbols[m.family] = present[0]
+    assert syms.get(SETXATTR_CALLER) == 1, (
+        f"{SETXATTR_CALLER} is not one text symbol of this kernel: the setxattr workload "
+        "of test_guest_ftslab.py needs another look")
+    assert "kmalloc_node" in symbols, f"no kmalloc_node function in /proc/kallsyms: {symbols}"
+    config = kernel_config()
+    assert config, f"no kernel configuration at /boot/config-{os.uname().release}"
+    raw = btf.members("trace_event_raw_kmem_cache_alloc")
+    return Facts(release=os.uname().release,
+                 offsets={k: off[k] for k in ("name", "size", "object_size")},
+                 symbols=symbols,
+                 prototypes={s: btf.prototype(s) for s in symbols.values()},
+                 config=config,
+                 kmem_cache_alloc_has_name="__data_loc_name" in raw,
+                 setxattr_function=symbols["kmalloc_node"])
 
 
 def filter_functions() -> set[str]:
     """Names in available_filter_functions (module suffix dropped)."""
     with open(TRACEFS / "available_filter_functions") as f:
         return {line.split()[0] for line in f if line.strip()}
-
-
-_PAHOLE_MEMBER = re.compile(r"\s\**(\w+)(?:\[\d*\])?;\s+/\*\s+(\d+)\s+(\d+)\s+\*/")
-
-
-def pahole_members(text: str) -> dict[str, tuple[int, int]]:
-    """pahole -C STRUCT output -> {member: (offset, size)} (bytes, top level only)."""
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("\t") and not line.startswith("\t\t"):
-            m = _PAHOLE_MEMBER.search(line)
-            if m:
-                out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-    return out
-
-
-class BtfRaw:
-    """Function prototypes and struct members from ``bpftool btf dump ... format raw``."""
-
-    _HEAD = re.compile(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$")
-    _ATTR = re.compile(r"(\w+)=(\S+)")
-    _MEMBER = re.compile(r"^\s+'([^']*)' type_id=(\d+)(?: bits_offset=(\d+))?")
-
-    def __init__(self, text: str):
-        self.types: dict[int, tuple[str, str, dict, list]] = {}
-        self.funcs: dict[str, int] = {}
-        self.structs: dict[str, int] = {}
-        cur = None
-        for line in text.splitlines():
-            m = self._HEAD.match(line)
-            if m:
-                tid, kind, name = int(m.group(1)), m.group(2), m.group(3)
-                attrs = dict(self._ATTR.findall(m.group(4)))
-                cur = (kind, name, attrs, [])
-                self.types[tid] = cur
-                if kind == "FUNC":
-                    self.funcs.setdefault(name, tid)
-                elif kind == "STRUCT":
-                    self.structs.setdefault(name, tid)
-                continue
-            mm = self._MEMBER.match(line)
-            if mm and cur is not None:
-                cur[3].append((mm.group(1), int(mm.group(2)),
-                               int(mm.group(3)) if mm.group(3) else None))
-
-    @classmethod
-    def from_kernel(cls) -> "BtfRaw":
-        cp = subprocess.run([tool("bpftool") or "bpftool", "btf", "dump", "file",
-                             "/sys/kernel/btf/vmlinux", "format", "raw"],
-                            capture_output=True, text=True, timeout=300, check=True)
-        return cls(cp.stdout)
-
-    def type_name(self, tid: int) -> str:
-        if tid == 0:
-            return "void"
-        kind, name, attrs, _ = self.types[tid]
-        inner = int(attrs.get("type_id", 0))
-        if kind == "PTR":
-            target = self.type_name(inner)
-            return target + ("*" if target.endswith("*") else " *")
-        if kind == "CONST":
-            return "const " + self.type_name(inner)
-        if kind in ("VOLATILE", "RESTRICT", "TYPE_TAG"):
-            return self.type_name(inner)
-        if kind in ("STRUCT", "UNION", "ENUM"):
-            return f"{kind.lower()} {name}"
-        if kind == "FUNC_PROTO":
-            return "func_proto"
-        return name
-
-    def prototype(self, func: str) -> list[tuple[str, str]] | None:
-        """[(parameter name, type)] of FUNC, None if BTF has no such function."""
-        tid = self.funcs.get(func)
-        if tid is None:
-            return None
-        proto = self.types[int(self.types[tid][2]["type_id"])]
-        return [(name, self.type_name(t)) for name, t, _ in proto[3]]
-
-    def member_offsets(self, struct: str) -> dict[str, int]:
-        """{member: byte offset} of a struct (non-bitfield members)."""
-        kind, _name, _attrs, members = self.types[self.structs[struct]]
-        return {n: bits // 8 for n, _t, bits in members if bits is not None}
 
 
 def ftslab_leftovers() -> dict[str, list[str]]:
