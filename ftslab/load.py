@@ -150,7 +150,8 @@ def _meta_from(td, walks) -> Metadata:
             n = walk.missed_unknown  # at least one event per flagged page
         if n:
             lost.append(Loss(cpu, n, tuple((a, b) for a, b, _n in walk.missed_spans)))
-    bad = sum(w.bad_pages for _c, _d, w in walks)
+    # pages that made no sense and records shorter than their format: neither decoded
+    bad = sum(w.bad_pages + w.short_records for _c, _d, w in walks)
     version = f"trace.dat v{td.version}" + (f" ({td.compression})" if td.compression else "")
     if td.tracecmd_version == "ftslab spool":
         version = "ftslab spool (raw pages of an unfinished recording)"

@@ -63,6 +63,11 @@ class PageWalk:
     """Pages flagged 'events missed' without a stored count."""
     bad_pages: int = 0
     """Pages whose header or events did not make sense (skipped, counted)."""
+    short_records: int = 0
+    """Data events shorter than their event's format says (only a damaged page has
+    any): left out of the decoded events and counted here, by decode_columns or
+    iter_events, whichever decodes this walk (each sets it, never adds to it: a walk
+    decoded twice counts its records once)."""
     missed_spans: tuple = ()
     """(after_ns, before_ns, count) per page flagged 'events missed': the events were
     lost after the previous page's timestamp (0: before the first page) and before this
@@ -70,8 +75,9 @@ class PageWalk:
     and by decode_blocks."""
 
     def add_counts(self, other: "PageWalk") -> None:
-        """Add the page and loss counters of a walk of more pages of the same CPU."""
-        for k in ("pages", "missed", "missed_unknown", "bad_pages"):
+        """Add the page, loss and short-record counters of a walk of more pages of the
+        same CPU."""
+        for k in ("pages", "missed", "missed_unknown", "bad_pages", "short_records"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
@@ -809,6 +815,14 @@ def _gather_strings(v: "_Views", starts: np.ndarray, lens: np.ndarray) -> np.nda
     return str_column(inv, [t.split(b"\0", 1)[0].decode("utf-8", "replace") for t in texts])
 
 
+def _record_size(fmt: EventFormat) -> int:
+    """Bytes a record of ``fmt`` needs to hold every field its format names.  Neither
+    decoder decodes a shorter record (a damaged page: a flipped bit in its length): the
+    fields that fit would make an event the kernel never wrote.  It is counted instead,
+    in PageWalk.short_records."""
+    return max((f.offset + f.size for f in fmt.fields + fmt.common_fields), default=0)
+
+
 def _decodable(f: Field) -> bool:
     if f.data_loc or f.rel_loc:
         return True
@@ -878,6 +892,7 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
         return out
     buf = _Views(data)
     ids, offs, lens, ts = walk.ids, walk.off, walk.lens, walk.ts
+    short = 0
     # ids are 16 bits (common_type): a count per id finds the types present at once
     for eid in np.flatnonzero(np.bincount(ids, minlength=1)):
         fmt = formats_by_id.get(int(eid))
@@ -885,10 +900,10 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
             continue
         sel = ids == eid
         o, ln = offs[sel], lens[sel]
-        need = max((f.offset + f.size for f in fmt.fields + fmt.common_fields), default=0)
-        good = ln >= need
+        good = ln >= _record_size(fmt)
         st = stack[sel] if stack is not None else None
         if not good.all():
+            short += int(good.size - np.count_nonzero(good))
             o, ln = o[good], ln[good]
             sel_ts = ts[sel][good]
             st = st[good] if st is not None else None
@@ -909,6 +924,7 @@ def decode_columns(data: bytes | memoryview, walk: PageWalk,
         out[(fmt.system, fmt.name)] = EventColumns(
             system=fmt.system, name=fmt.name, ts=sel_ts, cpu=np.full(o.size, walk.cpu, np.int32),
             pid=pid, fields=cols, stack=st)
+    walk.short_records = short
     return out
 
 
@@ -958,7 +974,6 @@ _STRUCT = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
 
 
 _U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
 
 
 class _EventDecoder:
@@ -967,7 +982,13 @@ class _EventDecoder:
     not once per event (stream and read() decode every event through it)."""
 
     def __init__(self, fmt: EventFormat):
+        self.size = _record_size(fmt)
+        """A shorter payload is not decoded (see _record_size): the caller checks."""
         pidf = fmt.field("common_pid")
+        # as decode_columns reads it: signed, kept to 32 bits; -1 when the format gives
+        # it a size no integer has (a damaged format)
+        self.pid_unpack = (struct.Struct("<" + _STRUCT[(pidf.size, True)]).unpack_from
+                           if pidf is not None and (pidf.size, True) in _STRUCT else None)
         self.pid_offset = pidf.offset if pidf is not None else None
         # (name, offset, end, unpacker or None for a string, data_loc kind) in format order
         self.plan = []
@@ -984,13 +1005,16 @@ class _EventDecoder:
                                   None))
 
     def __call__(self, payload: bytes | memoryview) -> tuple[int, dict]:
+        """(pid, fields) of a payload of at least ``self.size`` bytes."""
         n = len(payload)
-        po = self.pid_offset
-        pid = _I32.unpack_from(payload, po)[0] if po is not None and po + 4 <= n else -1
+        if self.pid_unpack is not None:
+            pid = self.pid_unpack(payload, self.pid_offset)[0]
+            if not -0x80000000 <= pid <= 0x7FFFFFFF:  # an 8-byte pid, as int32 keeps it
+                pid = (pid + 0x80000000) % 0x100000000 - 0x80000000
+        else:
+            pid = -1
         fields: dict[str, int | str] = {}
         for name, off, end, unpack, kind in self.plan:
-            if end > n:
-                continue
             if unpack is not None:
                 fields[name] = unpack(payload, off)[0]
                 continue
@@ -1007,18 +1031,26 @@ class _EventDecoder:
 
 
 def decode_event(payload: bytes | memoryview, fmt: EventFormat) -> tuple[int, dict]:
-    """(pid, fields) of one event's payload."""
-    return _EventDecoder(fmt)(payload)
+    """(pid, fields) of one event's payload; ParseError when it is shorter than its
+    format says."""
+    dec = _EventDecoder(fmt)
+    if len(payload) < dec.size:
+        raise ParseError(f"{fmt.system}:{fmt.name}: a record of {len(payload)} bytes, "
+                         f"its format needs {dec.size}")
+    return dec(payload)
 
 
 def iter_events(data: bytes | memoryview, walk: PageWalk, formats_by_id: Mapping[int, EventFormat],
                 comm_of=None, decoders: dict | None = None) -> Iterator[Event]:
     """Events of one CPU, in order, as ``Event`` objects.  ``decoders`` (event id ->
-    compiled decoder) can be kept by a caller that decodes page after page."""
+    compiled decoder) can be kept by a caller that decodes page after page.  Records
+    shorter than their format are left out and counted in ``walk.short_records`` (as
+    decode_columns does), as they are met."""
     mv = memoryview(data)
     comm_of = comm_of or (lambda pid: "<...>")
     if decoders is None:
         decoders = {}
+    short = walk.short_records = 0
     for ts, off, eid, ln in zip(walk.ts.tolist(), walk.off.tolist(), walk.ids.tolist(),
                                 walk.lens.tolist()):
         fmt = formats_by_id.get(eid)
@@ -1027,6 +1059,10 @@ def iter_events(data: bytes | memoryview, walk: PageWalk, formats_by_id: Mapping
         dec = decoders.get(eid)
         if dec is None:
             dec = decoders[eid] = _EventDecoder(fmt)
+        if ln < dec.size:
+            short += 1
+            walk.short_records = short
+            continue
         pid, fields = dec(mv[off:off + ln])
         yield Event(ts=ts, cpu=walk.cpu, pid=pid, comm=comm_of(pid), system=fmt.system,
                     name=fmt.name, fields=MappingProxyType(fields))
