@@ -2,13 +2,14 @@
 pages dropped, must equal what the lazy whole-CPU decode gives, on real captures."""
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ftslab import forked, ringbuf
-from ftslab.load import load
+from ftslab.load import load, read
 from ftslab.report import build_report, fields_read
 from ftslab.render import render_text
 
@@ -165,20 +166,15 @@ def _child_alive() -> bool:
     return False
 
 
-def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
-    """The child really decodes blocks (each block slowed so that both processes take
-    some), and the columns are the one-process columns: same rows, same order."""
-    path = FIX / "6.18" / "ftslab-open200.dat"
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
-    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
-    alone = load(path, fields=fields_read)
+def _child_takes_blocks(monkeypatch) -> list:
+    """From now on, decode_blocks shares its blocks with a forked child that decodes
+    three of them at least: the parent waits (bounded) while its child lives and has
+    walked fewer, so that the child's share does not depend on scheduling.  Returns
+    the list the results the parent gets from the child are added to."""
     walk = ringbuf._walk_all
     parent, child_walks = os.getpid(), os.memfd_create("child-walks")
 
     def slow_walk(*a):
-        # the parent waits (bounded) while its child lives and has walked fewer than
-        # three blocks, so that the child's share does not depend on scheduling
         if os.getpid() != parent:
             os.write(child_walks, b"x")
         else:
@@ -192,7 +188,20 @@ def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
     child_load = forked._Child._load
     monkeypatch.setattr(forked._Child, "_load",
                         lambda self, *a: from_child.append(a) or child_load(self, *a))
+    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
     monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 2)
+    return from_child
+
+
+def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
+    """The child really decodes blocks (each block slowed so that both processes take
+    some), and the columns are the one-process columns: same rows, same order."""
+    path = FIX / "6.18" / "ftslab-open200.dat"
+    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
+    alone = load(path, fields=fields_read)
+    from_child = _child_takes_blocks(monkeypatch)
     shared = load(path, fields=fields_read)
     assert len(from_child) > 2
     assert _same_columns(alone, shared, fields_read) > 0
@@ -328,3 +337,105 @@ def test_only_the_kernel_stack_format_of_the_ftrace_ones_is_parsed(monkeypatch):
     f = L._stack_format(td)
     assert f is not None and f.name == "kernel_stack"
     assert parsed == ["ftrace"]
+
+
+# -- records shorter than their format (issue 16) --------------------------------------
+
+OPEN200 = FIX / "6.18" / "ftslab-open200.dat"
+
+
+def _with_short_records(tmp_path, pages) -> tuple[Path, list]:
+    """ftslab-open200.dat with one record cut short in each page of ``pages`` of its
+    largest CPU (test_ringbuf.cut_records_short), the other CPUs as they are."""
+    import dataclasses
+    from ftslab.load import formats_of
+    from ftslab.tracedat import read_tracedat, write_tracedat
+    from test_ringbuf import cut_records_short
+    td = read_tracedat(OPEN200)
+    cpu = max(td.cpu_data, key=lambda c: len(td.cpu_data[c]))
+    n_pages = len(td.cpu_data[cpu]) // td.buffer_page_size
+    data, cut = cut_records_short(td.cpu_data[cpu], cpu, td.buffer_page_size,
+                                  formats_of(td), [p % n_pages for p in pages])
+    out = tmp_path / "short.dat"
+    write_tracedat(out, dataclasses.replace(td, cpu_data={**td.cpu_data, cpu: data}))
+    return out, cut
+
+
+def _rows(ds) -> Counter:
+    """Every row of a dataset: (system, name, ts, cpu, pid, its fields)."""
+    out = Counter()
+    for (system, name), c in ds.columns.items():
+        names = sorted(c.fields)
+        values = [c.fields[n].tolist() for n in names]
+        for k in range(len(c)):
+            out[(system, name, int(c.ts[k]), int(c.cpu[k]), int(c.pid[k]),
+                 tuple((n, v[k]) for n, v in zip(names, values)))] += 1
+    return out
+
+
+def _rows_read(events, ds) -> Counter:
+    """read()'s events as _rows gives ``ds``'s (only the fields ``ds`` decoded)."""
+    out = Counter()
+    for e in events:
+        cols = ds.columns.get((e.system, e.name))
+        names = sorted(cols.fields) if cols is not None else sorted(e.fields)
+        out[(e.system, e.name, e.ts, e.cpu, e.pid,
+             tuple((n, e.fields[n]) for n in names))] += 1
+    return out
+
+
+def _without(rows: Counter, cut) -> Counter:
+    left = Counter({r: n for r, n in rows.items() if (r[3], r[2], r[0], r[1]) not in cut})
+    assert rows.total() - left.total() == len(cut)  # each cut record is one row
+    return left
+
+
+@pytest.mark.parametrize("fields", [None, fields_read], ids=["whole", "blocks"])
+def test_a_record_shorter_than_its_format_is_dropped_and_counted(tmp_path, monkeypatch,
+                                                                 fields):
+    """load() (whole CPUs, or 8-page blocks in one process), read() and the report
+    agree on a recording with one record cut short: it is no event, the others are
+    all there as they were, and it is counted in unparsed."""
+    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
+    path, cut = _with_short_records(tmp_path, [12])
+    whole = load(OPEN200, fields=fields)
+    got = load(path, fields=fields)
+    assert (whole.meta.unparsed, got.meta.unparsed) == (0, 1)
+    assert _rows(got) == _without(_rows(whole), cut)
+    assert _rows_read(read(path), got) == _rows(got)
+    rep = build_report(got)
+    assert "WARNING: 1 lines/events could not be decoded" in " ".join(rep.warnings)
+
+
+def test_short_records_decoded_by_the_forked_child_are_counted(tmp_path, monkeypatch):
+    """The two-process block path: the child's blocks' short records come back with
+    its results (one record cut in the first page of every 8-page block)."""
+    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
+    from ftslab.tracedat import read_tracedat
+    td = read_tracedat(OPEN200)
+    n_pages = max(len(d) for d in td.cpu_data.values()) // td.buffer_page_size
+    path, cut = _with_short_records(tmp_path, range(0, n_pages, 8))
+    assert len(cut) >= 4
+    alone = load(path, fields=fields_read)
+    from_child = _child_takes_blocks(monkeypatch)
+    shared = load(path, fields=fields_read)
+    assert len(from_child) > 2
+    assert alone.meta.unparsed == shared.meta.unparsed == len(cut)
+    assert _rows(shared) == _rows(alone) == _without(_rows(load(OPEN200, fields=fields_read)),
+                                                     cut)
+
+
+def test_strict_fails_on_a_record_shorter_than_its_format(tmp_path):
+    from conftest import run_ftslab
+    from ftslab.errors import EXIT_INPUT
+    path, _cut = _with_short_records(tmp_path, [12])
+    r = run_ftslab("report", path)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: 1 lines/events could not be decoded" in r.stdout + r.stderr
+    r = run_ftslab("report", "--strict", path)
+    assert r.returncode == EXIT_INPUT, (r.returncode, r.stderr)
+    assert "1 lines/pages could not be decoded" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert run_ftslab("report", "--strict", OPEN200).returncode == 0

@@ -237,3 +237,116 @@ def test_string_rows_hold_each_strings_bytes_and_zeros(residue, at_the_end):
     assert q.shape == (300, w8)
     for row, s, n in zip(q, starts, lens):
         assert row.tobytes() == data[s:s + n] + bytes(w8 * 8 - n)
+
+
+def cut_records_short(data: bytes, cpu: int, psize: int, fmts, pages) -> tuple[bytes, list]:
+    """``data``, one CPU's pages of a real recording, with one record cut short in each
+    page of ``pages``: the page's middle event of a known format whose header holds its
+    length (type_len), made the largest multiple of 4 bytes shorter than its format's
+    fields need.  The bytes after it move up and the page's commit shrinks by as much,
+    so the page walks as before, that record short.  Returns the new data and the
+    (cpu, ts, system, name) of each record cut."""
+    raw = bytearray(data)
+    walk = ringbuf._walk_loop(data, cpu, HP, HE, psize, len(data) // psize)
+    cut = []
+    for p in pages:
+        at = p * psize
+        cands = []
+        for i in np.flatnonzero((walk.off >= at) & (walk.off < at + psize)).tolist():
+            fmt = fmts.get(int(walk.ids[i]))
+            off, ln = int(walk.off[i]), int(walk.lens[i])
+            hdr = int.from_bytes(raw[off - 4:off], "little")
+            if fmt is None or not 1 <= hdr & 31 <= HE.data_max_type_len or (hdr & 31) * 4 != ln:
+                continue
+            need = max(f.offset + f.size for f in fmt.fields + fmt.common_fields)
+            short = (need - 1) // 4 * 4
+            if 4 <= short < ln:
+                cands.append((i, off, ln, hdr, short, fmt))
+        assert cands, f"page {p}: no record to cut"
+        i, off, ln, hdr, short, fmt = cands[len(cands) // 2]
+        d = ln - short
+        raw[off - 4:off] = ((hdr & ~31) | short // 4).to_bytes(4, "little")
+        raw[at:at + psize] = raw[at:off + short] + raw[off + ln:at + psize] + bytes(d)
+        c = HP.commit_offset
+        commit = int.from_bytes(raw[at + c:at + c + HP.commit_size], "little")
+        raw[at + c:at + c + HP.commit_size] = (commit - d).to_bytes(HP.commit_size, "little")
+        cut.append((cpu, int(walk.ts[i]), fmt.system, fmt.name))
+    return bytes(raw), cut
+
+
+def test_a_record_shorter_than_its_format_is_dropped_and_counted_by_both_decoders():
+    """One real page with one record cut short (issue 16): decode_columns (load) and
+    iter_events (read, stream) both leave it out, the page's other events are decoded
+    alike, and both count it in the walk."""
+    from ftslab.load import formats_of
+    td = read_tracedat(FIX / "ftslab-open200.dat")
+    fmts = formats_of(td)
+    cpu, data = max(td.cpu_data.items(), key=lambda kv: len(kv[1]))
+    psize = td.buffer_page_size
+    p = len(data) // psize // 2
+    page = bytes(data[p * psize:(p + 1) * psize])
+    bad, [cut] = cut_records_short(page, cpu, psize, fmts, [0])
+
+    def rows(page):
+        walk = ringbuf.walk_pages(page, cpu, HP, HE, psize)
+        assert walk.bad_pages == 0
+        evs = [(e.ts, e.system, e.name, e.pid, dict(e.fields))
+               for e in ringbuf.iter_events(page, walk, fmts)]
+        by_events = walk.short_records
+        cols = ringbuf.decode_columns(page, walk, fmts)
+        by_cols = [(int(c.ts[k]), s, n, int(c.pid[k]),
+                    {f: (v[k] if isinstance(v[k], str) else int(v[k]))
+                     for f, v in ((f, c.fields[f]) for f in c.fields)})
+                   for (s, n), c in cols.items() for k in range(len(c))]
+        assert sorted(by_cols, key=repr) == sorted(evs, key=repr)
+        return evs, by_events, walk.short_records
+
+    whole, n_ev, n_col = rows(page)
+    assert (n_ev, n_col) == (0, 0)
+    got, n_ev, n_col = rows(bad)
+    assert (n_ev, n_col) == (1, 1)
+    assert got == [e for e in whole if (cpu,) + e[:3] != cut]
+    assert len(got) == len(whole) - 1
+
+
+def test_decode_event_refuses_a_payload_shorter_than_its_format():
+    from ftslab.errors import ParseError
+    from ftslab.load import formats_of
+    td = read_tracedat(FIX / "ftslab-open200.dat")
+    fmts = formats_of(td)
+    cpu, data = next(iter(td.cpu_data.items()))
+    walk = ringbuf.walk_pages(data[:4096], cpu, HP, HE, 4096)
+    off, ln, eid = int(walk.off[0]), int(walk.lens[0]), int(walk.ids[0])
+    fmt = fmts[eid]
+    need = max(f.offset + f.size for f in fmt.fields + fmt.common_fields)
+    pid, fields = ringbuf.decode_event(data[off:off + ln], fmt)
+    # every field but numeric arrays (which no report reads)
+    assert set(fields) == {f.name for f in fmt.fields if f.array_len is None or f.is_string}
+    with pytest.raises(ParseError, match=f"its format needs {need}"):
+        ringbuf.decode_event(data[off:off + need - 1], fmt)
+
+
+@pytest.mark.parametrize("size", ["2", "8", "5"])
+def test_both_decoders_read_common_pid_alike_whatever_size_the_format_says(size):
+    """A damaged format can give common_pid any size: decode_columns and iter_events
+    read the same pid from it (-1 where no integer has that size)."""
+    from ftslab.formats import parse_format
+    from ftslab.load import formats_of
+    td = read_tracedat(FIX / "ftslab-open200.dat")
+    fmts = formats_of(td)
+    pid_line = "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;"
+    for system, texts in td.event_formats.items():
+        for text in texts:
+            assert pid_line in text
+            f = parse_format(text.replace(pid_line, pid_line.replace("size:4", f"size:{size}")),
+                             system)
+            fmts[f.id] = f
+    cpu, data = max(td.cpu_data.items(), key=lambda kv: len(kv[1]))
+    walk = ringbuf.walk_pages(data, cpu, HP, HE, td.buffer_page_size)
+    by_events = sorted((e.ts, e.name, e.pid) for e in ringbuf.iter_events(data, walk, fmts))
+    cols = ringbuf.decode_columns(data, walk, fmts)
+    by_cols = sorted((int(t), n, int(p)) for (_s, n), c in cols.items()
+                     for t, p in zip(c.ts, c.pid))
+    assert len(by_events) > 1000 and by_events == by_cols
+    pids = {p for _t, _n, p in by_cols}
+    assert (pids == {-1}) == (size == "5")
