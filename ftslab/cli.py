@@ -418,7 +418,8 @@ def _report(files, by, sort, top, fmt, hist, strict, buffer, source=None, live=F
                 e.exit_code = EXIT_LOST
                 raise e
             if ds.meta.unparsed:
-                raise BadInput(f"{path}: {ds.meta.unparsed} lines/pages could not be decoded")
+                raise BadInput(f"{path}: {ds.meta.unparsed} lines, pages or records could not "
+                               "be decoded")
         if len(files) > 1 and fmt == "table":
             click.echo(f"== {path}")
         out = sys.stdout

@@ -436,6 +436,6 @@ def test_strict_fails_on_a_record_shorter_than_its_format(tmp_path):
     assert "WARNING: 1 lines/events could not be decoded" in r.stdout + r.stderr
     r = run_ftslab("report", "--strict", path)
     assert r.returncode == EXIT_INPUT, (r.returncode, r.stderr)
-    assert "1 lines/pages could not be decoded" in r.stderr
+    assert "1 lines, pages or records could not be decoded" in r.stderr
     assert "Traceback" not in r.stderr
     assert run_ftslab("report", "--strict", OPEN200).returncode == 0
