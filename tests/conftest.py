@@ -23,6 +23,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TRACEFS = Path(os.environ.get("FTSLAB_TRACEFS", "/sys/kernel/tracing"))
 KERNEL_TESTS = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
 
+# The guest suite runs inside the QEMU guests that tests/vm/test_vm_kernels.py boots (it
+# sets FTSLAB_GUEST_KERNEL there); on the host it is not collected, rather than skipped.
+collect_ignore = [] if os.environ.get("FTSLAB_GUEST_KERNEL") else ["vm/guest"]
+
 
 def real_text_dataset(name: str):
     """A real 6.18 text capture (tests/fixtures/6.18/NAME) parsed with its format files."""
