@@ -28,9 +28,9 @@ STRICT = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
 ENABLED = STRICT or os.environ.get("FTSLAB_VM_TESTS") == "1"
 TIMEOUT = float(os.environ.get("FTSLAB_VM_TIMEOUT", "1500"))
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(
     not ENABLED, reason="boots Debian kernels under QEMU (minutes): set FTSLAB_VM_TESTS=1 "
-                        "(FTSLAB_KERNEL_TESTS=1 runs it too)")
+                        "(FTSLAB_KERNEL_TESTS=1 runs it too)")]
 
 GUEST_SUITE = "tests/vm/guest"
 
