@@ -524,7 +524,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
                 closed.append(True)
                 capture.request_stop()
 
-    run, n, lost, unread = run_stream(tfs, opts, _err, flushing_status, sink)
+    run, n, lost, unread, undecodable = run_stream(tfs, opts, _err, flushing_status, sink)
     try:
         out.flush()
     except BrokenPipeError:
@@ -544,6 +544,9 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     if lost:
         _err(f"WARNING: {lost:,} events were lost (stream cannot keep up at this rate: "
              "use ftslab record, which is lossless)")
+    if undecodable:
+        _err(f"WARNING: {undecodable:,} pages or records could not be decoded and were "
+             "not shown")
     if failed:
         raise OutputError(f"cannot write the events to stdout: {failed[0].strerror}")
     incomplete = capture.cleanup_error(run.session, f"streamed {n:,} events")

@@ -78,6 +78,7 @@ class _PageDecoder:
         self.decoders: dict = {}  # event id -> compiled decoder, kept across pages
         self.lost = 0
         self.events = 0
+        self.undecodable = 0  # pages and records that made no sense: counted, not shown
         self._comms_at = time.monotonic()
         self.draining = False
         self.drain_until: float | None = None
@@ -123,6 +124,7 @@ class _PageDecoder:
             for ev in ringbuf.iter_events(page, walk, self.fmts, self._comm, self.decoders):
                 self.events += 1
                 self.sink(ev)
+            self.undecodable += walk.bad_pages + walk.short_records
         return moved
 
     def stopping(self) -> bool:
@@ -158,6 +160,8 @@ class StreamResult(NamedTuple):
     """Events the kernel lost (page flags or per-CPU stats, the larger)."""
     unread: int
     """Events still in the buffer when the drain time ran out (the stream fell behind)."""
+    undecodable: int = 0
+    """Pages and records that could not be decoded (counted, never shown as events)."""
 
 
 def stream(tracefs: Tracefs, opts: RecordOptions, warn, status, sink: Callable[[Event], None]
@@ -176,4 +180,4 @@ def stream(tracefs: Tracefs, opts: RecordOptions, warn, status, sink: Callable[[
     lost = max(d.lost, sum(s.lost for s in run.stats))
     # per_cpu stats are read after the drain: `entries` is what it did not reach
     unread = sum(s.entries for s in run.stats)
-    return StreamResult(run, d.events, lost, unread)
+    return StreamResult(run, d.events, lost, unread, d.undecodable)

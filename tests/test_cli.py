@@ -479,6 +479,17 @@ def test_stream_prints_every_event_of_real_pages(capsys, monkeypatch, tmp_path, 
     assert f"streamed {len(events):,} events" in err and "lost 0" in err
 
 
+def test_stream_warns_of_records_it_could_not_decode(capsys, monkeypatch, tmp_path, fake):
+    from test_load_fields import _with_short_records
+    path, cut = _with_short_records(tmp_path, [3, 12])
+    _replayed_stream(monkeypatch, tmp_path, path)
+    code, out, err = run(capsys, "stream", "--tracefs", fake, "--kprobes", "off",
+                         "--format", "json")
+    assert code == 0, err
+    assert len(out.splitlines()) == len(list(ftslab.read(path)))
+    assert "WARNING: 2 pages or records could not be decoded and were not shown" in err
+
+
 def _page_order(events):
     """stream's order: CPU by CPU, in the order of each CPU's pages."""
     return [e for c in sorted({e.cpu for e in events}) for e in events if e.cpu == c]

@@ -242,3 +242,16 @@ def test_seed_lines_are_the_allocations(open200):
     want += sum(psize << ev.fields["order"] for ev in got if ev.name == "mm_page_alloc"
                 and ev.fields["pfn"] & (2**64 - 1) not in (0, 2**64 - 1))
     assert total == want > 0
+
+
+def test_a_record_shorter_than_its_format_is_counted_not_streamed(tmp_path, no_proc_comm):
+    """stream decodes as read() does: a record cut short (test_load_fields) is no event,
+    and the decoder counts it (the CLI warns with that count)."""
+    from test_load_fields import _with_short_records
+    path, cut = _with_short_records(tmp_path, [3, 12])
+    session, _td = replay_session(tmp_path, path)
+    d, got = _decode_all(session)
+    want = list(ftslab.read(path))
+    assert len(got) == len(want) == d.events
+    assert len(list(ftslab.read(FIX / "ftslab-open200.dat"))) - d.events == len(cut) == 2
+    assert d.undecodable == 2
