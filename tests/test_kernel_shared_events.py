@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TRACEFS, popen_ftslab, run_ftslab
+import toplevel
+from toplevel import write_file
 from ftslab.capture import SHARED_EVENT_COST, enabled_elsewhere_message
 from ftslab.tracefs import EnabledElsewhere, Tracefs, enable_state_has_probe
 
@@ -113,14 +115,6 @@ def test_lookup_in_a_tree(tmp_path):
 
 
 # -- the real kernel -------------------------------------------------------------------
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def _instance_state(inst: Path) -> dict[str, str]:
     """What another tool would notice changed in its instance."""
     state = {}
@@ -162,20 +156,12 @@ def other_instance(toplevel_kmem_off):
     """Another tool's instance with kmem:kmalloc on, tracing off, and a marker line in
     its buffer (ftslab must neither clear nor change any of it)."""
     name = f"othertool_{os.getpid()}"
-    inst = TRACEFS / "instances" / name
-    os.mkdir(inst)
-    try:
-        _write(inst / "trace_marker", f"marker of {name}\n")
-        _write(inst / "tracing_on", "0")
-        _write(inst / "events/kmem/kmalloc/enable", "1")
+    with toplevel.other_instance(["kmalloc"], marker=f"marker of {name}") as inst:
+        assert inst.name == name
         before = _instance_state(inst)
         yield name, inst
         assert _instance_state(inst) == before
         assert f"marker of {name}" in (inst / "trace").read_text()
-    finally:
-        if inst.exists():
-            _write(inst / "events/kmem/kmalloc/enable", "0")
-            os.rmdir(inst)
 
 
 @pytest.fixture
@@ -192,12 +178,12 @@ def toplevel_kmem_off(kernel):
                 pytest.fail(f"top-level kmem:{ev} is in soft mode ({text}): cannot switch "
                             "it off and restore it exactly")
             saved[path] = text
-            _write(path, "0")
+            write_file(path, "0")
     try:
         yield
     finally:
         for path, text in saved.items():
-            _write(path, text)
+            write_file(path, text)
 
 
 def _assert_names(line: str, name: str) -> None:
@@ -284,17 +270,17 @@ def test_record_names_the_top_level(toplevel_expanded, toplevel_kmem_off, tmp_pa
     tracing_on = TRACEFS / "tracing_on"
     was_on = tracing_on.read_text().strip()
     assert enable.read_text().strip() == "0"
-    _write(tracing_on, "0")  # first: nothing lands in the top-level buffer
+    write_file(tracing_on, "0")  # first: nothing lands in the top-level buffer
     try:
-        _write(enable, "1")
+        write_file(enable, "1")
         try:
             cp = run_ftslab("record", "-d", "1", "-o", tmp_path / "r.dat", check=True)
             assert enable.read_text().strip() == "1"
             assert tracing_on.read_text().strip() == "0"
         finally:
-            _write(enable, "0")
+            write_file(enable, "0")
     finally:
-        _write(tracing_on, was_on)
+        write_file(tracing_on, was_on)
     lines = _shared_lines(cp.stderr)
     assert len(lines) == 1, cp.stderr
     assert "kmem:kmalloc" in lines[0] and ("the top-level buffer (tracing off there: left "

@@ -7,6 +7,7 @@ versions): eventfd_frames() reads them from the running kernel's /proc/kallsyms.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -64,8 +65,9 @@ def _flamegraph() -> Path:
     return FLAMEGRAPH
 
 
-def test_stacks_fold_with_exact_counts_and_flamegraph_draws_them(kernel, tmp_path):
-    leaf, site = eventfd_frames()
+def record_eventfd_stacks(tmp_path):
+    """`record --stacks` of the eventfd workload: (the file, its Dataset), every
+    allocation with its stack (nothing lost, no stack unattributed)."""
     out = tmp_path / "stacks.dat"
     cp = run_ftslab("record", "--stacks", "-o", out, "--", *EVENTFDS, check=True)
     assert "lost 0" in cp.stderr, cp.stderr
@@ -74,6 +76,14 @@ def test_stacks_fold_with_exact_counts_and_flamegraph_draws_them(kernel, tmp_pat
     assert ds.stacks and ds.meta.extra.get("stacks_unattributed", 0) == 0
     for key in (("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc"), ("kmem", "mm_page_alloc")):
         assert (ds.columns[key].stack >= 0).all(), key   # no loss: every one has its stack
+    return out, ds
+
+
+def folded_with_exact_counts(out, leaf: str, site: str) -> tuple[str, dict[str, int]]:
+    """`report --format folded --weight count`: (its text, weight per stack), checked:
+    one line per distinct stack, the workload's N under its own two frames, the weights
+    adding up to the slab allocations the plain report counts; and `--by stack` shows
+    the workload's stack once, with its N."""
     folded = run_ftslab("report", out, "--format", "folded", "--weight", "count",
                         check=True).stdout
     lines = [l.rsplit(" ", 1) for l in folded.splitlines()]
@@ -82,10 +92,21 @@ def test_stacks_fold_with_exact_counts_and_flamegraph_draws_them(kernel, tmp_pat
     ctx = [w for s, w in weights.items() if s.endswith(f";{site};{leaf}")]
     assert ctx == [N], [s for s in weights if "eventfd" in s]
     plain = run_ftslab("report", out, "--format", "json", "--by", "event", check=True).stdout
-    import json
     slab = sum(r["count"] for r in json.loads(plain)["rows"]
                if r["event"] in ("kmem:kmalloc", "kmem:kmem_cache_alloc"))
     assert sum(weights.values()) == slab
+    # --by stack shows the same stacks, innermost first
+    js = json.loads(run_ftslab("report", out, "--format", "json", "--by", "stack", "--top",
+                               "1000", check=True).stdout)
+    row = [r for r in js["rows"] if r["stack"].startswith(f"{leaf} <- {site} <- ")]
+    assert len(row) == 1 and row[0]["count"] == N, [r["stack"] for r in js["rows"]][:20]
+    return folded, weights
+
+
+def test_stacks_fold_with_exact_counts_and_flamegraph_draws_them(kernel, tmp_path):
+    leaf, site = eventfd_frames()
+    out, _ds = record_eventfd_stacks(tmp_path)
+    folded, weights = folded_with_exact_counts(out, leaf, site)
     # a real consumer reads it
     fg = _flamegraph()
     src = tmp_path / "folded.txt"
@@ -97,11 +118,6 @@ def test_stacks_fold_with_exact_counts_and_flamegraph_draws_them(kernel, tmp_pat
     total = sum(w for s, w in weights.items() if f";{site};" in s)
     m = re.search(rf"<title>{re.escape(site)} \(([\d,]+) allocations", svg.stdout)
     assert m and int(m.group(1).replace(",", "")) == total
-    # --by stack shows the same stacks, innermost first
-    js = json.loads(run_ftslab("report", out, "--format", "json", "--by", "stack", "--top",
-                               "1000", check=True).stdout)
-    row = [r for r in js["rows"] if r["stack"].startswith(f"{leaf} <- {site} <- ")]
-    assert len(row) == 1 and row[0]["count"] == N, [r["stack"] for r in js["rows"]][:20]
 
 
 def test_stacks_dry_run_shows_the_conditional_trigger(kernel, tmp_path):

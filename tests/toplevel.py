@@ -1,5 +1,5 @@
-"""Snapshot and restore the top-level tracing buffer's settings; wait for a session's
-own instance to trace.
+"""Snapshot and restore the top-level tracing buffer's settings; stand in for another
+tracer's instance; wait for a session's own instance to trace.
 
 ftslab never changes the top level's settings (the ``kernel`` fixture asserts that);
 trace-cmd 3.1.6 on a kernel without function tracing only works as ``record -d -k``,
@@ -8,6 +8,7 @@ with this.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -58,10 +59,11 @@ def expand_toplevel_buffer() -> None:
     path = TRACEFS / "buffer_size_kb"
     val = path.read_text()
     if "(expanded:" in val:
-        _write(path, _expanded_size(val))
+        write_file(path, _expanded_size(val))
 
 
-def _write(path: Path, text: str, append: bool = False) -> None:
+def write_file(path: Path, text: str, append: bool = False) -> None:
+    """One write(2) of ``text`` (a tracefs file takes a write as one command)."""
     fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
     try:
         if text:
@@ -78,19 +80,19 @@ def restore_toplevel(state: dict[str, str]) -> None:
             continue
         path = TRACEFS / key
         if key == "set_event":
-            _write(path, "")
+            write_file(path, "")
             for line in val.split():
-                _write(path, line, append=True)
+                write_file(path, line, append=True)
         elif key == "trace_clock":
             clock = val[val.index("[") + 1:val.index("]")] if "[" in val else val.strip()
-            _write(path, clock)
+            write_file(path, clock)
         elif key == "current_tracer" or key == "set_event_pid":
-            _write(path, val.strip())
+            write_file(path, val.strip())
         elif key == "buffer_size_kb":
             # the size it stands for, never the pre-expansion 7 KB placeholder
-            _write(path, _expanded_size(val))
+            write_file(path, _expanded_size(val))
         else:
-            _write(path, val.strip())
+            write_file(path, val.strip())
 
 
 def wait_tracing_on(proc: subprocess.Popen, timeout: float = 60) -> Path:
@@ -117,3 +119,27 @@ def wait_tracing_on(proc: subprocess.Popen, timeout: float = 60) -> Path:
         if time.monotonic() > deadline:
             raise AssertionError(f"{inst.name} did not start tracing in {timeout:g} s")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def other_instance(events, marker: str | None = None):
+    """Another tool's instance, ``othertool_<pid>`` (not ftslab_*: ftslab would take it
+    for its own leftover), with the kmem ``events`` enabled and tracing off, as
+    `trace-cmd record -k` leaves the top level; ``marker`` is written into its buffer
+    first.  Its events are switched off and it is removed at the end."""
+    inst = TRACEFS / "instances" / f"othertool_{os.getpid()}"
+    os.mkdir(inst)
+    try:
+        if marker is not None:
+            write_file(inst / "trace_marker", marker + "\n")
+        write_file(inst / "tracing_on", "0")
+        for ev in events:
+            write_file(inst / "events" / "kmem" / ev / "enable", "1")
+        yield inst
+    finally:
+        for ev in events:
+            try:
+                write_file(inst / "events" / "kmem" / ev / "enable", "0")
+            except OSError:
+                pass
+        os.rmdir(inst)
