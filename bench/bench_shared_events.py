@@ -18,6 +18,7 @@ Usage: sudo python3 bench/bench_shared_events.py [--pairs 6] [--seconds 3] [--js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,48 +35,9 @@ sys.path.insert(0, str(HERE))
 from bench_record import ROOT, EVENTS, build_workload, ftslab_cmd  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 from ftslab.tracefs import Tracefs  # noqa: E402
-
-
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def other_instance_create(tfs: Tracefs, name: str) -> Path:
-    """The second prober: an instance with the kmem events on and tracing off."""
-    inst = tfs.root / "instances" / name
-    os.mkdir(inst)
-    try:
-        _write(inst / "tracing_on", "0")
-        for ev in EVENTS:
-            system, event = ev.split(":")
-            _write(inst / "events" / system / event / "enable", "1")
-    except BaseException:
-        other_instance_remove(inst)
-        raise
-    return inst
-
-
-def other_instance_remove(inst: Path) -> None:
-    for ev in EVENTS:
-        system, event = ev.split(":")
-        try:
-            _write(inst / "events" / system / event / "enable", "0")
-        except OSError:
-            pass
-    for _ in range(40):  # EBUSY while the kernel still holds a file of it
-        try:
-            os.rmdir(inst)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    os.rmdir(inst)
+from toplevel import other_instance  # noqa: E402  (the second prober: kmem on, tracing off)
 
 
 def run_recorded(wl: Path, secs: float, out: Path, env: dict) -> tuple[float, str]:
@@ -108,7 +70,9 @@ def main() -> int:
                  + "): both conditions would be shared")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="ftslab-bench-shared-"))
-    name = f"bench_shared_{os.getpid()}"
+    name = f"othertool_{os.getpid()}"  # toplevel.other_instance's name
+    kmem = [e.split(":")[1] for e in EVENTS]
+    assert {e.split(":")[0] for e in EVENTS} == {"kmem"}
     rates: dict[str, list[float]] = {"alone": [], "shared": []}
     warned = {"alone": 0, "shared": 0}
     try:
@@ -118,19 +82,13 @@ def main() -> int:
             # alternate which condition goes first, so a drift of the machine's speed
             # falls on both alike
             for cond in (("alone", "shared") if i % 2 == 0 else ("shared", "alone")):
-                inst = other_instance_create(tfs, name) if cond == "shared" else None
-                try:
+                with (other_instance(kmem) if cond == "shared" else contextlib.nullcontext()):
                     rate, err = run_recorded(wl, args.seconds, tmp / f"{cond}.dat", env)
-                finally:
-                    if inst is not None:
-                        other_instance_remove(inst)
                 rates[cond].append(rate)
                 warned[cond] += name in err and "also enabled" in err
                 print(f"pair {i + 1} {cond:6} {rate:12,.0f} iterations/s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if (tfs.root / "instances" / name).exists():
-            other_instance_remove(tfs.root / "instances" / name)
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["shared"] / med["alone"]
     ratios = [s / a for a, s in zip(rates["alone"], rates["shared"])]
