@@ -435,13 +435,10 @@ def _replayed_stream(monkeypatch, tmp_path, recording):
     and closes it as run_session does after tracing stops."""
     from ftslab import capture, stream
     from ftslab.capture import RunResult
-    from test_stream_decoder import no_stop, replay_session
+    from test_stream_decoder import no_stop, replay_session, tasks_gone
     session, _td = replay_session(tmp_path / "replay", recording)
     session.undo = capture.UndoStack()
-    real = stream.read_text_file
-    monkeypatch.setattr(stream, "read_text_file", lambda p, *a, **k: (
-        (_ for _ in ()).throw(FileNotFoundError(p)) if str(p).startswith("/proc/") else
-        real(p, *a, **k)))
+    tasks_gone(monkeypatch, stream)
     no_stop(monkeypatch)
 
     def run_session(tracefs, opts, warn, status, make_reader, meta):
@@ -585,13 +582,10 @@ def _replayed_top(monkeypatch, tmp_path, recording):
     import time
     from ftslab import capture, top
     from ftslab.capture import RunResult
-    from test_stream_decoder import replay_session
+    from test_stream_decoder import replay_session, tasks_gone
     session, _td = replay_session(tmp_path / "replay", recording)
     session.undo = capture.UndoStack()
-    real = top.read_text_file
-    monkeypatch.setattr(top, "read_text_file", lambda p, *a, **k: (
-        (_ for _ in ()).throw(FileNotFoundError(p)) if str(p).startswith("/proc/") else
-        real(p, *a, **k)))
+    tasks_gone(monkeypatch, top)
 
     def run_session(tracefs, opts, warn, status, make_reader, meta):
         reader = make_reader(session)

@@ -60,18 +60,23 @@ def replay_session(tmp_path: Path, recording: Path, cpus=None):
                            formats=formats), td
 
 
-@pytest.fixture
-def no_proc_comm(monkeypatch):
-    """The recordings' tasks are gone (their pids may be anything on this machine):
-    /proc/PID/comm reads fail, as for a task that exited, and the decoder falls back
-    to saved_cmdlines."""
-    real = stream.read_text_file
+def tasks_gone(monkeypatch, module) -> None:
+    """The recording's tasks have exited (their pids may be anything on this machine):
+    ``module``'s /proc/PID/comm reads fail, as for a task that exited, and the reader
+    falls back to saved_cmdlines."""
+    real = module.read_text_file
 
     def read(path, *a, **k):
         if str(path).startswith("/proc/"):
             raise FileNotFoundError(path)
         return real(path, *a, **k)
-    monkeypatch.setattr(stream, "read_text_file", read)
+    monkeypatch.setattr(module, "read_text_file", read)
+
+
+@pytest.fixture
+def no_proc_comm(monkeypatch):
+    """stream's decoder with the recording's tasks gone, and no stop requested."""
+    tasks_gone(monkeypatch, stream)
     no_stop(monkeypatch)
 
 

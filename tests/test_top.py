@@ -16,7 +16,7 @@ from ftslab.records import Dataset, EventColumns
 from ftslab.top import TopFrame, TopState, _TopReader
 
 from test_report import synthetic
-from test_stream_decoder import replay_session
+from test_stream_decoder import replay_session, tasks_gone
 
 
 def _cut(ds: Dataset, lo: int, hi: int) -> Dataset:
@@ -62,13 +62,7 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 @pytest.fixture
 def gone_tasks(monkeypatch):
     """The recording's tasks have exited: /proc/PID/comm fails, saved_cmdlines names them."""
-    real = top.read_text_file
-
-    def read(path, *a, **k):
-        if str(path).startswith("/proc/"):
-            raise FileNotFoundError(path)
-        return real(path, *a, **k)
-    monkeypatch.setattr(top, "read_text_file", read)
+    tasks_gone(monkeypatch, top)
 
 
 def _run_reader(session, splice=True, interval=0.0):
