@@ -42,6 +42,10 @@ DEFAULT_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:mm_page_alloc",
                   "kmem:kfree", "kmem:kmem_cache_free", "kmem:mm_page_free")
 _PIPE_BYTES = 1 << 20
 
+FREES_BUFFER = "frees"
+"""Name of the second buffer of a task-limited recording: the free events of the whole
+system (the instance ``<session>_frees``, and the trace.dat buffer of that name)."""
+
 #: ``interrupted_by`` of a session whose tracefs went away under it: the recording is
 #: kept, and the command fails afterwards with exit 4 saying so.
 TRACEFS_UNMOUNTED = "tracefs unmounted"
@@ -178,6 +182,17 @@ class RecordOptions:
     """Extra functions to probe as they are."""
     stacks: bool = False
     """Record the kernel stack of every allocation event (the ``stacktrace`` trigger)."""
+    system_frees: bool = False
+    """When the recording is limited to tasks (``pids``, a command, ``comm``, or a filter
+    that applies to free events): record the free events of the whole system (ftslab
+    excepted) in a second instance, so that an object the traced tasks allocated and
+    something else freed (an RCU callback, an interrupt, a workqueue, another task) is
+    seen freed.  False: frees only as the filters let them through (LIVE is then an
+    upper bound)."""
+    settle: float = 0.0
+    """Seconds the free events keep being recorded after the allocations stop (the
+    command exited, -d ran out, a stop signal): deferred frees (RCU, workqueues, I/O
+    completion) of what was allocated are then seen."""
 
 
 @dataclass
@@ -220,6 +235,18 @@ class Session:
         self.name = name or f"{INSTANCE_PREFIX}{os.getpid()}"
         self.undo = UndoStack(warn)
         self.instance: Instance | None = None
+        self.free_instance: Instance | None = None
+        """The instance recording the free events of the whole system (system_frees),
+        None when the session has one instance."""
+        self.free_events: list[tuple[str, str]] = []
+        """The free events recorded in ``free_instance``."""
+        self.alloc_enables: list[str] = []
+        """Instance-relative enable files of the allocation events (settle turns them
+        off when the session has one instance)."""
+        self.frees_scope = "none"
+        """Which frees the recording holds: ``system`` (every context), ``filtered``
+        (only those the task limits and filters let through: LIVE is an upper bound),
+        or ``none`` (no free event recorded)."""
         self.cpus = online_cpus()
         self.formats: dict[tuple[str, str], str] = {}
         """(system, event) -> format text of every event the session records."""
@@ -342,10 +369,13 @@ class Session:
             for ev in list(self.formats):
                 if ev not in events:
                     del self.formats[ev]
+        steps += self._free_steps(opts, events, parsed, pids, user_filters)
         unfiltered: dict[str, list[str]] = {}
         no_size: list[str] = []
         page_size = os.sysconf("SC_PAGE_SIZE")
         for sysname, name in events:
+            if (sysname, name) in self.free_events:
+                continue  # recorded in the frees instance (_free_steps)
             fmt = parsed[(sysname, name)]
             parts = []
             for fx in user_filters:
@@ -404,6 +434,7 @@ class Session:
                                   f"{inst}/events/{pr.group}/{pr.event}/filter", expr, "0"))
         n_recorded = len(events) + sum(1 for pr in probes
                                        if opts.cache is None or "name" in pr.fields)
+        n_recorded -= len(self.free_events)
         for text, evs in unfiltered.items():
             if len(evs) >= n_recorded:
                 raise UsageError(f"filter {text!r} names a field none of the recorded events "
@@ -417,15 +448,65 @@ class Session:
             self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
         if opts.stacks:
             steps += self._stack_steps(inst, events, probes, steps, opts)
+        from .report import alloc_source
+        self.alloc_enables = []
         for pr in probes:
             if opts.cache is not None and "name" not in pr.fields:
                 continue
             steps.append(Step(f"enable kprobe {pr.group}:{pr.event}",
                               f"{inst}/events/{pr.group}/{pr.event}/enable", "1", "0"))
+            self.alloc_enables.append(f"events/{pr.group}/{pr.event}/enable")
         for sysname, name in events:
+            if (sysname, name) in self.free_events:
+                continue
             steps.append(Step(f"enable {sysname}:{name}",
                               f"{inst}/events/{sysname}/{name}/enable", "1", "0"))
+            if alloc_source(sysname, name) is not None:
+                self.alloc_enables.append(f"events/{sysname}/{name}/enable")
+        finst = f"instances/{self.free_instance_name}"
+        for sysname, name in self.free_events:
+            steps.append(Step(f"enable {sysname}:{name} (every context)",
+                              f"{finst}/events/{sysname}/{name}/enable", "1", "0"))
         return steps
+
+    @property
+    def free_instance_name(self) -> str:
+        return f"{self.name}_{FREES_BUFFER}"
+
+    def _free_steps(self, opts: RecordOptions, events, parsed, pids, user_filters
+                    ) -> list[Step]:
+        """Where the free events go.  A recording limited to tasks (``pids``, ``comm``,
+        a filter that applies to a free event) would see only the frees those tasks
+        make: an object its tasks allocated and an RCU callback, an interrupt, a
+        workqueue or another task freed would look held for ever.  With
+        ``system_frees`` the free events are recorded in a second instance, for the
+        whole system but ftslab; the allocations stay limited."""
+        from .report import free_source
+        frees = [ev for ev in events if free_source(*ev) is not None]
+        limited = bool(pids) or bool(opts.comm) or any(
+            fx.applies_to(parsed[ev]) for fx in user_filters for ev in frees)
+        self.free_events = list(frees) if (opts.system_frees and limited) else []
+        self.frees_scope = ("none" if not frees else
+                            "filtered" if limited and not self.free_events else "system")
+        if not self.free_events:
+            return []
+        finst = f"instances/{self.free_instance_name}"
+        out = [Step("create a private instance for the frees of the whole system", finst,
+                    None, None),
+               Step("tracing off while setting up", f"{finst}/tracing_on", "0"),
+               Step("per-CPU buffer size (KiB)", f"{finst}/buffer_size_kb",
+                    str(opts.buffer_kb),
+                    hint="the kernel could not allocate that much: ask for less with -b, "
+                         "or record the traced tasks' frees only (--frees traced)")]
+        if self.tracefs.exists("set_event_notrace_pid"):
+            out.append(Step("do not trace ftslab itself", f"{finst}/set_event_notrace_pid",
+                            str(os.getpid()), ""))
+        for sysname, name in self.free_events:
+            if opts.cache is not None and parsed[(sysname, name)].field("name") is not None:
+                out.append(Step(f"kernel-side filter for {sysname}:{name}",
+                                f"{finst}/events/{sysname}/{name}/filter",
+                                f"name == {string_literal(opts.cache, '--cache')}", "0"))
+        return out
 
     def _stack_steps(self, inst: str, events, probes, steps: list[Step],
                      opts: RecordOptions) -> list[Step]:
@@ -484,15 +565,20 @@ class Session:
                 if step.kind == "kprobe":
                     self._define_probe(step)
                     continue
+                _, name, *rest = step.path.split("/", 2)
                 if step.value is None:
-                    self.instance = self.tracefs.instance_create(self.name)
-                    inst = self.instance
+                    inst = self.tracefs.instance_create(name)
+                    if name == self.name:
+                        self.instance = inst
+                    else:
+                        self.free_instance = inst
                     self.undo.push(f"rmdir {inst.path}", inst.destroy)
                     continue
-                rel = step.path[len(f"instances/{self.name}/"):]
-                self.instance.write(rel, step.value, hint=step.hint)
+                inst = self.instance if name == self.name else self.free_instance
+                rel = rest[0]
+                inst.write(rel, step.value, hint=step.hint)
                 if step.undo_value is not None:
-                    inst, undo_value = self.instance, step.undo_value
+                    undo_value = step.undo_value
                     self.undo.push(f"write {undo_value!r} to {step.path}",
                                    lambda r=rel, v=undo_value, i=inst: i.exists() and i.write(r, v))
 
@@ -722,6 +808,31 @@ class _Spooler:
         self.files.clear()
 
 
+class _Spoolers:
+    """The spoolers of a session with a frees instance, pumped as one."""
+
+    def __init__(self, parts: list[_Spooler]):
+        self.parts = parts
+
+    @property
+    def bytes(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for p in self.parts:
+            for c, n in p.bytes.items():
+                out[c] = out.get(c, 0) + n
+        return out
+
+    def pump(self, cpu: int) -> int:
+        return sum(p.pump(cpu) for p in self.parts)
+
+    def flush(self, cpu: int) -> int:
+        return sum(p.flush(cpu) for p in self.parts)
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()
+
+
 def _fmt_rate(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
@@ -748,8 +859,16 @@ def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[st
             out(f"mkdir {tracefs.root / st.path}    # {st.what}")
         else:
             out(f"echo {st.value!r} > {tracefs.root / st.path}    # {st.what}")
-    out(f"echo '' > {tracefs.root}/instances/{session.name}/trace    # empty the buffer")
-    out(f"echo '1' > {tracefs.root}/instances/{session.name}/tracing_on    # start")
+    names = ([session.free_instance_name] if session.free_events else []) + [session.name]
+    for name in names:
+        out(f"echo '' > {tracefs.root}/instances/{name}/trace    # empty the buffer")
+    for name in names:
+        out(f"echo '1' > {tracefs.root}/instances/{name}/tracing_on    # start")
+    if opts.settle > 0:
+        stop = (f"echo '0' > {tracefs.root}/instances/{session.name}/tracing_on"
+                if session.free_events else
+                "echo '0' > each allocation event's enable")
+        out(f"# at the end: {stop}, then {opts.settle:g}s more of frees (settle)")
     out(f"# then: {reader}; on exit every write above is undone in reverse order "
         "and the instance removed")
 
@@ -817,6 +936,10 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             steps = session.plan(opts, child_pid=(child.pid if child and not opts.system_wide
                                                   else None))
             meta["tracefs_writes"] = [f"{s.path} <- {s.value}" for s in steps]
+            meta["frees_scope"] = session.frees_scope
+            if session.free_events:
+                meta["frees_buffer"] = FREES_BUFFER
+                meta["frees_events"] = [f"{a}:{b}" for a, b in session.free_events]
             if session.stack_events:
                 meta["stack_events"] = list(session.stack_events)
             session.warn_enabled_elsewhere()
@@ -829,10 +952,14 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                 # per event, the ring buffer) are not the workload's
                 meta["slabinfo_start"] = _read_slabinfo()
             with signals_deferred():
-                inst.trace_clear()
-                inst.tracing_on(True)
-                session.undo.push(f"tracing off in {inst.path}",
-                                  lambda i=inst: i.exists() and i.tracing_on(False))
+                # the frees first: no allocation is recorded before its free can be
+                for i in (session.free_instance, inst):
+                    if i is None:
+                        continue
+                    i.trace_clear()
+                    i.tracing_on(True)
+                    session.undo.push(f"tracing off in {i.path}",
+                                      lambda i=i: i.exists() and i.tracing_on(False))
             t_start = time.monotonic()
             with signals_deferred():
                 # tracing is on: from here a stop signal ends a recording that started
@@ -847,6 +974,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                 interrupted_by = signal.Signals(_stop_requested[0]).name
             else:
                 interrupted_by = _capture_loop(reader, session, opts, child, t_start, status)
+            if interrupted_by in (None, "SIGINT", "SIGTERM", "SIGHUP") and opts.settle > 0:
+                meta["settle_s"] = _settle(reader, session, opts.settle, status)
         except Interrupted as exc:
             stop_signals_raise(False)
             interrupted_by = signal.Signals(exc.signum).name
@@ -868,10 +997,12 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                                                                           is not None))
             try:
                 if session.instance is not None and session.instance.exists():
-                    try:
-                        session.instance.tracing_on(False)
-                    except FtslabError as exc:
-                        warn(f"could not stop tracing: {exc}")
+                    for i in (session.instance, session.free_instance):
+                        try:
+                            if i is not None and i.exists():
+                                i.tracing_on(False)
+                        except FtslabError as exc:
+                            warn(f"could not stop tracing: {exc}")
                     if "slabinfo_end" in meta:  # before the instance is taken down
                         meta["slabinfo_end"] = _read_slabinfo()
                     if reader is not None:
@@ -885,6 +1016,15 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                             stats.append(session.instance.cpu_stats(c))
                         except FtslabError:
                             pass
+                    if session.free_instance is not None and session.free_instance.exists():
+                        fstats = []
+                        for c in session.cpus:
+                            try:
+                                fstats.append(session.free_instance.cpu_stats(c))
+                            except FtslabError:
+                                pass
+                        meta["frees_cpu_stats"] = {str(x.cpu): x.text for x in fstats}
+                        meta["frees_stats_lost"] = {str(x.cpu): x.lost for x in fstats}
                 elif session.instance is not None:
                     warn(f"tracefs instance {session.instance.path} vanished while recording; "
                          "keeping what was captured")
@@ -972,7 +1112,17 @@ def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
             spoolers.append(_Spooler(session.instance, session.cpus, spool_dir, page_size))
             spoolers[0].tick = lambda: spool.save_cmdlines(
                 spool_dir, _read_optional(tracefs, "saved_cmdlines"))
-            return spoolers[0]
+            if session.free_instance is None:
+                return spoolers[0]
+            try:
+                fdir = spool_dir / FREES_BUFFER
+                fdir.mkdir(mode=0o700)
+                spoolers.append(_Spooler(session.free_instance, session.cpus, fdir,
+                                         page_size))
+            except BaseException:
+                spoolers[0].close()
+                raise
+            return _Spoolers(spoolers)
 
         try:
             run = run_session(tracefs, opts, warn, status, make_reader, meta)
@@ -985,6 +1135,7 @@ def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
         if not spoolers:
             return None
         spooler = spoolers[0]
+        frees_spooler = spoolers[1] if len(spoolers) > 1 else None
         meta["duration_s"] = run.duration
         meta["interrupted_by"] = run.interrupted_by
         meta["cpu_stats"] = {str(s.cpu): s.text for s in run.stats}
@@ -997,7 +1148,8 @@ def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
         _testhook.pause("write", lambda: bool(_stop_requested))
         try:
             written = _write_recording(tracefs, run.session, out_path, spooler,
-                                       header_page_text, header_event_text, meta, run.stats)
+                                       header_page_text, header_event_text, meta, run.stats,
+                                       frees_spooler)
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
@@ -1099,6 +1251,41 @@ class _GatedChild:
             return None
         self.status = os.waitstatus_to_exitcode(st)
         return self.status
+
+
+def _settle(reader, session: Session, seconds: float,
+            status: Callable[[str, bool], None]) -> float:
+    """Stop recording allocations, go on recording frees for ``seconds``: what the
+    recorded tasks allocated and the kernel frees later (after an RCU grace period, in
+    a workqueue, at I/O completion) is then seen freed.  A second stop signal, or the
+    instance going away, ends it early.  Returns the seconds it lasted."""
+    t0 = time.monotonic()
+    n_signals = len(_stop_requested)
+    with signals_deferred():
+        if session.free_instance is not None:
+            session.instance.tracing_on(False)
+        else:
+            for rel in session.alloc_enables:
+                session.instance.write(rel, "0")
+    last = 0.0
+    while True:
+        now = time.monotonic()
+        if now - t0 >= seconds or len(_stop_requested) > n_signals:
+            break
+        if not session.instance.exists():
+            break
+        try:
+            for c in session.cpus:
+                reader.pump(c)
+        except OutputError as exc:
+            session.warn(f"stopping: {exc}")
+            break
+        if now - last >= 0.5:
+            last = now
+            status(f"settling: recording frees {seconds - (now - t0):4.1f}s more "
+                   "(allocations stopped)", False)
+        time.sleep(0.05)
+    return round(time.monotonic() - t0, 3)
 
 
 def _capture_loop(spooler, session: Session, opts: RecordOptions,
@@ -1208,7 +1395,7 @@ def _read_or_empty(tracefs: Tracefs, rel: str) -> str:
 
 def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler: _Spooler,
                      header_page_text: str, header_event_text: str, meta: dict,
-                     stats: list[CpuStats]) -> int:
+                     stats: list[CpuStats], frees_spooler: _Spooler | None = None) -> int:
     from .tracedat import TraceDat, write_tracedat
     event_formats = _formats_by_system(session)
     ftrace_formats = _ftrace_formats(tracefs)
@@ -1225,7 +1412,10 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
         trace_clock=meta.get("trace_clock", ""),
         uname=f"{u.sysname} {u.nodename} {u.release} {u.version} {u.machine}",
         cpustats={s.cpu: s.text for s in stats}, ftslab=meta)
-    for path in spooler.paths.values():
+    extra = {}
+    if frees_spooler is not None:
+        extra[FREES_BUFFER] = {c: frees_spooler.paths[c] for c in session.cpus}
+    for path in list(spooler.paths.values()) + [p for b in extra.values() for p in b.values()]:
         size = path.stat().st_size
         if size % spooler.page_size:  # a write cut short (disk full): whole pages only
             os.truncate(path, size - size % spooler.page_size)
@@ -1237,7 +1427,8 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
                                     dir=out_path.resolve().parent)
         os.close(fd)
         tmp = Path(name)
-        n = write_tracedat(tmp, td, cpu_sources={c: spooler.paths[c] for c in session.cpus})
+        n = write_tracedat(tmp, td, cpu_sources={c: spooler.paths[c] for c in session.cpus},
+                           extra_buffers=extra)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except (FtslabError, OSError) as exc:

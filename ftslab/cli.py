@@ -17,6 +17,9 @@ from .errors import EXIT_CODES, FtslabError, OutputError, UsageError, EXIT_USAGE
 
 __all__ = ["main", "cli"]
 
+#: record --settle's default, seconds: README "What LIVE means" has the measurement.
+_DEFAULT_SETTLE = 1.0
+
 _EXIT_HELP = "\n".join(f"  {code:>5}  {text}" for code, text in EXIT_CODES.items())
 
 
@@ -232,9 +235,21 @@ def cli():
               help="Also record the kernel stack of every allocation (the stacktrace "
                    "trigger; costs the kernel an unwind per allocation): report --by "
                    "stack, --format folded.")
+@click.option("--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
+              show_default=True,
+              help="With -p, --comm or a COMMAND: all = record the frees of the whole "
+                   "system (a second instance), so that what the traced tasks allocated "
+                   "and an RCU callback, interrupt, workqueue or other task freed is seen "
+                   "freed; traced = only the traced tasks' frees (cheaper; LIVE is then "
+                   "an upper bound).")
+@click.option("--settle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="After the allocations stop (COMMAND exited, -d, Ctrl-C), go on "
+                   "recording frees for SECONDS, so that deferred frees (RCU, workqueues, "
+                   "I/O completion) of what was allocated are seen. 0: off. [default: "
+                   f"{_DEFAULT_SETTLE:g}]")
 def record(output, events, duration, pids, comm, min_size, cache, filters, buffer_kb,
            system_wide, dry_run, tracefs_path, kprobes, cache_name_offset, kprobe_families,
-           kprobe_symbols, command, stacks):
+           kprobe_symbols, command, stacks, frees, settle):
     """Record allocations into a trace.dat file, until COMMAND exits, -d SECONDS pass or
     Ctrl-C.
 
@@ -246,6 +261,8 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
                            system_wide, command, output, kprobes, cache_name_offset,
                            kprobe_families, kprobe_symbols)
     opts.stacks = stacks
+    opts.system_frees = frees == "all"
+    opts.settle = _DEFAULT_SETTLE if settle is None else settle
     tfs = _tracefs(tracefs_path)
     if dry_run:
         capture.print_dry_run(tfs, opts, _err, click.echo,
@@ -580,9 +597,16 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
               help="Kernel event filter (as for record).")
 @click.option("-b", "--buffer-kb", type=click.IntRange(min=4, max=1 << 22), metavar="KB",
               default=8192, show_default=True, help="Ring buffer per CPU, KiB.")
+@click.option("--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
+              show_default=True,
+              help="With -p, --comm or a COMMAND: all = record the frees of the whole "
+                   "system (a second instance), so that what the traced tasks allocated "
+                   "and an RCU callback, interrupt, workqueue or other task freed is seen "
+                   "freed; traced = only the traced tasks' frees (cheaper; LIVE is then "
+                   "an upper bound).")
 @click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
 def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_kb,
-        tracefs_path):
+        frees, tracefs_path):
     """Live view of the slab allocators: per cache, call site or command, the
     allocations and bytes per second and the live (not yet freed) objects and bytes
     since top started, with the lost-events counter.  Whole system unless -p/--comm."""
@@ -593,6 +617,7 @@ def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_
     opts = _record_options(TOP_EVENTS, duration, pids, comm, None, cache, filters, buffer_kb,
                            False, (), None, "off")
     opts.status = False
+    opts.system_frees = frees == "all"
     tfs = _tracefs(tracefs_path)
     try:
         sym = Symbolizer(read_text_file("/proc/kallsyms"))

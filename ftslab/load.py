@@ -97,7 +97,7 @@ def _missing(path: Path) -> BadInput:
 def _read_any(path: Path, buffer: str | None, lazy: bool = False):
     if Path(path).is_dir():  # a spool directory (what a dead session left)
         from .spool import read_spool
-        return read_spool(path)
+        return read_spool(path, buffer)
     from .tracedat import read_tracedat
     return read_tracedat(path, buffer, lazy=lazy)
 
@@ -138,7 +138,10 @@ def load_tracedat(path: Path, buffer: str | None = None, progress: Progress = NO
 
 def _meta_from(td, walks) -> Metadata:
     ft = td.ftslab or {}
-    stats_lost = {int(k): int(v) for k, v in (ft.get("stats_lost") or {}).items()}
+    # the per_cpu stats ftslab saved are those of the buffer read
+    key = "frees_stats_lost" if td.buffer_name and td.buffer_name == ft.get("frees_buffer") \
+        else "stats_lost"
+    stats_lost = {int(k): int(v) for k, v in (ft.get(key) or {}).items()}
     if not stats_lost and td.cpustats:
         from .tracefs import parse_cpu_stats
         stats_lost = {cpu: parse_cpu_stats(cpu, text).lost for cpu, text in td.cpustats.items()}
@@ -161,6 +164,8 @@ def _meta_from(td, walks) -> Metadata:
     extra["recorded_by"] = "ftslab" if td.ftslab else (td.tracecmd_version or "trace-cmd")
     extra["buffer"] = td.buffer_name
     extra["other_buffers"] = [b for b in td.buffers if b != td.buffer_name]
+    if ft.get("frees_buffer") in extra["other_buffers"] and not td.buffer_name:
+        extra["other_buffers"].remove(ft["frees_buffer"])  # load() reads it too
     extra["trace_clock"] = _clock_name(td.trace_clock)
     truncated, detail = td.truncated, td.truncated_detail
     if isinstance(ft.get("truncated"), str) and ft["truncated"]:
@@ -231,6 +236,49 @@ def load(path: str | os.PathLike,
             ds = parse_text(f, formats_hint)
         _check_text(path, head, ds.events, ds.meta.unparsed)
         return ds
+    ds = _load_buffer(path, buffer, progress, fields)
+    frees = frees_buffer_of(ds.meta) if buffer is None else None
+    if frees is None:
+        return ds
+    try:
+        fds = _load_buffer(path, frees, progress, fields)
+    except BadInput as exc:
+        # cut short before the second buffer: the allocations are all there, their
+        # frees are not
+        ds.meta.truncated = True
+        ds.meta.truncated_detail = "; ".join(x for x in (
+            ds.meta.truncated_detail, f"the buffer of frees ({frees}) is missing: {exc}") if x)
+        ds.meta.extra["frees_missing"] = True
+        return ds
+    return _with_frees(ds, fds)
+
+
+def frees_buffer_of(meta: Metadata) -> str | None:
+    """The buffer holding the free events of the whole system, which ``load``/``read``
+    join to the allocations (record --frees all), or None."""
+    name = meta.extra.get("frees_buffer")
+    return name if isinstance(name, str) and name else None
+
+
+def _with_frees(ds: Dataset, fds: Dataset) -> Dataset:
+    """The allocations' Dataset with the frees buffer's events joined in; its losses
+    count as losses (a lost free makes an object look live)."""
+    meta = ds.meta
+    flost = sum(x.lost for x in fds.meta.lost)
+    meta.lost = list(meta.lost) + list(fds.meta.lost)
+    meta.unparsed += fds.meta.unparsed
+    meta.extra["frees_lost"] = flost
+    meta.extra["frees_events_recorded"] = fds.events
+    if fds.meta.truncated and not meta.truncated:
+        meta.truncated, meta.truncated_detail = True, fds.meta.truncated_detail
+    formats = dict(fds.formats)
+    formats.update(ds.formats)
+    return Dataset(meta=meta, columns=ringbuf.merge_columns([ds.columns, fds.columns]),
+                   formats=formats, symbolize=ds.symbolize, stacks=ds.stacks)
+
+
+def _load_buffer(path: Path, buffer: str | None, progress: Progress,
+                 fields) -> Dataset:
     progress.stage(f"reading {path.name}", 0.0)
     # with ``fields``, pages stay compressed until their block is decoded
     td = _read_any(path, buffer, lazy=fields is not None)
@@ -423,4 +471,13 @@ def read(path: str | os.PathLike, buffer: str | None = None) -> Iterator[Event]:
     cmd = _cmdlines(td)
     comm_of = lambda pid: cmd.get(pid, "<...>")
     iters = [ringbuf.iter_events(data, walk, fmts, comm_of) for _cpu, data, walk in walks]
+    frees = (td.ftslab or {}).get("frees_buffer") if buffer is None else None
+    if isinstance(frees, str) and frees and frees in (td.buffers or [frees]):
+        # record --frees all: the frees of the whole system, in time order with the rest
+        try:
+            _ftd, ffmts, fwalks = load_tracedat(path, frees)
+        except BadInput:
+            fwalks = []  # cut short before it: the allocations are all there
+        iters += [ringbuf.iter_events(data, walk, ffmts, comm_of)
+                  for _cpu, data, walk in fwalks]
     yield from heapq.merge(*iters, key=lambda e: e.ts)

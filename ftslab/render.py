@@ -171,7 +171,18 @@ def _summary_line(s: dict) -> str:
         extra.append(f"unparsed {s['unparsed']}")
     if s.get("truncated"):
         extra.append("truncated")
-    return line + ("; " + "; ".join(extra) if extra else "")
+    line += "; " + "; ".join(extra) if extra else ""
+    f = s.get("frees")
+    if f and f.get("scope") in ("system", "filtered"):
+        where = ("from every context" if f["scope"] == "system" else
+                 "only those of the traced tasks (LIVE is an upper bound)")
+        line += (f"\nfrees: {where}; {f.get('recorded', 0)} recorded, "
+                 f"{f.get('matched', 0)} freed an allocation of this recording, "
+                 f"{f.get('unmatched', 0)} freed older or untraced objects (not counted)")
+        if f.get("settle_s"):
+            line += (f"; recorded {f['settle_s']:g} s more after the allocations stopped "
+                     "(settle): later deferred frees are not seen")
+    return line
 
 
 def render_text(report: Report) -> Iterator[str]:

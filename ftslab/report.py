@@ -1673,7 +1673,48 @@ def summary(ds: Dataset) -> dict:
         "unparsed": ds.meta.unparsed,
         "source": ds.meta.source,
         "kernel": ds.meta.kernel,
+        **({"frees": frees_summary(ds)} if frees_scope(ds) != "unknown" else {}),
     }
+
+
+def frees_scope(ds: Dataset) -> str:
+    """Which frees a recording holds: ``system`` (every context: a whole-system
+    recording, or record --frees all), ``filtered`` (only those of the traced tasks or
+    filters: LIVE is an upper bound), ``none`` (no free event recorded) or ``unknown``
+    (not recorded by ftslab, or by an ftslab older than the distinction)."""
+    scope = ds.meta.extra.get("frees_scope")
+    if scope in ("system", "filtered", "none"):
+        return scope
+    writes = ds.meta.extra.get("tracefs_writes")
+    if isinstance(writes, list) and writes:
+        # older ftslab recordings: task limits and filters applied to the frees too
+        limited = any(str(w).split(" <- ")[0].endswith(("/set_event_pid", "/filter"))
+                      and str(w).split(" <- ")[-1].strip() for w in writes)
+        return "filtered" if limited else "system"
+    return "unknown"
+
+
+def frees_summary(ds: Dataset) -> dict:
+    """What the report header says of the frees: their scope, the settle window after
+    the allocations stopped, how many free events were recorded and how many freed an
+    allocation of the recording (the others freed objects allocated before it, or by
+    tasks it did not trace: counted here, never shown as data)."""
+    an = _analysis(ds)
+    frees = sum(len(c) for (s, n), c in ds.columns.items() if free_source(s, n) is not None)
+    matched = sum(int(fr.freed.sum()) for fr in an.frames
+                  if fr.src.layer in ("slab", "page"))
+    settle = ds.meta.extra.get("settle_s")
+    return {"scope": frees_scope(ds),
+            "settle_s": float(settle) if isinstance(settle, (int, float)) else 0.0,
+            "recorded": frees, "matched": matched, "unmatched": max(frees - matched, 0),
+            "lost": int(ds.meta.extra.get("frees_lost", 0) or 0)}
+
+
+#: what --frees traced / an older recording's LIVE means
+UPPER_BOUND_NOTE = ("LIVE is an upper bound: this recording holds only the frees made by "
+                    "the tasks and filters it traced, so what an RCU callback, an "
+                    "interrupt, a workqueue or another task freed shows as live (record "
+                    "with --frees all, the default, to see every free)")
 
 
 #: trace clocks whose timestamps are nanoseconds (Documentation/trace/ftrace.rst)
@@ -1704,6 +1745,11 @@ def _warnings(ds: Dataset, an: _Analysis) -> list[str]:
         out.append(f"note: the file also holds buffer(s) {', '.join(map(repr, others))}; "
                    f"this report is of {'the top-level buffer' if not shown else repr(shown)}"
                    " (pick one with --buffer NAME)")
+    if frees_scope(ds) == "filtered" and any(fr.freed.size for fr in an.frames):
+        out.append("WARNING: " + UPPER_BOUND_NOTE)
+    if ds.meta.extra.get("frees_missing"):
+        out.append("WARNING: the recording's buffer of frees is missing: nothing is seen "
+                   "freed, and LIVE counts every allocation")
     clock = str(ds.meta.extra.get("trace_clock", "") or "")
     if clock and clock not in NS_CLOCKS:
         out.append(f"note: the trace clock is {clock!r}: timestamps are its ticks, not "

@@ -243,15 +243,23 @@ def _detail(path: Path, info: dict, notes: list[str]) -> str:
     return "; ".join([head] + notes)
 
 
-def read_spool(path: str | os.PathLike):
+def read_spool(path: str | os.PathLike, buffer: str | None = None):
     """A spool directory as a TraceDat (always ``truncated``: a spool is what a session
-    left, never a finished recording)."""
+    left, never a finished recording).  ``buffer``: the pages of a second buffer (the
+    frees of the whole system, in the subdirectory of that name) instead of the
+    allocations'."""
     from .tracedat import TraceDat
     path = Path(path)
     info = _load_info(path)
-    sizes, notes = _spool_state(path, info)
+    pages = path
+    if buffer:
+        if buffer != (info.get("meta") or {}).get("frees_buffer") or \
+                not (path / buffer).is_dir():
+            raise BadInput(f"{path}: no buffer named {buffer!r} in this spool")
+        pages = path / buffer
+    sizes, notes = _spool_state(pages, info)
     cpu_data: dict[int, bytes] = {}
-    for cpu, raw in sorted(_raw_files(path).items()):
+    for cpu, raw in sorted(_raw_files(pages).items()):
         n = sizes.get(cpu, 0)
         if not n:
             continue
@@ -279,7 +287,7 @@ def read_spool(path: str | os.PathLike):
         cpu_data=cpu_data, buffer_page_size=info["buffer_page_size"],
         trace_clock=info.get("trace_clock", ""), uname=info.get("uname", ""),
         tracecmd_version="ftslab spool", ftslab=meta, truncated=True,
-        truncated_detail=_detail(path, info, notes))
+        truncated_detail=_detail(path, info, notes), buffer_name=buffer or "")
 
 
 def _cmdlines(path: Path, at_start: str) -> str:
@@ -328,6 +336,16 @@ def recover(spool: str | os.PathLike, output: str | os.PathLike | None = None
             os.truncate(raw, size - size % page)
         if size >= page:
             sources[cpu] = raw
+    extra = {}
+    frees = (td.ftslab or {}).get("frees_buffer")
+    if isinstance(frees, str) and frees and (spool / frees).is_dir():
+        extra[frees] = {}
+        for cpu, raw in sorted(_raw_files(spool / frees).items()):
+            size = raw.stat().st_size
+            if size % page:
+                os.truncate(raw, size - size % page)
+            if size >= page:
+                extra[frees][cpu] = raw
     td.ftslab = dict(td.ftslab or {}, truncated=td.truncated_detail)
     td.cpu_data = {}
     tmp = None
@@ -336,7 +354,7 @@ def recover(spool: str | os.PathLike, output: str | os.PathLike | None = None
                                     dir=output.resolve().parent)
         os.close(fd)
         tmp = Path(name)
-        n = write_tracedat(tmp, td, cpu_sources=sources)
+        n = write_tracedat(tmp, td, cpu_sources=sources, extra_buffers=extra)
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     except OSError as exc:

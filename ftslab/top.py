@@ -163,19 +163,24 @@ class _TopReader:
         self.hp, self.he, self.page_size, self.fmts = live_formats(session)
         self.formats = {(f.system, f.name): f for f in self.fmts.values()}
         self.inst = session.instance
+        # with -p/--comm, the frees of the whole system come from a second instance
+        self.instances = [self.inst] + ([session.free_instance]
+                                        if session.free_instance is not None else [])
         self.cpus = session.cpus
+        self.keys = [(k, c) for k in range(len(self.instances)) for c in self.cpus]
+        """One page source per instance and CPU: (instance index, cpu)."""
         self.tracefs = tracefs
-        self.fds: dict[int, int] = {}
-        self.pipes: dict[int, tuple[int, int]] = {}
+        self.fds: dict[tuple[int, int], int] = {}
+        self.pipes: dict[tuple[int, int], tuple[int, int]] = {}
         self.can_splice = hasattr(os, "splice")
         try:
-            for c in self.cpus:
-                self.fds[c] = self.inst.raw_open(c)
-                self.pipes[c] = splice_pipe()
+            for k, c in self.keys:
+                self.fds[(k, c)] = self.instances[k].raw_open(c)
+                self.pipes[(k, c)] = splice_pipe()
         except BaseException:
             self.close()
             raise
-        self.pages: dict[int, list[bytes]] = {c: [] for c in self.cpus}
+        self.pages: dict[tuple[int, int], list[bytes]] = {key: [] for key in self.keys}
         self.interval = interval
         self.show = show
         self.top = top
@@ -194,13 +199,16 @@ class _TopReader:
     def _read_partial(self, cpu: int) -> int:
         """Pages the writer is still filling (splice moves only full ones)."""
         moved = 0
-        while True:
-            page = read_raw_page(self.fds[cpu], self.page_size)
-            if page is None:
-                break
-            moved += len(page)
-            self.pages[cpu].append(page.ljust(self.page_size, b"\0"))
-            self.backlog += self.page_size
+        for key in self.keys:
+            if key[1] != cpu:
+                continue
+            while True:
+                page = read_raw_page(self.fds[key], self.page_size)
+                if page is None:
+                    break
+                moved += len(page)
+                self.pages[key].append(page.ljust(self.page_size, b"\0"))
+                self.backlog += self.page_size
         return moved
 
     def _drop_oldest(self) -> None:
@@ -208,12 +216,12 @@ class _TopReader:
         events (a walk, no decoding) at its next tick.  Nothing is done to them here:
         the pump must go on moving pages, or the kernel starts losing events too."""
         with self._drop_lock:
-            for cpu in self.cpus:
-                pages = self.pages[cpu]
+            for key in self.keys:
+                pages = self.pages[key]
                 k = len(pages) // 2
                 if k:
-                    self.to_drop.append((cpu, pages[:k]))
-                    self.pages[cpu] = pages[k:]
+                    self.to_drop.append((key[1], pages[:k]))
+                    self.pages[key] = pages[k:]
                     self.backlog -= sum(len(p) for p in pages[:k])
 
     def _count_dropped(self) -> None:
@@ -225,9 +233,32 @@ class _TopReader:
             self.lost += walk.missed + walk.missed_unknown
 
     def pump(self, cpu: int) -> int:
+        moved = sum(self._pump(key) for key in self.keys if key[1] == cpu)
+        if not self.can_splice:
+            moved += self._read_partial(cpu)
+        if self.backlog > BACKLOG_BYTES:
+            self._drop_oldest()
+        if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval and (
+                self._worker is None or not self._worker.is_alive()):
+            if self.error is not None:
+                raise self.error
+            for c in self.cpus:
+                self._read_partial(c)
+            now = time.monotonic()
+            batch = self.pages
+            self.pages = {key: [] for key in self.keys}
+            self.backlog = 0
+            seconds, self.last = now - self.last, now
+            self._worker = threading.Thread(target=self._tick, args=(batch, seconds, now),
+                                            daemon=True)
+            self._worker.start()
+        return moved
+
+    def _pump(self, key: tuple[int, int]) -> int:
+        """Whole pages of one instance's CPU, moved by splice."""
         moved = 0
-        src = self.fds[cpu]
-        r, w = self.pipes[cpu]
+        src = self.fds[key]
+        r, w = self.pipes[key]
         while self.can_splice:
             try:
                 n = os.splice(src, w, _PIPE_BYTES, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
@@ -244,26 +275,8 @@ class _TopReader:
             while n:
                 b = os.read(r, n)
                 n -= len(b)
-                self.pages[cpu].append(b)
+                self.pages[key].append(b)
                 self.backlog += len(b)
-        if not self.can_splice:
-            moved += self._read_partial(cpu)
-        if self.backlog > BACKLOG_BYTES:
-            self._drop_oldest()
-        if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval and (
-                self._worker is None or not self._worker.is_alive()):
-            if self.error is not None:
-                raise self.error
-            for c in self.cpus:
-                self._read_partial(c)
-            now = time.monotonic()
-            batch = {c: self.pages[c] for c in self.cpus}
-            self.pages = {c: [] for c in self.cpus}
-            self.backlog = 0
-            seconds, self.last = now - self.last, now
-            self._worker = threading.Thread(target=self._tick, args=(batch, seconds, now),
-                                            daemon=True)
-            self._worker.start()
         return moved
 
     def _cmdlines(self, pids) -> dict[int, str]:
@@ -279,11 +292,12 @@ class _TopReader:
                     self.comms.setdefault(pid, "<...>")
         return self.comms
 
-    def _tick(self, batch: dict[int, list[bytes]], seconds: float, now: float) -> None:
+    def _tick(self, batch: dict[tuple[int, int], list[bytes]], seconds: float,
+              now: float) -> None:
         try:
             self._count_dropped()
             parts = []
-            for cpu, pages in batch.items():
+            for (_k, cpu), pages in batch.items():
                 if not pages:
                     continue
                 data = b"".join(pages)
@@ -298,7 +312,8 @@ class _TopReader:
                          columns, formats=self.formats, symbolize=self.symbolize)
             rows = self.state.feed(ds, seconds, self.top)
             try:
-                stats_lost = sum(self.inst.cpu_stats(c).lost for c in self.cpus)
+                stats_lost = sum(i.cpu_stats(c).lost for i in self.instances
+                                 for c in self.cpus)
             except Exception:
                 stats_lost = 0
             self.lost = max(self.lost, stats_lost)
@@ -322,7 +337,7 @@ class _TopReader:
             # the pages collected since the last tick (a session shorter than one
             # interval has no other): decoded and shown, never left uncounted
             now = time.monotonic()
-            batch, self.pages, self.backlog = self.pages, {c: [] for c in self.cpus}, 0
+            batch, self.pages, self.backlog = self.pages, {k: [] for k in self.keys}, 0
             seconds, self.last = now - self.last, now
             self._tick(batch, seconds, now)
         self._count_dropped()

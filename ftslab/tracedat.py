@@ -1004,7 +1004,9 @@ def _check_writable(td: TraceDat) -> None:
 
 def write_tracedat(path: str | os.PathLike, td: TraceDat,
                    cpu_sources: Mapping[int, str | os.PathLike | bytes] | None = None,
-                   compression: str | None = "zstd", level: int = 3) -> int:
+                   compression: str | None = "zstd", level: int = 3,
+                   extra_buffers: Mapping[str, Mapping[int, str | os.PathLike | bytes]]
+                   | None = None) -> int:
     """Write ``td`` as a trace-cmd v7 trace.dat file; returns the bytes written.
 
     ``cpu_sources`` (CPU id -> bytes, or the path of a file of raw pages) replaces
@@ -1012,8 +1014,11 @@ def write_tracedat(path: str | os.PathLike, td: TraceDat,
     recordings of any size are never loaded whole.  ``compression`` is "zstd" (default),
     "zlib" or None (an uncompressed v7 "none" file); ``level`` is the compressor's level.
     ``td.version``, ``td.compression`` and ``td.tracecmd_version`` are not used: the file is
-    always v7 and its VERSION option names ftslab.  Raises ``OutputError`` when the file
-    cannot be written, ``BadInput`` when ``td`` or a CPU source is unusable.
+    always v7 and its VERSION option names ftslab.  ``extra_buffers`` (instance name ->
+    CPU sources, same page size and clock) are written after ``td``'s buffer as further
+    flyrecord buffers, as trace-cmd stores the instances it recorded (``read_tracedat(path,
+    buffer=name)`` reads one back).  Raises ``OutputError`` when the file cannot be
+    written, ``BadInput`` when ``td`` or a CPU source is unusable.
     """
     path = os.fspath(path)
     _check_writable(td)
@@ -1023,12 +1028,21 @@ def write_tracedat(path: str | os.PathLike, td: TraceDat,
     chunk = PAGES_PER_CHUNK * page
     compress = compression is not None
     srcs_in = cpu_sources if cpu_sources is not None else td.cpu_data
-    sources = [_Source(cpu, srcs_in[cpu]) for cpu in sorted(srcs_in)]
+    buffers: list[tuple[str, list[_Source]]] = []
+    for name, srcs in [(td.buffer_name, srcs_in)] + list((extra_buffers or {}).items()):
+        if any(name == b for b, _ in buffers):
+            raise BadInput(f"two buffers named {name!r}")
+        buffers.append((name, []))
+        for cpu in sorted(srcs):
+            buffers[-1][1].append(_Source(cpu, srcs[cpu]))
+    sources = buffers[0][1]
     try:
-        for s in sources:
-            if s.size % page:
-                raise BadInput(f"the pages of CPU {s.cpu} are {s.size} bytes, not a multiple "
-                               f"of the ring-buffer page size {page}")
+        for name, srcs in buffers:
+            for s in srcs:
+                if s.size % page:
+                    raise BadInput(f"the pages of CPU {s.cpu}{f' (buffer {name})' if name else ''}"
+                                   f" are {s.size} bytes, not a multiple of the ring-buffer "
+                                   f"page size {page}")
         try:
             meta = json.dumps({"format": _FTSLAB_FORMAT, "version": 1,
                                "metadata": td.ftslab,
@@ -1036,10 +1050,11 @@ def write_tracedat(path: str | os.PathLike, td: TraceDat,
                               ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise BadInput(f"TraceDat.ftslab cannot be written as JSON: {exc}") from None
-        return _write(path, td, sources, comp, e, chunk, compress, meta)
+        return _write(path, td, buffers, comp, e, chunk, compress, meta)
     finally:
-        for s in sources:
-            s.close()
+        for _name, srcs in buffers:
+            for s in srcs:
+                s.close()
 
 
 def _section(e: str, sid: int, desc: int, body: bytes, comp: _Compressor | None) -> bytes:
@@ -1051,8 +1066,8 @@ def _section(e: str, sid: int, desc: int, body: bytes, comp: _Compressor | None)
     return struct.pack(e + "HHiQ", sid, flags, desc, len(body)) + body
 
 
-def _write(path: str, td: TraceDat, sources: list[_Source], comp: _Compressor, e: str,
-           chunk: int, compress: bool, meta: str) -> int:
+def _write(path: str, td: TraceDat, buffers: list[tuple[str, list[_Source]]],
+           comp: _Compressor, e: str, chunk: int, compress: bool, meta: str) -> int:
     strings = _Strings()
     zc = comp if compress else None
 
@@ -1133,48 +1148,52 @@ def _write(path: str, td: TraceDat, sources: list[_Source], comp: _Compressor, e
         out.write(bytes(body))
         del body
 
-        # The BUFFER section: per CPU, page-aligned, the pages raw or in chunks.
-        buf_sec = out.pos
-        out.write(struct.pack(e + "HHiQ", _OPT_BUFFER, _SEC_FL_COMPRESS if compress else 0,
-                              strings.id(f"buffer flyrecord {td.buffer_name}"), 0))
-        index: list[tuple[int, int, int]] = []
-        align = td.page_size
-        for s in sources:
-            if not s.size:
-                continue
-            pad = -out.pos % align
-            out.write(b"\0" * pad)
-            start = out.pos
-            if compress:
-                # The chunk count is known in advance, so it is written once: a file cut
-                # short still says how many chunks to expect.
-                out.write(struct.pack(e + "I", -(-s.size // chunk)))
-                left = s.size
-                while left:
-                    raw = s.read(min(chunk, left))
-                    left -= len(raw)
-                    cdata = comp(raw)
-                    out.write(struct.pack(e + "II", len(cdata), len(raw)) + cdata)
-                # trace-cmd's size counts the chunks, not the 4-byte count before them.
-                index.append((s.cpu, start, out.pos - start - 4))
-            else:
-                left = s.size
-                while left:
-                    raw = s.read(min(chunk, left))
-                    left -= len(raw)
-                    out.write(raw)
-                index.append((s.cpu, start, s.size))
-        out.patch(buf_sec + 8, struct.pack(e + "Q", out.pos - buf_sec - 16))
-
-        # Second options section: the BUFFER option, then DONE with no successor.
+        # One BUFFER section per buffer: per CPU, page-aligned, the pages raw or in
+        # chunks; then, in the second options section, one BUFFER option for each.
         clock = td.trace_clock
         if "[" in clock and "]" in clock.split("[", 1)[1]:
             clock = clock.split("[", 1)[1].split("]", 1)[0]
         clock = clock.strip() or "local"
-        b = (struct.pack(e + "Q", buf_sec) + _bytes(td.buffer_name) + b"\0" +
-             _bytes(clock) + b"\0" + struct.pack(e + "II", td.buffer_page_size, len(index)) +
-             b"".join(struct.pack(e + "IQQ", cpu, off, size) for cpu, off, size in index))
-        o2 = opt(_OPT_BUFFER, b) + opt(_OPT_DONE, b"\0" * 8)
+        o2 = b""
+        for name, sources in buffers:
+            buf_sec = out.pos
+            out.write(struct.pack(e + "HHiQ", _OPT_BUFFER, _SEC_FL_COMPRESS if compress else 0,
+                                  strings.id(f"buffer flyrecord {name}"), 0))
+            index: list[tuple[int, int, int]] = []
+            align = td.page_size
+            for s in sources:
+                if not s.size:
+                    continue
+                pad = -out.pos % align
+                out.write(b"\0" * pad)
+                start = out.pos
+                if compress:
+                    # The chunk count is known in advance, so it is written once: a file
+                    # cut short still says how many chunks to expect.
+                    out.write(struct.pack(e + "I", -(-s.size // chunk)))
+                    left = s.size
+                    while left:
+                        raw = s.read(min(chunk, left))
+                        left -= len(raw)
+                        cdata = comp(raw)
+                        out.write(struct.pack(e + "II", len(cdata), len(raw)) + cdata)
+                    # trace-cmd's size counts the chunks, not the 4-byte count before them.
+                    index.append((s.cpu, start, out.pos - start - 4))
+                else:
+                    left = s.size
+                    while left:
+                        raw = s.read(min(chunk, left))
+                        left -= len(raw)
+                        out.write(raw)
+                    index.append((s.cpu, start, s.size))
+            out.patch(buf_sec + 8, struct.pack(e + "Q", out.pos - buf_sec - 16))
+            b = (struct.pack(e + "Q", buf_sec) + _bytes(name) + b"\0" +
+                 _bytes(clock) + b"\0" + struct.pack(e + "II", td.buffer_page_size, len(index)) +
+                 b"".join(struct.pack(e + "IQQ", cpu, off, size) for cpu, off, size in index))
+            o2 += opt(_OPT_BUFFER, b)
+
+        # Second options section: the BUFFER options, then DONE with no successor.
+        o2 += opt(_OPT_DONE, b"\0" * 8)
         options2 = out.pos
         out.write(struct.pack(e + "HHiQ", _OPT_DONE, 0, strings.id("options"), len(o2)) + o2)
         out.patch(done1, struct.pack(e + "Q", options2))

@@ -357,9 +357,33 @@ def test_record_dry_run_prints_the_writes_and_makes_none(capsys, fake):
     enabled = re.findall(rf"^echo '1' > {re.escape(str(inst))}/events/(\w+)/(\w+)/enable",
                          out, re.M)
     from ftslab.capture import DEFAULT_EVENTS
-    assert sorted(f"{s}:{e}" for s, e in enabled) == sorted(DEFAULT_EVENTS)
-    assert lines[-2] == f"echo '1' > {inst}/tracing_on    # start"
+    from ftslab.report import free_source
+    frees = sorted(e for e in DEFAULT_EVENTS if free_source(*e.split(":")))
+    assert sorted(f"{s}:{e}" for s, e in enabled) == sorted(set(DEFAULT_EVENTS) - set(frees))
+    # the command's frees are recorded for the whole system, in a second instance
+    finst = fake / "instances" / f"{name}_frees"
+    fenabled = re.findall(rf"^echo '1' > {re.escape(str(finst))}/events/(\w+)/(\w+)/enable"
+                          r"    # enable \S+ \(every context\)$", out, re.M)
+    assert sorted(f"{s}:{e}" for s, e in fenabled) == frees and frees
+    assert not re.search(rf"{re.escape(str(finst))}/(set_event_pid|.*/filter)", out)
+    starts = [ln for ln in lines if ln.endswith("/tracing_on    # start")]
+    assert starts == [f"echo '1' > {finst}/tracing_on    # start",
+                      f"echo '1' > {inst}/tracing_on    # start"]   # frees first
+    assert lines[-2] == (f"# at the end: echo '0' > {inst}/tracing_on, then 1s more of "
+                         "frees (settle)")
     assert lines[-1].startswith("# then: splice per_cpu/cpuN/trace_pipe_raw pages")
+
+
+def test_record_dry_run_with_frees_traced_keeps_one_instance(capsys, fake):
+    code, out, err = run(capsys, "record", "--tracefs", fake, "--dry-run", "--kprobes", "off",
+                         "--frees", "traced", "--settle", "0", "--", "true")
+    assert code == 0, err
+    inst = fake / "instances" / f"ftslab_{os.getpid()}"
+    assert f"{inst}_frees" not in out and "(settle)" not in out
+    from ftslab.capture import DEFAULT_EVENTS
+    enabled = re.findall(rf"^echo '1' > {re.escape(str(inst))}/events/(\w+)/(\w+)/enable",
+                         out, re.M)
+    assert sorted(f"{s}:{e}" for s, e in enabled) == sorted(DEFAULT_EVENTS)
 
 
 def test_stream_dry_run(capsys, fake):

@@ -56,8 +56,8 @@ def replay_session(tmp_path: Path, recording: Path, cpus=None):
             f = parse_format(text, system)
             formats[(system, f.name)] = text
     tfs = Tracefs(root)
-    return SimpleNamespace(tracefs=tfs, instance=Instance(tfs, INSTANCE), cpus=cpus,
-                           formats=formats), td
+    return SimpleNamespace(tracefs=tfs, instance=Instance(tfs, INSTANCE), free_instance=None,
+                           cpus=cpus, formats=formats), td
 
 
 def tasks_gone(monkeypatch, module) -> None:
