@@ -183,12 +183,11 @@ class RecordOptions:
     stacks: bool = False
     """Record the kernel stack of every allocation event (the ``stacktrace`` trigger)."""
     system_frees: bool = False
-    """When the recording is limited to tasks (``pids``, a command, ``comm``, or a filter
-    that applies to free events): record the free events of the whole system (ftslab
-    excepted) in a second instance, so that an object the traced tasks allocated and
-    something else freed (an RCU callback, an interrupt, a workqueue, another task) is
-    seen freed.  False: frees only as the filters let them through (LIVE is then an
-    upper bound)."""
+    """Record the free events in a second instance, for the whole system and in every
+    context, so that an object the recorded tasks allocated and something else freed
+    (an RCU callback, an interrupt, a workqueue, another task) is seen freed.  False:
+    frees in the same instance as the allocations, as its task limits and filters let
+    them through (LIVE of a task-limited recording is then an upper bound)."""
     settle: float = 0.0
     """Seconds the free events keep being recorded after the allocations stop (the
     command exited, -d ran out, a stop signal): deferred frees (RCU, workqueues, I/O
@@ -478,14 +477,18 @@ class Session:
         """Where the free events go.  A recording limited to tasks (``pids``, ``comm``,
         a filter that applies to a free event) would see only the frees those tasks
         make: an object its tasks allocated and an RCU callback, an interrupt, a
-        workqueue or another task freed would look held for ever.  With
+        workqueue or another task freed would look held for ever.  A whole-system
+        recording misses some too: ``set_event_notrace_pid`` (ftslab not tracing
+        itself) drops every event on a CPU while ftslab is its current task, the frees
+        of RCU callbacks and I/O completions that interrupt ftslab included.  With
         ``system_frees`` the free events are recorded in a second instance, for the
-        whole system but ftslab; the allocations stay limited."""
+        whole system and every context, ftslab's own frees included (they free
+        nothing recorded: counted as unmatched); the allocations stay limited."""
         from .report import free_source
         frees = [ev for ev in events if free_source(*ev) is not None]
         limited = bool(pids) or bool(opts.comm) or any(
             fx.applies_to(parsed[ev]) for fx in user_filters for ev in frees)
-        self.free_events = list(frees) if (opts.system_frees and limited) else []
+        self.free_events = list(frees) if opts.system_frees else []
         self.frees_scope = ("none" if not frees else
                             "filtered" if limited and not self.free_events else "system")
         if not self.free_events:
@@ -497,10 +500,7 @@ class Session:
                Step("per-CPU buffer size (KiB)", f"{finst}/buffer_size_kb",
                     str(opts.buffer_kb),
                     hint="the kernel could not allocate that much: ask for less with -b, "
-                         "or record the traced tasks' frees only (--frees traced)")]
-        if self.tracefs.exists("set_event_notrace_pid"):
-            out.append(Step("do not trace ftslab itself", f"{finst}/set_event_notrace_pid",
-                            str(os.getpid()), ""))
+                         "or record the frees in one instance (--frees traced)")]
         for sysname, name in self.free_events:
             if opts.cache is not None and parsed[(sysname, name)].field("name") is not None:
                 out.append(Step(f"kernel-side filter for {sysname}:{name}",

@@ -237,11 +237,12 @@ def cli():
                    "stack, --format folded.")
 @click.option("--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
               show_default=True,
-              help="With -p, --comm or a COMMAND: all = record the frees of the whole "
-                   "system (a second instance), so that what the traced tasks allocated "
-                   "and an RCU callback, interrupt, workqueue or other task freed is seen "
-                   "freed; traced = only the traced tasks' frees (cheaper; LIVE is then "
-                   "an upper bound).")
+              help="all = record the frees of the whole system in every context (a "
+                   "second instance), so that what the traced tasks allocated and an RCU "
+                   "callback, interrupt, workqueue or other task freed is seen freed; "
+                   "traced = frees in the allocations' instance, as -p/--comm/COMMAND "
+                   "limit them (cheaper; LIVE of such a recording is then an upper "
+                   "bound).")
 @click.option("--settle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="After the allocations stop (COMMAND exited, -d, Ctrl-C), go on "
                    "recording frees for SECONDS, so that deferred frees (RCU, workqueues, "
@@ -599,11 +600,12 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
               default=8192, show_default=True, help="Ring buffer per CPU, KiB.")
 @click.option("--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
               show_default=True,
-              help="With -p, --comm or a COMMAND: all = record the frees of the whole "
-                   "system (a second instance), so that what the traced tasks allocated "
-                   "and an RCU callback, interrupt, workqueue or other task freed is seen "
-                   "freed; traced = only the traced tasks' frees (cheaper; LIVE is then "
-                   "an upper bound).")
+              help="all = record the frees of the whole system in every context (a "
+                   "second instance), so that what the traced tasks allocated and an RCU "
+                   "callback, interrupt, workqueue or other task freed is seen freed; "
+                   "traced = frees in the allocations' instance, as -p/--comm/COMMAND "
+                   "limit them (cheaper; LIVE of such a recording is then an upper "
+                   "bound).")
 @click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
 def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_kb,
         frees, tracefs_path):

@@ -365,7 +365,7 @@ def test_record_dry_run_prints_the_writes_and_makes_none(capsys, fake):
     fenabled = re.findall(rf"^echo '1' > {re.escape(str(finst))}/events/(\w+)/(\w+)/enable"
                           r"    # enable \S+ \(every context\)$", out, re.M)
     assert sorted(f"{s}:{e}" for s, e in fenabled) == frees and frees
-    assert not re.search(rf"{re.escape(str(finst))}/(set_event_pid|.*/filter)", out)
+    assert not re.search(rf"{re.escape(str(finst))}/(set_event_(notrace_)?pid|.*/filter)", out)
     starts = [ln for ln in lines if ln.endswith("/tracing_on    # start")]
     assert starts == [f"echo '1' > {finst}/tracing_on    # start",
                       f"echo '1' > {inst}/tracing_on    # start"]   # frees first

@@ -152,6 +152,11 @@ def _recording_cases(src: Path) -> list[tuple[str, bytes, dict]]:
     data = src.read_bytes()
     whole = sum(sum(page_event_counts(td, cpu, pages)) for cpu, pages in td.cpu_data.items())
     assert whole > 0, src
+    frees = (td.ftslab or {}).get("frees_buffer")
+    if frees:  # record --frees all: load() joins the frees of the whole system
+        ftd = read_tracedat(src, frees)
+        whole += sum(sum(page_event_counts(ftd, cpu, pages))
+                     for cpu, pages in ftd.cpu_data.items())
     out = [("whole", data, {"outcome": "accepted", "events": whole, "truncated": False})]
     if td.version == 6 and td.compression is None:
         cuts = sorted(set(v6_page_cuts(src)))[:-1]
@@ -188,6 +193,11 @@ def _spool_cases(spool: Path) -> tuple[list[tuple[str, tuple | None, int]], int]
     td = read_spool(spool)
     counts = {cpu: page_event_counts(td, cpu, pages) for cpu, pages in td.cpu_data.items()}
     total = sum(sum(c) for c in counts.values())
+    frees = (td.ftslab or {}).get("frees_buffer")
+    if frees and (spool / frees).is_dir():  # the frees of the whole system, joined too
+        ftd = read_spool(spool, frees)
+        total += sum(sum(page_event_counts(ftd, cpu, pages))
+                     for cpu, pages in ftd.cpu_data.items())
     cpu = max(counts, key=lambda c: len(counts[c]))
     out = [("whole", None, total)]
     for k in (len(counts[cpu]) // 2, 1):
