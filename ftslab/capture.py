@@ -244,8 +244,9 @@ class Session:
         off when the session has one instance)."""
         self.frees_scope = "none"
         """Which frees the recording holds: ``system`` (every context), ``filtered``
-        (only those the task limits and filters let through: LIVE is an upper bound),
-        or ``none`` (no free event recorded)."""
+        (in the allocations' instance, as its task limits, filters and
+        set_event_notrace_pid let them through: LIVE is an upper bound), or ``none``
+        (no free event recorded)."""
         self.cpus = online_cpus()
         self.formats: dict[tuple[str, str], str] = {}
         """(system, event) -> format text of every event the session records."""
@@ -489,8 +490,13 @@ class Session:
         limited = bool(pids) or bool(opts.comm) or any(
             fx.applies_to(parsed[ev]) for fx in user_filters for ev in frees)
         self.free_events = list(frees) if opts.system_frees else []
+        # in the allocations' instance, frees are limited as they are, and lose those
+        # that interrupt ftslab (set_event_notrace_pid) when it is whole-system
         self.frees_scope = ("none" if not frees else
-                            "filtered" if limited and not self.free_events else "system")
+                            "system" if self.free_events else "filtered")
+        if limited and not self.free_events:
+            self.warn("--frees traced: only the frees of the recorded tasks are recorded; "
+                      "LIVE will be an upper bound")
         if not self.free_events:
             return []
         finst = f"instances/{self.free_instance_name}"

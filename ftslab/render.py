@@ -175,7 +175,7 @@ def _summary_line(s: dict) -> str:
     f = s.get("frees")
     if f and f.get("scope") in ("system", "filtered"):
         where = ("from every context" if f["scope"] == "system" else
-                 "only those of the traced tasks (LIVE is an upper bound)")
+                 "recorded with the allocations (LIVE is an upper bound)")
         line += (f"\nfrees: {where}; {f.get('recorded', 0)} recorded, "
                  f"{f.get('matched', 0)} freed an allocation of this recording, "
                  f"{f.get('unmatched', 0)} freed older or untraced objects (not counted)")

@@ -1685,12 +1685,10 @@ def frees_scope(ds: Dataset) -> str:
     scope = ds.meta.extra.get("frees_scope")
     if scope in ("system", "filtered", "none"):
         return scope
-    writes = ds.meta.extra.get("tracefs_writes")
-    if isinstance(writes, list) and writes:
-        # older ftslab recordings: task limits and filters applied to the frees too
-        limited = any(str(w).split(" <- ")[0].endswith(("/set_event_pid", "/filter"))
-                      and str(w).split(" <- ")[-1].strip() for w in writes)
-        return "filtered" if limited else "system"
+    if isinstance(ds.meta.extra.get("tracefs_writes"), list):
+        # an older ftslab: frees in the allocations' instance, under its task limits
+        # and filters, and set_event_notrace_pid
+        return "filtered"
     return "unknown"
 
 
@@ -1711,10 +1709,12 @@ def frees_summary(ds: Dataset) -> dict:
 
 
 #: what --frees traced / an older recording's LIVE means
-UPPER_BOUND_NOTE = ("LIVE is an upper bound: this recording holds only the frees made by "
-                    "the tasks and filters it traced, so what an RCU callback, an "
-                    "interrupt, a workqueue or another task freed shows as live (record "
-                    "with --frees all, the default, to see every free)")
+UPPER_BOUND_NOTE = ("LIVE is an upper bound: this recording's frees were recorded with "
+                    "its allocations (record --frees traced, or an ftslab before --frees), "
+                    "under its task limits and filters and without those that "
+                    "interrupted ftslab, so what an RCU callback, an interrupt, a "
+                    "workqueue or another task freed can show as live (record with "
+                    "--frees all, the default, to see every free)")
 
 
 #: trace clocks whose timestamps are nanoseconds (Documentation/trace/ftrace.rst)

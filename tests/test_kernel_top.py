@@ -123,3 +123,72 @@ def test_top_interactive_keys_switch_and_quit(kernel, tmp_path):
         os.close(master)
     assert p.returncode == 0, rest[-2000:]
     assert b"top ran" in rest and b"Traceback" not in rest, rest[-2000:]
+
+
+THREADS = 300
+TCOMM = f"ftslabthr{os.getpid() % 100000}"
+# named first (its threads inherit the name); makes the threads, says so, waits for a
+# line on stdin, joins them all and says so, then stays until killed
+JOINER = [sys.executable, "-c",
+          "import ctypes, sys, threading, time\n"
+          f"ctypes.CDLL(None).prctl(15, b'{TCOMM}', 0, 0, 0)\n"
+          "go = threading.Event()\n"
+          f"ts = [threading.Thread(target=go.wait) for _ in range({THREADS})]\n"
+          "for t in ts: t.start()\n"
+          "print('started', flush=True)\n"
+          "sys.stdin.readline()\n"
+          "go.set()\n"
+          "for t in ts: t.join()\n"
+          "print('joined', flush=True)\n"
+          "time.sleep(600)\n"]
+
+
+def _live_cache(frame: list[str], cache: str) -> int:
+    """The LIVE column of a cache's row (0 without one)."""
+    rows = [l for l in frame if l.split()[:1] == [cache]]
+    assert len(rows) <= 1, frame
+    return int(rows[0].split()[-3].replace(",", "")) if rows else 0
+
+
+def test_top_comm_sees_the_joined_threads_freed(kernel, tmp_path):
+    """top limited to a comm: the joined threads' task_structs are freed in RCU
+    callbacks, in whatever task runs then; top sees those frees (its second instance
+    records every context) and their LIVE goes back to 0."""
+    top = popen_ftslab("top", "--batch", "--by", "cache", "-n", "0.5", "--comm", TCOMM,
+                       "--top", "200", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    joiner = None
+    try:
+        line = top.stdout.readline()
+        assert line.startswith("ftslab top"), line + top.stderr.read()
+        joiner = subprocess.Popen(JOINER, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        assert joiner.stdout.readline().strip() == "started"
+        text = line
+
+        def until(cond, what):
+            nonlocal text
+            deadline = time.monotonic() + 60
+            while not cond(_frames(text)[-1]):
+                assert time.monotonic() < deadline, f"{what}: {text[-3000:]}"
+                got = top.stdout.readline()
+                assert got, top.stderr.read()
+                text += got
+        # every thread alive and seen...
+        until(lambda f: _live_cache(f, "task_struct") >= THREADS, "threads seen")
+        joiner.stdin.write("go\n")
+        joiner.stdin.flush()
+        assert joiner.stdout.readline().strip() == "joined"
+        # ...then every one freed, by whoever ran the RCU callbacks
+        until(lambda f: _live_cache(f, "task_struct") == 0, "threads freed")
+        top.send_signal(signal.SIGINT)
+        out, err = top.communicate(timeout=60)
+    finally:
+        if joiner is not None:
+            joiner.kill()
+            joiner.wait()
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+    assert top.returncode == 0, err
+    assert "lost 0 events" in err, err

@@ -190,6 +190,34 @@ def test_write_is_read_by_trace_cmd_identically(trace_cmd, tmp_path, path, compr
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("compression", ["zstd", None])
+def test_second_buffer_is_written_as_trace_cmd_writes_one(trace_cmd, tmp_path, compression):
+    """record --frees all stores the frees as a second buffer: trace-cmd's own
+    two-buffer recording, rewritten with extra_buffers, reads back the same, buffer by
+    buffer, and trace-cmd prints the same lines for it (both buffers)."""
+    td = read_tracedat(TWO_BUFFERS)
+    (other,) = [b for b in td.buffers if b]
+    inst = read_tracedat(TWO_BUFFERS, other)
+    assert inst.cpu_data and inst.buffer_page_size == td.buffer_page_size
+    out = tmp_path / "two.dat"
+    write_tracedat(out, td, compression=compression,
+                   extra_buffers={other: dict(inst.cpu_data)})
+    theirs, ours = _report(trace_cmd, TWO_BUFFERS), _report(trace_cmd, out)
+    assert ours.returncode == 0 and ours.stderr == b""
+    assert ours.stdout == theirs.stdout
+    assert ours.stdout.count(other.encode() + b":") > 100
+    back = read_tracedat(out)
+    assert back.buffers == ["", other] and back.buffer_name == ""
+    _same_content(td, back)
+    back_inst = read_tracedat(out, other)
+    assert back_inst.buffer_name == other
+    assert {c: bytes(d) for c, d in back_inst.cpu_data.items()} == \
+        {c: bytes(d) for c, d in inst.cpu_data.items()}
+    with pytest.raises(BadInput, match="two buffers named"):
+        write_tracedat(tmp_path / "dup.dat", td, extra_buffers={"": {}})
+
+
+@pytest.mark.kernel
 def test_report_stat_identical(trace_cmd, tmp_path):
     out = tmp_path / "out.dat"
     write_tracedat(out, read_tracedat(V7_ZSTD))
