@@ -175,6 +175,9 @@ class RecordOptions:
     kprobe_families: tuple[str, ...] | None = None
     """Family members to probe (kprobes.FAMILY names); None: the default set."""
     kprobe_symbols: tuple[str, ...] = ()
+    bulk_frees: bool = True
+    """Where kprobes are used with the tracepoints: probe kmem_cache_free_bulk too, so
+    that objects freed in bulk (no kmem free event) are seen freed."""
     """Extra functions to probe as they are."""
     stacks: bool = False
     """Record the kernel stack of every allocation event (the ``stacktrace`` trigger)."""
@@ -257,11 +260,13 @@ class Session:
                                             "tracepoints only")
             self.warn(msg + "; recording the kmem tracepoints only")
             return None
-        from .kprobes import FAMILY
+        from .kprobes import BULK_FREE_SYMBOL, FAMILY
         ctx = read_probe_context(self.tracefs, [c for m in FAMILY for c in m.candidates]
-                                 + list(opts.kprobe_symbols))
+                                 + list(opts.kprobe_symbols) + [BULK_FREE_SYMBOL])
+        # bulk frees pair with the tracepoints' allocations (kprobes have no pointer)
         plan = plan_probes(ctx, self.name, name_offset=opts.cache_name_offset,
-                           families=opts.kprobe_families, extra_symbols=opts.kprobe_symbols)
+                           families=opts.kprobe_families, extra_symbols=opts.kprobe_symbols,
+                           bulk_frees=opts.bulk_frees and opts.kprobes != "only")
         for note in plan.notes:
             self.warn(note)
         asked = set(opts.kprobe_symbols) | set(opts.kprobe_families or ())
@@ -294,7 +299,7 @@ class Session:
         events = self.resolve_events(opts.events if opts.kprobes != "only" else ())
         inst = f"instances/{self.name}"
         probe_plan = self.plan_kprobes(opts)
-        probes = probe_plan.probes if probe_plan else []
+        probes = probe_plan.all_probes if probe_plan else []
         # The probes are defined BEFORE the instance exists: undone newest first, the
         # instance's removal (which disables everything enabled in it) then always comes
         # before the probes' removal, whatever enable undo a signal may have cut short.
@@ -374,7 +379,7 @@ class Session:
                 steps.append(Step(f"kernel-side filter for {sysname}:{name}",
                                   f"{inst}/events/{sysname}/{name}/filter", expr, "0"))
         for pr in probes:
-            parts = []
+            parts = [pr.filter] if pr.filter else []
             names = set(pr.fields)
             for fx in user_filters:
                 if fx.fields <= (names | _COMMON_FILTER_FIELDS):
@@ -416,7 +421,8 @@ class Session:
         if no_size:
             self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
         if opts.stacks:
-            steps += self._stack_steps(inst, events, probes, steps, opts)
+            steps += self._stack_steps(inst, events,
+                                       [p for p in probes if p.layer != "free_bulk"], steps, opts)
         for pr in probes:
             if opts.cache is not None and "name" not in pr.fields:
                 continue
@@ -500,7 +506,7 @@ class Session:
         return self.undo.unwind()
 
     def _define_probe(self, step: Step) -> None:
-        pr = next(p for p in self.probe_plan.probes if p.definition == step.value)
+        pr = next(p for p in self.probe_plan.all_probes if p.definition == step.value)
         self.tracefs.kprobe_add(pr.definition)
         tfs = self.tracefs
         # undone after the enables above it on the stack: a probe is removed only once
@@ -774,6 +780,11 @@ def describe_probe_plan(plan) -> list[str]:
         roles = ", ".join(f"{r}=arg{n}" for r, n in sorted(pr.roles.items(),
                                                            key=lambda x: x[1]))
         out.append(f"{pr.family}: {pr.symbol} ({where}{': ' + roles if roles else ''})")
+    if plan.bulk_frees:
+        first = plan.bulk_frees[0]
+        n = sum(len(p.fields) - 1 for p in plan.bulk_frees)
+        out.append(f"free_bulk: {first.symbol} ({len(plan.bulk_frees)} probes, the first "
+                   f"{n} pointers of each call; frees without a kmem free event)")
     for fam, why in plan.skipped:
         out.append(f"{fam}: not probed: {why}")
     return out
