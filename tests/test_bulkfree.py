@@ -12,7 +12,7 @@ from ftslab.bulkfree import expand_bulk_frees
 from ftslab.kprobes import BULK_FREE_SLOTS, plan_probes
 from ftslab.load import load
 
-from test_kprobes import ctx_61
+from test_kprobes import _session, ctx_61, fake_kprobe_tracefs  # noqa: F401 (fixture)
 
 A = "      prog-100   [000] .....   1.{us:06d}: kmem_cache_alloc: call_site=mas_alloc_nodes+0x1a/0x300 ptr={ptr:016x} name=maple_node bytes_req=256 bytes_alloc=256 gfp_flags=GFP_KERNEL node=-1 accounted=false\n"  # noqa: E501
 F = "      prog-100   [000] .....   1.{us:06d}: kpf_kmem_cache_free_bulk: (kmem_cache_free_bulk+0x4/0x20) cnt={cnt} {slots}\n"  # noqa: E501
@@ -36,16 +36,16 @@ def _maple_live(path):
 
 
 def test_a_bulk_free_frees_the_objects_its_count_names_and_no_more(tmp_path):
-    ptrs = [BASE + 0x100 * i for i in range(4)]
+    ptrs = [BASE + 0x100 * i for i in range(5)]
     lines = [A.format(us=i, ptr=p) for i, p in enumerate(ptrs)]
     # cnt=2: slots 2 and 3 hold what followed the array (here: live objects' addresses)
-    lines.append(F.format(us=10, cnt=2, slots=_slots(ptrs)))
-    lines.append(K.format(us=11, ptr=ptrs[2]))
+    lines.append(F.format(us=10, cnt=2, slots=_slots(ptrs[:4])))
+    lines.append(K.format(us=11, ptr=ptrs[4]))       # a per-object free beside it
     path = _trace(tmp_path, lines)
-    assert _maple_live(path) == 1                    # ptrs[3]: allocated, never freed
+    assert _maple_live(path) == 2                    # ptrs[2], ptrs[3]: never freed
     an = report._Analysis(load(path))
     (fr,) = [f for f in an.frames if f.src.layer == "slab"]
-    assert fr.freed.tolist() == [True, True, True, False]
+    assert fr.freed.tolist() == [True, True, False, False, True]
     assert an.bulk_unnamed == 0
 
 
@@ -117,3 +117,32 @@ def test_bulk_free_events_are_frees_not_allocations(name):
     assert src is not None and src.count == "cnt" and src.layer == "slab"
     fields = report.fields_read("ftslab_1", name)
     assert fields[0] == "cnt" and "p0" in fields and f"p{BULK_FREE_SLOTS - 1}" in fields
+
+
+def test_a_session_defines_filters_enables_and_removes_the_bulk_free_probes(
+        fake_kprobe_tracefs, monkeypatch):
+    def ctx(tfs, symbols=None):
+        c = ctx_61(btf_offsets={"name": 96, "size": 24, "object_size": 28},
+                   btf_present=True)
+        c.kallsyms["kmem_cache_free_bulk"] = 1
+        return c
+    monkeypatch.setattr("ftslab.tracefs.read_probe_context", ctx)
+    k, s, steps, _ = _session(fake_kprobe_tracefs, monkeypatch)
+    plan = s.probe_plan
+    assert len(plan.bulk_frees) == 5
+    defs = [st.value for st in steps if st.kind == "kprobe"]
+    assert [p.definition for p in plan.bulk_frees] == defs[-5:]
+    inst = "instances/ftslab_999999/events/ftslab_999999"
+    filt = {st.path: st.value for st in steps if st.path.endswith("/filter")}
+    for pr in plan.bulk_frees:
+        assert filt.get(f"{inst}/{pr.event}/filter") == pr.filter   # None: no filter
+        assert any(st.path == f"{inst}/{pr.event}/enable" and st.value == "1"
+                   for st in steps)
+    s.apply(steps)
+    assert ("ftslab_999999", "kpf_kmem_cache_free_bulk_392") in s.formats
+    s.close()
+    assert not (fake_kprobe_tracefs / "events/ftslab_999999").exists()
+    # off: the same session without them
+    k, s, steps, _ = _session(fake_kprobe_tracefs, monkeypatch, bulk_frees=False)
+    assert s.probe_plan.bulk_frees == []
+    assert not any("kpf_" in (st.value or "") for st in steps)
