@@ -18,7 +18,7 @@ import numpy as np
 
 from .kprobes import BULK_FREE_SLOTS, bulk_free_slot_fields
 
-__all__ = ["BulkFrees", "expand_bulk_frees", "slot_fields"]
+__all__ = ["BulkFrees", "expand_bulk_frees", "slot_fields", "unseen_free_reason"]
 
 _SLOT = re.compile(r"p(\d+)\Z")
 
@@ -67,3 +67,26 @@ def expand_bulk_frees(fields: Mapping[str, np.ndarray], ts: np.ndarray,
                          unnamed)
     return BulkFrees(np.concatenate(pick_t), np.concatenate(pick_p),
                      None if seq is None else np.concatenate(pick_s), unnamed)
+
+
+def unseen_free_reason(cache: str, *, bulk_probed: bool = False,
+                       sheaf_capacity: int | None = None) -> tuple[str, bool] | None:
+    """Why a cache's frees may be missing from a recording, for a reconciliation that
+    finds its LIVE contradicted by /proc/slabinfo: (reason, certain), or None when no
+    known untraced free path applies.  ``bulk_probed``: kmem_cache_free_bulk was
+    probed (kpf_ events); ``sheaf_capacity``: /sys/kernel/slab/<cache>/sheaf_capacity
+    (6.18+; None where absent).  The facts: docs/bulk-frees.md."""
+    if sheaf_capacity:
+        # 6.18: kfree_rcu() of an object of a cache with sheaves goes into an RCU
+        # sheaf and back to the cache in rcu_free_sheaf(): no event, probed or not
+        return ("objects freed with kfree_rcu() return to the cache through its percpu "
+                "sheaves, which no tracepoint reports", cache == "maple_node")
+    if bulk_probed:
+        return None
+    if cache == "maple_node":
+        return ("the maple tree frees nodes in bulk (kmem_cache_free_bulk) or with "
+                "kfree_rcu(), which no tracepoint reports", True)
+    if cache.startswith(("kmalloc-", "kmalloc-cg-", "kmalloc-rcl-", "dma-kmalloc-")):
+        return ("objects freed with kfree_rcu() leave in batches (kfree_bulk), which no "
+                "tracepoint reports", False)
+    return None

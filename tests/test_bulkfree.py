@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ftslab import report
-from ftslab.bulkfree import expand_bulk_frees
+from ftslab.bulkfree import expand_bulk_frees, unseen_free_reason
 from ftslab.kprobes import BULK_FREE_SLOTS, plan_probes
 from ftslab.load import load
 
@@ -146,3 +146,18 @@ def test_a_session_defines_filters_enables_and_removes_the_bulk_free_probes(
     k, s, steps, _ = _session(fake_kprobe_tracefs, monkeypatch, bulk_frees=False)
     assert s.probe_plan.bulk_frees == []
     assert not any("kpf_" in (st.value or "") for st in steps)
+
+
+def test_unseen_free_reasons_follow_the_measured_paths():
+    # 6.18 host: maple_node has sheaves (sheaf_capacity 32): unseen even with kprobes
+    assert unseen_free_reason("maple_node", sheaf_capacity=32, bulk_probed=True)[1] is True
+    assert unseen_free_reason("vm_area_struct", sheaf_capacity=32)[1] is False
+    # 6.1/6.12 (no sheaf_capacity file): bulk frees, seen only with the kprobes
+    assert unseen_free_reason("maple_node")[1] is True
+    assert unseen_free_reason("maple_node", bulk_probed=True) is None
+    assert unseen_free_reason("kmalloc-256") == (
+        "objects freed with kfree_rcu() leave in batches (kfree_bulk), which no "
+        "tracepoint reports", False)
+    assert unseen_free_reason("kmalloc-256", bulk_probed=True) is None
+    assert unseen_free_reason("task_struct") is None
+    assert unseen_free_reason("dentry", sheaf_capacity=0) is None
