@@ -175,10 +175,10 @@ class RecordOptions:
     kprobe_families: tuple[str, ...] | None = None
     """Family members to probe (kprobes.FAMILY names); None: the default set."""
     kprobe_symbols: tuple[str, ...] = ()
+    """Extra functions to probe as they are."""
     bulk_frees: bool = True
     """Where kprobes are used with the tracepoints: probe kmem_cache_free_bulk too, so
     that objects freed in bulk (no kmem free event) are seen freed."""
-    """Extra functions to probe as they are."""
     stacks: bool = False
     """Record the kernel stack of every allocation event (the ``stacktrace`` trigger)."""
 
