@@ -180,6 +180,9 @@ class RecordOptions:
     """Family members to probe (kprobes.FAMILY names); None: the default set."""
     kprobe_symbols: tuple[str, ...] = ()
     """Extra functions to probe as they are."""
+    bulk_frees: bool = True
+    """Where kprobes are used with the tracepoints: probe kmem_cache_free_bulk too, so
+    that objects freed in bulk (no kmem free event) are seen freed."""
     stacks: bool = False
     """Record the kernel stack of every allocation event (the ``stacktrace`` trigger)."""
     system_frees: bool = False
@@ -284,11 +287,13 @@ class Session:
                                             "tracepoints only")
             self.warn(msg + "; recording the kmem tracepoints only")
             return None
-        from .kprobes import FAMILY
+        from .kprobes import BULK_FREE_SYMBOL, FAMILY
         ctx = read_probe_context(self.tracefs, [c for m in FAMILY for c in m.candidates]
-                                 + list(opts.kprobe_symbols))
+                                 + list(opts.kprobe_symbols) + [BULK_FREE_SYMBOL])
+        # bulk frees pair with the tracepoints' allocations (kprobes have no pointer)
         plan = plan_probes(ctx, self.name, name_offset=opts.cache_name_offset,
-                           families=opts.kprobe_families, extra_symbols=opts.kprobe_symbols)
+                           families=opts.kprobe_families, extra_symbols=opts.kprobe_symbols,
+                           bulk_frees=opts.bulk_frees and opts.kprobes != "only")
         for note in plan.notes:
             self.warn(note)
         asked = set(opts.kprobe_symbols) | set(opts.kprobe_families or ())
@@ -321,7 +326,7 @@ class Session:
         events = self.resolve_events(opts.events if opts.kprobes != "only" else ())
         inst = f"instances/{self.name}"
         probe_plan = self.plan_kprobes(opts)
-        probes = probe_plan.probes if probe_plan else []
+        probes = probe_plan.all_probes if probe_plan else []
         # The probes are defined BEFORE the instance exists: undone newest first, the
         # instance's removal (which disables everything enabled in it) then always comes
         # before the probes' removal, whatever enable undo a signal may have cut short.
@@ -403,9 +408,21 @@ class Session:
                 expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                 steps.append(Step(f"kernel-side filter for {sysname}:{name}",
                                   f"{inst}/events/{sysname}/{name}/filter", expr, "0"))
+        finst = f"instances/{self.free_instance_name}"
+        # bulk free probes are recorded with the other frees, in every context
+        moved = [pr for pr in probes if pr.layer == "free_bulk" and self.free_events]
         for pr in probes:
-            parts = []
+            parts = [pr.filter] if pr.filter else []
             names = set(pr.fields)
+            if pr in moved:
+                if opts.cache is not None and "name" in names:
+                    parts.append(f"name == {string_literal(opts.cache, '--cache')}")
+                if parts:
+                    expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
+                    steps.append(Step(f"kernel-side filter for kprobe {pr.symbol} ({pr.event})",
+                                      f"{finst}/events/{pr.group}/{pr.event}/filter", expr,
+                                      "0"))
+                continue
             for fx in user_filters:
                 if fx.fields <= (names | _COMMON_FILTER_FIELDS):
                     parts.append(fx.text)
@@ -434,7 +451,7 @@ class Session:
                                   f"{inst}/events/{pr.group}/{pr.event}/filter", expr, "0"))
         n_recorded = len(events) + sum(1 for pr in probes
                                        if opts.cache is None or "name" in pr.fields)
-        n_recorded -= len(self.free_events)
+        n_recorded -= len(self.free_events) + len(moved)
         for text, evs in unfiltered.items():
             if len(evs) >= n_recorded:
                 raise UsageError(f"filter {text!r} names a field none of the recorded events "
@@ -447,15 +464,19 @@ class Session:
         if no_size:
             self.warn(f"--min-size: {', '.join(no_size)} carry no size; recorded unfiltered")
         if opts.stacks:
-            steps += self._stack_steps(inst, events, probes, steps, opts)
+            steps += self._stack_steps(inst, events,
+                                       [p for p in probes if p.layer != "free_bulk"], steps, opts)
         from .report import alloc_source
         self.alloc_enables = []
         for pr in probes:
             if opts.cache is not None and "name" not in pr.fields:
                 continue
+            if pr in moved:
+                continue  # enabled below, with the frees
             steps.append(Step(f"enable kprobe {pr.group}:{pr.event}",
                               f"{inst}/events/{pr.group}/{pr.event}/enable", "1", "0"))
-            self.alloc_enables.append(f"events/{pr.group}/{pr.event}/enable")
+            if pr.layer != "free_bulk":
+                self.alloc_enables.append(f"events/{pr.group}/{pr.event}/enable")
         for sysname, name in events:
             if (sysname, name) in self.free_events:
                 continue
@@ -463,10 +484,14 @@ class Session:
                               f"{inst}/events/{sysname}/{name}/enable", "1", "0"))
             if alloc_source(sysname, name) is not None:
                 self.alloc_enables.append(f"events/{sysname}/{name}/enable")
-        finst = f"instances/{self.free_instance_name}"
         for sysname, name in self.free_events:
             steps.append(Step(f"enable {sysname}:{name} (every context)",
                               f"{finst}/events/{sysname}/{name}/enable", "1", "0"))
+        for pr in moved:
+            if opts.cache is not None and "name" not in pr.fields:
+                continue
+            steps.append(Step(f"enable kprobe {pr.group}:{pr.event} (every context)",
+                              f"{finst}/events/{pr.group}/{pr.event}/enable", "1", "0"))
         return steps
 
     @property
@@ -592,7 +617,7 @@ class Session:
         return self.undo.unwind()
 
     def _define_probe(self, step: Step) -> None:
-        pr = next(p for p in self.probe_plan.probes if p.definition == step.value)
+        pr = next(p for p in self.probe_plan.all_probes if p.definition == step.value)
         self.tracefs.kprobe_add(pr.definition)
         tfs = self.tracefs
         # undone after the enables above it on the stack: a probe is removed only once
@@ -899,6 +924,11 @@ def describe_probe_plan(plan) -> list[str]:
         roles = ", ".join(f"{r}=arg{n}" for r, n in sorted(pr.roles.items(),
                                                            key=lambda x: x[1]))
         out.append(f"{pr.family}: {pr.symbol} ({where}{': ' + roles if roles else ''})")
+    if plan.bulk_frees:
+        first = plan.bulk_frees[0]
+        n = sum(len(p.fields) - 1 for p in plan.bulk_frees)
+        out.append(f"free_bulk: {first.symbol} ({len(plan.bulk_frees)} probes, the first "
+                   f"{n} pointers of each call; frees without a kmem free event)")
     for fam, why in plan.skipped:
         out.append(f"{fam}: not probed: {why}")
     return out

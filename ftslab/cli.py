@@ -486,6 +486,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
                            system_wide, command, None, kprobes, cache_name_offset,
                            kprobe_families, kprobe_symbols)
     opts.status = False
+    opts.bulk_frees = False  # it prints allocations: nothing here pairs frees
     opts.command_stdout_to_stderr = True  # stdout carries the events
     tfs = _tracefs(tracefs_path)
     if dry_run:

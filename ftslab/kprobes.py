@@ -44,10 +44,34 @@ __all__ = ["FamilyMember", "FAMILY", "KNOWN_PROTOTYPES", "ProbeContext", "Offset
            "arg_style", "check_cache_names", "parse_kprobe_events", "EVENT_PREFIX",
            "DEFAULT_NAME_OFFSET", "btf_args_supported", "function_of_event",
            "is_probe_event", "validate_symbol", "cache_names_in_trace", "event_name",
-           "parse_function_list"]
+           "parse_function_list", "BULK_FREE_SYMBOL", "BULK_FREE_PREFIX", "BULK_FREE_SLOTS",
+           "bulk_free_slot_fields"]
 
 #: Event name prefix: ``kp_<symbol>``.
 EVENT_PREFIX = "kp_"
+
+#: Bulk frees.  kmem_cache_free_bulk(s, size, p) frees the ``size`` objects of the
+#: array ``p`` without a kmem:kmem_cache_free or kmem:kfree event; kfree_bulk(size, p)
+#: is an inline kmem_cache_free_bulk(NULL, size, p) (include/linux/slab.h, 6.1 to 6.18).
+#: Its callers: the maple tree (mt_free_bulk() in mas_destroy() and mt_destroy_walk())
+#: and kfree_rcu()'s batched drain (kfree_rcu_work(), kvfree_rcu_bulk() on 6.12), which
+#: frees up to a page of pointers at once (KVFREE_BULK_MAX_ENTR: 510 on 6.1 with 4 KiB
+#: pages).  docs/bulk-frees.md has the paths per kernel and the measurements.
+BULK_FREE_SYMBOL = "kmem_cache_free_bulk"
+#: Event name prefix of the bulk free probes: ``kpf_<symbol>[_<first slot>]``.  Not
+#: ``kp_``: report.py takes ``kp_*`` events for allocations.
+BULK_FREE_PREFIX = "kpf_"
+#: Pointers fetched from the array, in all: one probe fetches the first
+#: ``_BULK_FIRST`` (the maple tree frees at most MAPLE_ALLOC_SLOTS - 1 = 30 at once),
+#: further probes on the same function ``_BULK_MORE`` each, kernel-filtered on the
+#: count so that they record only calls that reach their slots.  A kprobe event has
+#: at most MAX_TRACE_ARGS = 128 fetch args (kernel/trace/trace_probe.h, 6.1 and 6.12);
+#: the fixed-length array type (``x64[N]``) is capped at MAX_ARRAY_LEN = 64 and ftslab's
+#: decoders read scalar fields, so each pointer is a field of its own (``p<i>``).
+#: Objects past the last slot are freed unseen: the analysis counts them.
+BULK_FREE_SLOTS = 512
+_BULK_FIRST = 32
+_BULK_MORE = 120
 
 #: offsetof(struct kmem_cache, name) on a 6.6-era SLUB kernel (x86-64): used only when
 #: there is no BTF and the user gave no --cache-name-offset, and then verified.
@@ -140,6 +164,9 @@ KNOWN_PROTOTYPES: dict[str, tuple[tuple[str, str] | None, ...]] = {
     "__alloc_pages": (("gfp", "gfp_t"), ("order", "unsigned int"),
                       ("preferred_nid", "int"), ("nodemask", "nodemask_t *")),
     "kmalloc_slab": (("size", "size_t"), ("flags", "gfp_t")),
+    # the same in 6.1 and 6.12 (mm/slub.c) and 6.18 (its BTF)
+    "kmem_cache_free_bulk": (("s", "struct kmem_cache *"), ("size", "size_t"),
+                             ("p", "void **")),
     # v6.10+: SLAB_BUCKETS adds `b` (None: maybe there); the other *_noprof functions
     # (and their v6.11 renames) kept their v6.1 prototypes: aliased below
     "__kmalloc_node_noprof": (("size", "size_t"), None, ("flags", "gfp_t"), ("node", "int")),
@@ -179,6 +206,8 @@ def _role(name: str, type_name: str) -> str | None:
         return "order"
     if name == "caller" and t in ("long unsigned int", "unsigned long"):
         return "caller"
+    if t in ("void **", "void**"):
+        return "ptrs"
     return None
 
 
@@ -241,6 +270,9 @@ class Probe:
     ftrace: bool | None = None
     """In available_filter_functions: the kprobe rides on ftrace (cheaper than an int3
     breakpoint).  None: the kernel does not list them."""
+    filter: str | None = None
+    """Kernel-side filter the probe needs to record only what it is for (the bulk free
+    probes past the first: ``cnt > <first slot>``)."""
 
     @property
     def definition(self) -> str:
@@ -265,6 +297,13 @@ class ProbePlan:
     """``$arg`` or ``regs``."""
     offsets: Offsets | None
     notes: list[str]
+    bulk_frees: list[Probe] = field(default_factory=list)
+    """Probes on kmem_cache_free_bulk (frees no tracepoint reports): layer ``free_bulk``."""
+
+    @property
+    def all_probes(self) -> list[Probe]:
+        """The allocation probes, then the bulk free probes: everything to define."""
+        return self.probes + self.bulk_frees
 
 
 def parse_kallsyms_text(text: str) -> dict[str, int]:
@@ -330,10 +369,11 @@ def event_name(symbol: str) -> str:
 
 def plan_probes(ctx: ProbeContext, group: str, *, name_offset: int | None = None,
                 families: tuple[str, ...] | None = None,
-                extra_symbols: tuple[str, ...] = ()) -> ProbePlan:
+                extra_symbols: tuple[str, ...] = (), bulk_frees: bool = False) -> ProbePlan:
     """Choose the probes for this kernel.  ``families``: family names to probe (default:
     every default member); ``extra_symbols``: symbols to probe as they are (their
-    prototype from BTF, else size-less), for functions outside the family table."""
+    prototype from BTF, else size-less), for functions outside the family table;
+    ``bulk_frees``: also probe kmem_cache_free_bulk (``ProbePlan.bulk_frees``)."""
     style = arg_style(ctx.readme, ctx.machine)
     notes: list[str] = []
     if ctx.machine not in ("x86_64", "amd64"):
@@ -398,7 +438,54 @@ def plan_probes(ctx: ProbeContext, group: str, *, name_offset: int | None = None
             continue
         probes.append(Probe(m.family, sym, event_name(sym), group, m.layer, tuple(args),
                             roles, source, ftrace))
-    return ProbePlan(probes, skipped, style, offsets, notes)
+    bulk: list[Probe] = []
+    if bulk_frees:
+        bulk, why = _plan_bulk_frees(ctx, group, style)
+        if why:
+            skipped.append(("free_bulk", why))
+    return ProbePlan(probes, skipped, style, offsets, notes, bulk)
+
+
+def bulk_free_slot_fields(first: int, stop: int) -> tuple[str, ...]:
+    """Field names of the pointer slots ``first`` .. ``stop - 1``."""
+    return tuple(f"p{i}" for i in range(first, stop))
+
+
+def _plan_bulk_frees(ctx: ProbeContext, group: str, style: str
+                     ) -> tuple[list[Probe], str]:
+    """Probes on kmem_cache_free_bulk that name every object it frees: ``cnt`` (its
+    ``size`` argument) and pointer slots ``p<i>`` = the i-th entry of its array.  Slots
+    at or past ``cnt`` hold whatever follows the array: the analysis ignores them.  The
+    first probe fetches slots 0..31, each further one 120 more and records only calls
+    with ``cnt`` above its first slot (the kernel reads the fields before it applies
+    the filter; a read past mapped memory is a fault the fetch survives).
+    Returns (probes, why not) -- no probes and a reason when the kernel lacks it."""
+    sym = BULK_FREE_SYMBOL
+    n = ctx.kallsyms.get(sym, 0)
+    if n != 1:
+        return [], (f"{sym} is listed {n} times in /proc/kallsyms (ambiguous)" if n else
+                    f"{sym} is not in /proc/kallsyms")
+    if ctx.blacklist is not None and sym in ctx.blacklist:
+        return [], f"{sym} is on the kernel's kprobe blacklist"
+    params = ctx.btf_params.get(sym) if ctx.btf_params else None
+    source = "btf" if params is not None else "table"
+    roles = roles_from_params(params if params is not None else KNOWN_PROTOTYPES[sym])
+    if "size" not in roles or "ptrs" not in roles:
+        return [], (f"{sym}: no size_t size and void **p arguments in its prototype "
+                    f"({source})")
+    cnt = ("cnt", f"{_ref(roles['size'], style)}:u64")
+    arr = _ref(roles["ptrs"], style)
+    ftrace = None if not ctx.ftrace_functions else sym in ctx.ftrace_functions
+    out = []
+    first, stop = 0, _BULK_FIRST
+    while first < BULK_FREE_SLOTS:
+        slots = tuple((f, f"+{8 * i}({arr}):x64")
+                      for i, f in zip(range(first, stop), bulk_free_slot_fields(first, stop)))
+        event = (BULK_FREE_PREFIX + sym + (f"_{first}" if first else ""))[:63]
+        out.append(Probe("free_bulk", sym, event, group, "free_bulk", (cnt,) + slots,
+                         roles, source, ftrace, filter=f"cnt > {first}" if first else None))
+        first, stop = stop, min(stop + _BULK_MORE, BULK_FREE_SLOTS)
+    return out, ""
 
 
 def _pick_symbol(m: FamilyMember, kallsyms: dict[str, int]) -> tuple[str | None, str]:

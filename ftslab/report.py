@@ -122,6 +122,9 @@ class FreeSource:
     layer: str
     ptr: str
     """Field naming what is freed (address or pfn)."""
+    count: str | None = None
+    """A bulk free (one event, many objects): the field with how many objects it frees;
+    they are named by the fields ``p0``, ``p1``, ... that the event has (bulkfree.py)."""
 
 
 #: First match wins.  Kprobe sources go here too, e.g.
@@ -150,6 +153,9 @@ FREE_SOURCES: tuple[FreeSource, ...] = (
     FreeSource("kmem", "mm_page_free", "page", "pfn"),
     # Folio batches are freed without mm_page_free; the batched event carries the pfn.
     FreeSource("kmem", "mm_page_free_batched", "page", "pfn"),
+    # kprobes on kmem_cache_free_bulk (kprobes.py, BULK_FREE_PREFIX): frees that no kmem
+    # event reports (the maple tree, kfree_rcu()'s batches)
+    FreeSource("ftslab_*", "kpf_*", "slab", "p0", count="cnt"),
 )
 
 
@@ -184,6 +190,9 @@ def fields_read(system: str, name: str, gfp: bool = True) -> tuple[str, ...]:
     else:
         fsrc = free_source(system, name)
         names = (fsrc.ptr,) if fsrc is not None else ()
+        if fsrc is not None and fsrc.count is not None:
+            from .bulkfree import slot_fields
+            names = (fsrc.count,) + slot_fields()
     return tuple(n for n in names if n)
 
 
@@ -698,6 +707,9 @@ class _Analysis:
         frees: dict[str, list[tuple]] = {}
         self.frees = frees
         """layer -> [(ts, pointer keys, seq)] of each free event type."""
+        self.bulk_unnamed = 0
+        """Objects freed by bulk free events past the pointers they recorded: freed,
+        but not seen which (never paired)."""
         self._probed = {function_of_event(n) for (s, n), c in ds.columns.items()
                         if is_probe_event(s, n) and len(c)}
         todo = sorted(ds.columns.items())
@@ -711,6 +723,15 @@ class _Analysis:
                 self._nested_calls(fr)
                 continue
             fsrc = free_source(system, name)
+            if fsrc is not None and fsrc.count is not None:
+                if fsrc.count in cols.fields and len(cols):
+                    from .bulkfree import expand_bulk_frees
+                    got = expand_bulk_frees(cols.fields, _as_u64(cols.ts), cols.seq,
+                                            fsrc.count)
+                    self.bulk_unnamed += got.unnamed
+                    frees.setdefault(fsrc.layer, []).append(
+                        (got.ts, _ptr_keys(got.ptrs), got.seq))
+                continue
             if fsrc is not None and fsrc.ptr in cols.fields and len(cols):
                 keys = _ptr_keys(cols.fields[fsrc.ptr])
                 frees.setdefault(fsrc.layer, []).append(

@@ -138,7 +138,11 @@ def test_probes_dry_run_writes_nothing(ftslab, kernel, doctor):
     assert all("kprobe_events" in l for l in lines), lines
     cp = ftslab("record", "--dry-run", "--kprobes", "on", "-o", "/tmp/never.dat", "--", "true")
     _check(cp, "ftslab record --dry-run --kprobes on")
-    assert len(re.findall(r"p:ftslab_\d+/", cp.stdout)) == len(doctor["probes"]), cp.stdout
+    assert len(re.findall(r"p:ftslab_\d+/kp_", cp.stdout)) == len(doctor["probes"]), cp.stdout
+    # beside them, the bulk free probes (kprobes.py) where the kernel has the function
+    bulk = re.findall(r"p:ftslab_\d+/kpf_\w+ (\S+)", cp.stdout)
+    assert set(bulk) == ({"kmem_cache_free_bulk"} if kallsyms_text_counts().get(
+        "kmem_cache_free_bulk") == 1 else set()), cp.stdout
     assert _tracefs_snapshot() == before
     assert not os.path.exists("/tmp/never.dat")
 
@@ -376,7 +380,8 @@ def test_real_plan_steps_in_order_and_undone(kernel, monkeypatch):
         group = s.probe_plan.probes[0].group
         listed = [l.split()[0] for l in (TRACEFS / "kprobe_events").read_text().splitlines()
                   if f":{group}/" in l]
-        assert sorted(listed) == sorted(f"p:{group}/{p.event}" for p in s.probe_plan.probes)
+        assert sorted(listed) == sorted(f"p:{group}/{p.event}"
+                                        for p in s.probe_plan.all_probes)
         for i in enables:
             assert (TRACEFS / steps[i].path).read_text().strip() == "1", steps[i].path
         assert any("all real" in w for w in said), said
@@ -504,7 +509,9 @@ def test_stacks_on_kprobe_and_tracepoint_events(ftslab, kernel, tmp_path):
     ds = api.load(out)
     assert ds.stacks and ds.meta.extra.get("stacks_unattributed", 0) == 0
     for (system, name), cols in ds.columns.items():
-        if name in ("kmalloc", "kmem_cache_alloc") or system.startswith("ftslab_"):
+        # allocations carry stacks; frees (kmem:kfree, the kpf_ bulk free probes) do not
+        if name in ("kmalloc", "kmem_cache_alloc") or (system.startswith("ftslab_")
+                                                       and not name.startswith("kpf_")):
             assert cols.stack is not None and (cols.stack >= 0).all(), (system, name)
     for source in ("tracepoint", "kprobe"):
         cp = ftslab("report", out, "--format", "folded", "--weight", "count",
