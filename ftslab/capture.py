@@ -226,6 +226,8 @@ class RecordResult:
     stats: list[CpuStats]
     interrupted_by: str | None
     child_status: int | None
+    frees_events_estimate: int | None = None
+    """Events of the frees instance (None: the session had none)."""
 
 
 class Session:
@@ -1061,6 +1063,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                                 pass
                         meta["frees_cpu_stats"] = {str(x.cpu): x.text for x in fstats}
                         meta["frees_stats_lost"] = {str(x.cpu): x.lost for x in fstats}
+                        meta["frees_events_estimate"] = sum(x.read + x.entries
+                                                            for x in fstats)
                 elif session.instance is not None:
                     warn(f"tracefs instance {session.instance.path} vanished while recording; "
                          "keeping what was captured")
@@ -1203,8 +1207,11 @@ def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
                 hint="" if run.session.undo.failures else
                 "nothing of this session is left in tracefs")
         return RecordResult(out_path, sum(s.read + s.entries for s in run.stats),
-                            sum(s.lost for s in run.stats), run.duration, written, run.stats,
-                            run.interrupted_by, run.child_status)
+                            sum(s.lost for s in run.stats)
+                            + sum((meta.get("frees_stats_lost") or {}).values()),
+                            run.duration, written, run.stats,
+                            run.interrupted_by, run.child_status,
+                            meta.get("frees_events_estimate"))
     finally:
         if spool_dir.exists() and not any(spool_dir.iterdir()):
             spool_dir.rmdir()

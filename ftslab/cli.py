@@ -278,7 +278,10 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
         _err("nothing was recorded")
         return
     how = f" (stopped by {res.interrupted_by})" if res.interrupted_by else ""
-    _err(f"recorded {res.events_estimate:,} events in {res.duration:.1f}s{how}, "
+    frees = res.frees_events_estimate
+    _err(f"recorded {res.events_estimate:,} events"
+         + (f" and {frees:,} frees from every context" if frees is not None else "")
+         + f" in {res.duration:.1f}s{how}, "
          f"lost {res.lost:,}; wrote {res.output} ({res.bytes_written / 1e6:.1f} MB)")
     if res.lost:
         _err(f"WARNING: {res.lost:,} events were lost: raise -b (now {buffer_kb} KiB per CPU) "

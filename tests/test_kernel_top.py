@@ -27,6 +27,27 @@ HOLDER = [sys.executable, "-c",
           "time.sleep(600)\n"]
 
 
+def _finish(top: subprocess.Popen) -> tuple[str, str]:
+    """The rest of top's output after a stop signal.  Read through the same buffered
+    files the frames were read with: communicate() reads the pipes' fds and skips what
+    readline() had buffered already (a frame's end, its blank line)."""
+    out = top.stdout.read()
+    err = top.stderr.read()
+    top.wait(timeout=60)
+    return out, err
+
+
+def _stop(top: subprocess.Popen) -> None:
+    """A failed test's top: SIGINT first (it removes its instances), SIGKILL if it
+    will not end."""
+    top.send_signal(signal.SIGINT)
+    try:
+        top.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        top.kill()
+        top.wait()
+
+
 def _frames(text: str) -> list[list[str]]:
     return [f.splitlines() for f in text.split("\n\n") if f.startswith("ftslab top")]
 
@@ -55,14 +76,13 @@ def test_top_batch_counts_the_live_eventfds(kernel, tmp_path):
             assert got, top.stderr.read()
             text += got
         top.send_signal(signal.SIGINT)
-        out, err = top.communicate(timeout=60)
+        out, err = _finish(top)
     finally:
         if holder is not None:
             holder.kill()
             holder.wait()
         if top.poll() is None:
-            top.kill()
-            top.wait()
+            _stop(top)
     assert top.returncode == 0, err
     assert "lost 0 events" in err, err
     frames = _frames(text + out)
@@ -182,13 +202,12 @@ def test_top_comm_sees_the_joined_threads_freed(kernel, tmp_path):
         # ...then every one freed, by whoever ran the RCU callbacks
         until(lambda f: _live_cache(f, "task_struct") == 0, "threads freed")
         top.send_signal(signal.SIGINT)
-        out, err = top.communicate(timeout=60)
+        out, err = _finish(top)
     finally:
         if joiner is not None:
             joiner.kill()
             joiner.wait()
         if top.poll() is None:
-            top.kill()
-            top.wait()
+            _stop(top)
     assert top.returncode == 0, err
     assert "lost 0 events" in err, err
