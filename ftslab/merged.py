@@ -21,8 +21,8 @@ __all__ = ["SEP", "MERGED_NOTE", "slab_aliases", "merged_name", "names_of",
 SEP = "|"
 """Between the names of a merged cache (no cache name contains it)."""
 
-MERGED_NOTE = ("A|B: one cache the kernel merged (SLUB), named A by its events and "
-               "/proc/slabinfo, B... by /sys/kernel/slab")
+MERGED_NOTE = ("A|B|...: one cache the kernel merged (SLUB); A is the name its events and "
+               "/proc/slabinfo give it, B... the caches merged into it (/sys/kernel/slab)")
 
 
 def slab_aliases(extra: Mapping | None) -> dict[str, tuple[str, ...]]:
