@@ -21,7 +21,9 @@ What the numbers mean
   ``kmalloc-cg-*`` / ``kmalloc-rcl-*`` / ``dma-kmalloc-*`` variants of a class cannot be
   told apart from the event, so they are summed in one class.  Above
   KMALLOC_MAX_CACHE_SIZE (2 pages) kmalloc goes to the page allocator:
-  ``"(large kmalloc)"``.  Page allocations have no cache (``None``).
+  ``"(large kmalloc)"``.  Page allocations have no cache (``None``).  A cache SLUB
+  merged with others is named by all its names (``signal_cache|UNIX|UNIX-STREAM``,
+  merged.py) when the recording stored them (metadata ``slab_aliases``).
 - **Failed allocations** (``pfn == -1``, or ``ptr == NULL``) are counted in ``failed``
   and contribute neither to ``count`` nor to bytes.
 - **frees / live.** An allocation is *freed* when the next event on the same pointer
