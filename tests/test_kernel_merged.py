@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from conftest import run_ftslab
+from conftest import popen_ftslab, run_ftslab
 
 N = 437
 SLAB = Path("/sys/kernel/slab")
@@ -86,3 +90,62 @@ def test_a_merged_cache_is_named_by_all_its_names_and_counted_exactly(kernel, tm
         out = tmp_path / f"only-{name}.dat"
         run_ftslab("record", "-o", out, "--cache", name, "--", *prog, check=True)
         assert {k: r["count"] for k, r in _rows(out).items()} == {label: N}, name
+
+
+COMM = f"ftslabmrg{os.getpid() % 100000}"
+_ROW = re.compile(r"(.+?) +[\d,]+ +\S+ \S+ +([\d,]+) +\S+ \S+")
+
+
+def _top_rows(frame: str) -> dict[str, int]:
+    """cache label -> LIVE of one `top --batch` frame."""
+    out = {}
+    for line in frame.splitlines()[2:]:
+        m = _ROW.fullmatch(line)
+        assert m, line
+        out[m.group(1)] = int(m.group(2).replace(",", ""))
+    return out
+
+
+def test_top_names_a_merged_cache_by_all_its_names(kernel):
+    """top limited to a holder's comm (renamed first, so that its fork is not in it):
+    the N objects it makes and holds are the live ones of the merged cache's row."""
+    cache = _pick()
+    label, names = _expected_label(cache)
+    holder_prog = ("import ctypes, time\n"
+                   f"ctypes.CDLL(None).prctl(15, b'{COMM}', 0, 0, 0)\n"
+                   + WORKLOADS[cache] + "print('ready', flush=True)\ntime.sleep(600)\n")
+    top = popen_ftslab("top", "--batch", "--by", "cache", "-n", "0.5", "--comm", COMM,
+                       "--top", "100", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    holder = None
+    try:
+        line = top.stdout.readline()
+        assert line.startswith("ftslab top"), line + top.stderr.read()
+        holder = subprocess.Popen([sys.executable, "-c", holder_prog], stdout=subprocess.PIPE,
+                                  text=True)
+        assert holder.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        text = line
+        while _top_rows(text.split("\n\n")[-2] if "\n\n" in text else "").get(label) != N:
+            assert time.monotonic() < deadline, text[-3000:]
+            got = top.stdout.readline()
+            assert got, top.stderr.read()
+            text += got
+        top.send_signal(signal.SIGINT)
+        _out, err = top.communicate(timeout=60)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        if top.poll() is None:  # a failed assertion: top still ends its own way,
+            top.send_signal(signal.SIGINT)  # so that its instance goes with it
+            try:
+                top.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                top.kill()
+                top.wait()
+    assert top.returncode == 0, err
+    rows = _top_rows(text.split("\n\n")[-2])
+    assert rows[label] == N, rows
+    if len(names) > 1:
+        assert not set(names) & set(rows), rows
