@@ -28,9 +28,9 @@ from . import __version__, _testhook
 from .errors import (CleanupIncomplete, FtslabError, OutputError, PermissionDenied,
                      ProbeVerifyFailed, Stopped, TracefsUnavailable, Unsupported, UsageError)
 from .filters import _COMMON as _COMMON_FILTER_FIELDS
-from .filters import FilterExpr, comm_filter, parse_filter, string_literal
+from .filters import FilterExpr, cache_filter, comm_filter, parse_filter
 from .tracefs import (INSTANCE_PREFIX, CpuStats, EnabledElsewhere, Instance, Tracefs,
-                      online_cpus, pid_alive, read_text_file)
+                      online_cpus, pid_alive, read_slab_aliases, read_text_file)
 from .undo import STOP_SIGNALS, UndoStack, defer_signal, signals_deferred
 
 __all__ = ["DEFAULT_EVENTS", "RecordOptions", "Step", "Session", "Interrupted",
@@ -379,6 +379,7 @@ class Session:
         steps += self._free_steps(opts, events, parsed, pids, user_filters)
         unfiltered: dict[str, list[str]] = {}
         no_size: list[str] = []
+        aliases = read_slab_aliases() if opts.cache is not None else {}  # merged caches
         page_size = os.sysconf("SC_PAGE_SIZE")
         for sysname, name in events:
             if (sysname, name) in self.free_events:
@@ -405,7 +406,7 @@ class Session:
                 else:
                     no_size.append(f"{sysname}:{name}")
             if opts.cache is not None and "name" in names:
-                parts.append(f"name == {string_literal(opts.cache, '--cache')}")
+                parts.append(cache_filter(opts.cache, aliases))
             if parts:
                 expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                 steps.append(Step(f"kernel-side filter for {sysname}:{name}",
@@ -446,7 +447,7 @@ class Session:
             if opts.cache is not None:
                 if "name" not in names:
                     continue  # not recorded: see the enables below
-                parts.append(f"name == {string_literal(opts.cache, '--cache')}")
+                parts.append(cache_filter(opts.cache, aliases))
             if parts:
                 expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                 steps.append(Step(f"kernel-side filter for kprobe {pr.symbol}",
@@ -1142,7 +1143,8 @@ def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
         meta: dict = {"ftslab_version": __version__, "argv": sys.argv[1:],
                       "events": list(opts.events), "buffer_kb": opts.buffer_kb,
                       "kernel": os.uname().release, "slabinfo_start": "",
-                      "slabinfo_end": "", "page_size": os.sysconf("SC_PAGE_SIZE")}
+                      "slabinfo_end": "", "page_size": os.sysconf("SC_PAGE_SIZE"),
+                      "slab_aliases": read_slab_aliases()}
         spoolers: list[_Spooler] = []
 
         def make_reader(session):

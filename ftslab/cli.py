@@ -711,7 +711,10 @@ class _TopView:
             out = [self._header(f), f"{title:<40} {'ALLOCS/S':>10} {'BYTES/S':>12} "
                    f"{'LIVE':>10} {'LIVE BYTES':>12}"]
             for r in rows:
-                out.append(f"{str(r[self.by])[:40]:<40} {r['allocs_per_s']:>10,.0f} "
+                # a merged cache's names are kept whole (cache|alias|...): cut, it
+                # would name only some of what the row counts
+                label = str(r[self.by]) if self.by == "cache" else str(r[self.by])[:40]
+                out.append(f"{label:<40} {r['allocs_per_s']:>10,.0f} "
                            f"{human_bytes(r['bytes_per_s']):>12} {r['live']:>10,} "
                            f"{human_bytes(r['live_bytes']):>12}")
             try:

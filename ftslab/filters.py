@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import pyparsing as pp
 
 from .errors import UsageError
 from .formats import EventFormat
 
-__all__ = ["FilterExpr", "parse_filter", "comm_filter", "string_literal", "TASK_COMM_LEN"]
+__all__ = ["FilterExpr", "parse_filter", "comm_filter", "cache_filter", "string_literal",
+           "TASK_COMM_LEN"]
 
 TASK_COMM_LEN = 16
 #: Fields every event accepts in a filter besides its own (kernel: trace_events_filter.c).
@@ -102,3 +104,14 @@ def comm_filter(comm: str) -> FilterExpr:
         raise UsageError(f"--comm {comm!r} is longer than the kernel keeps "
                          f"({TASK_COMM_LEN - 1} characters): use {comm[:TASK_COMM_LEN - 1]!r}")
     return FilterExpr(f"comm == {string_literal(comm, '--comm')}", frozenset({"comm"}))
+
+
+def cache_filter(cache: str, aliases: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The filter of ``--cache NAME``: the event's ``name`` is NAME or, when SLUB merged
+    NAME's cache with others (``aliases``: tracefs.read_slab_aliases), any of the merged
+    cache's names, since the events carry one of them only (the first one created):
+    ``--cache UNIX`` on 6.18 must match events that say ``signal_cache``."""
+    string_literal(cache, "--cache")  # the user's value is refused as typed, if at all
+    names = [n for n in (aliases or {}).get(cache) or () if _SAFE_STRING.match(n)]
+    return " || ".join(f"name == {string_literal(n, '--cache')}"
+                       for n in (names if cache in names else [cache]))

@@ -35,7 +35,9 @@ JSON schema (``render_json``), version 1 -- keys appear in this order::
 
 Units: every size is an integer number of bytes, every count an integer; ``waste_pct``
 is a percentage (float).  A key that does not apply to a row (``order`` of a slab
-allocation, ``callsite`` of a page allocation) is ``null``; an unknown cache is ``"?"``.
+allocation, ``callsite`` of a page allocation) is ``null``; an unknown cache is ``"?"``;
+a cache SLUB merged with others is named by all its names, its events' first, joined by
+``|`` (``"signal_cache|UNIX|UNIX-STREAM"``: merged.py) when the recording stored them.
 
 Seed format (``event_to_seed``): the lines of the kernel module ftslab replaces::
 

@@ -21,7 +21,9 @@ What the numbers mean
   ``kmalloc-cg-*`` / ``kmalloc-rcl-*`` / ``dma-kmalloc-*`` variants of a class cannot be
   told apart from the event, so they are summed in one class.  Above
   KMALLOC_MAX_CACHE_SIZE (2 pages) kmalloc goes to the page allocator:
-  ``"(large kmalloc)"``.  Page allocations have no cache (``None``).
+  ``"(large kmalloc)"``.  Page allocations have no cache (``None``).  A cache SLUB
+  merged with others is named by all its names (``signal_cache|UNIX|UNIX-STREAM``,
+  merged.py) when the recording stored them (metadata ``slab_aliases``).
 - **Failed allocations** (``pfn == -1``, or ``ptr == NULL``) are counted in ``failed``
   and contribute neither to ``count`` nor to bytes.
 - **frees / live.** An allocation is *freed* when the next event on the same pointer
@@ -49,6 +51,7 @@ import numpy as np
 
 from .errors import FtslabError, ParseError, UsageError
 from .kprobes import FAMILY, function_of_event, is_probe_event
+from .merged import merged_name, note_merged, slab_aliases
 from .progress import NO_PROGRESS, Part, Progress
 from .records import Dataset, EventColumns
 
@@ -241,6 +244,10 @@ class Report:
     sort: str = "bytes"
     main: str = ""
     """Name of the main table (its rows are JSON ``rows`` and the CSV output)."""
+
+    def __post_init__(self):
+        for t in self.tables:  # wherever a merged cache is named, say what A|B means
+            note_merged(t)
 
     def table(self, name: str) -> Table | None:
         for t in self.tables:
@@ -701,6 +708,8 @@ class _Analysis:
         self.formats = ds.formats
         self.symbolize = ds.symbolize
         self.stacks = ds.stacks
+        self.aliases = slab_aliases(ds.meta.extra)
+        """Merged caches (merged.slab_aliases): name -> all the cache's names."""
         self._frame_names: dict[int, str] = {}
         self._stack_frames: dict[int, tuple[str, ...]] = {}
         self.frames: list[_Frame] = []
@@ -813,7 +822,10 @@ class _Analysis:
         """(codes, labels) of ``key`` for one frame; labels are distinct."""
         got = frame._keys.get(key)
         if got is None:
-            got = frame._keys[key] = self._compute_key(frame, key)
+            got = self._compute_key(frame, key)
+            if key == "cache" and self.aliases:  # a merged cache: by all its names
+                got = _merge_labels(got[0], [merged_name(x, self.aliases) for x in got[1]])
+            frame._keys[key] = got
         return got
 
     def _compute_key(self, fr: _Frame, key: str) -> tuple[np.ndarray, list]:
@@ -1656,6 +1668,7 @@ def slabinfo_diff(ds: Dataset) -> Table:
         return Table("slabinfo_diff", title, cols, [], note="no slabinfo snapshots")
     before = parse_slabinfo(ds.meta.slabinfo_start)
     after = parse_slabinfo(ds.meta.slabinfo_end)
+    aliases = slab_aliases(ds.meta.extra)
     rows = []
     for name in sorted(set(before) | set(after)):
         b, a = before.get(name), after.get(name)
@@ -1664,7 +1677,7 @@ def slabinfo_diff(ds: Dataset) -> Table:
         if ab == aa and nb == na:
             continue
         size = (a or b).objsize
-        rows.append({"cache": name, "objsize": size, "active_before": ab,
+        rows.append({"cache": merged_name(name, aliases), "objsize": size, "active_before": ab,
                      "active_after": aa, "delta_active": aa - ab, "num_before": nb,
                      "num_after": na, "delta_bytes": (na - nb) * size})
     rows.sort(key=lambda r: (-abs(r["delta_bytes"]), -abs(r["delta_active"]), r["cache"]))

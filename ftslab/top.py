@@ -27,7 +27,7 @@ from .capture import (_PIPE_BYTES, RecordOptions, RunResult, close_quietly, run_
 from .load import parse_cmdlines
 from .records import Dataset, Metadata
 from .report import _Analysis, pair_frees
-from .tracefs import Tracefs, read_text_file
+from .tracefs import Tracefs, read_slab_aliases, read_text_file
 from . import ringbuf
 from .stream import live_formats, read_raw_page
 
@@ -158,7 +158,7 @@ class _TopReader:
     meanwhile, so the kernel's buffer is drained while numpy decodes."""
 
     def __init__(self, session, interval: float, show: Callable[[TopFrame], None],
-                 top: int | None, symbolize):
+                 top: int | None, symbolize, slab_aliases: dict | None = None):
         tracefs = session.tracefs
         self.hp, self.he, self.page_size, self.fmts = live_formats(session)
         self.formats = {(f.system, f.name): f for f in self.fmts.values()}
@@ -185,6 +185,9 @@ class _TopReader:
         self.show = show
         self.top = top
         self.symbolize = symbolize
+        self.slab_aliases = slab_aliases or {}
+        """Merged caches (tracefs.read_slab_aliases): the cache rows name them by all
+        their names, as the report does."""
         self.state = TopState()
         self.start = self.last = time.monotonic()
         self.lost = 0
@@ -308,7 +311,8 @@ class _TopReader:
             pids = set()
             for c in columns.values():
                 pids.update(np.unique(c.pid).tolist())
-            ds = Dataset(Metadata(source="live", cmdlines=dict(self._cmdlines(pids))),
+            ds = Dataset(Metadata(source="live", cmdlines=dict(self._cmdlines(pids)),
+                                  extra={"slab_aliases": self.slab_aliases}),
                          columns, formats=self.formats, symbolize=self.symbolize)
             rows = self.state.feed(ds, seconds, self.top)
             try:
@@ -352,9 +356,10 @@ def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
     """Run a live session, calling ``show`` with a TopFrame every ``interval`` seconds.
     Returns (the run, the final state, events lost, events dropped undecoded)."""
     readers: list[_TopReader] = []
+    aliases = read_slab_aliases()  # merged caches, as they are when top starts
 
     def make_reader(session):
-        readers.append(_TopReader(session, interval, show, rows, symbolize))
+        readers.append(_TopReader(session, interval, show, rows, symbolize, aliases))
         return readers[0]
 
     run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})

@@ -24,7 +24,8 @@ from .errors import (FtslabError, KernelWriteError, PermissionDenied,
 
 __all__ = ["Tracefs", "Instance", "CpuStats", "EnabledElsewhere", "INSTANCE_PREFIX",
            "read_text_file", "pid_alive", "parse_cpu_stats", "online_cpus",
-           "read_probe_context", "read_lockdown", "read_slab_names", "read_kallsyms"]
+           "read_probe_context", "read_lockdown", "read_slab_names", "read_slab_aliases",
+           "read_kallsyms"]
 
 #: Every instance ftslab creates is called ``ftslab_<owner pid>[_<n>]``.
 INSTANCE_PREFIX = "ftslab_"
@@ -477,6 +478,40 @@ def read_slab_names() -> set[str]:
     except OSError:
         pass
     return names
+
+
+#: Where SLUB shows its caches, one entry per name (mm/slub.c, sysfs_slab_add/_alias).
+SLAB_SYSFS = "/sys/kernel/slab"
+
+
+def read_slab_aliases(root: str = SLAB_SYSFS) -> dict[str, list[str]]:
+    """The caches SLUB merged, from the links in /sys/kernel/slab: every name of a
+    merged cache -> all its names, sorted.  A mergeable cache is a directory named by a
+    unique id (``:A-0001152``: flags, object size) and each name merged into it is a
+    link to that directory; a cache that cannot merge is a directory of its own name,
+    which a link may also point to.  A cache with one name is not in the map.  The
+    kernel's events and /proc/slabinfo name a merged cache by one of its names only
+    (the first created).  Unreadable (no SLUB sysfs, no permission): {}."""
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return {}
+    groups: dict[str, set[str]] = {}
+    for name in entries:
+        try:
+            target = os.readlink(os.path.join(root, name))
+        except OSError:  # a directory (EINVAL), or gone meanwhile
+            continue
+        groups.setdefault(os.path.basename(target.rstrip("/")), set()).add(name)
+    out: dict[str, list[str]] = {}
+    for target, names in groups.items():
+        if not target.startswith(":") and os.path.isdir(os.path.join(root, target)):
+            names.add(target)  # the links point at a cache's own directory
+        if len(names) >= 2:
+            merged = sorted(names)
+            for n in merged:
+                out[n] = merged
+    return out
 
 
 _BTF_CACHE: dict = {}
