@@ -150,12 +150,26 @@ def test_without_slub_parameters_no_slack_is_invented():
 
 def test_unpaired_kfree_is_given_to_the_cache_of_its_page():
     ds = _dataset()
-    # kfree of an older object on a page of kmalloc-64 allocations: that class's
-    kf = [dict(ts=300_000, pid=0, call_site=4, ptr=CTX0 + 64 * 3 + 0x10000000000)]
-    kf += [dict(ts=300_001, pid=0, call_site=4, ptr=CTX0 + 4096 + 8)]
+    # kfree of older objects: on a page of the recording's kmalloc-64 allocations (that
+    # class's), on a page of its filp allocations (filp's), on a page where nothing
+    # was allocated (no cache: counted, not guessed)
+    kf = [dict(ts=300_000, pid=0, call_site=4, ptr=CTX0 + 4096 + 8),
+          dict(ts=300_001, pid=0, call_site=4, ptr=FILP0 + 8192 + 16),
+          dict(ts=300_002, pid=0, call_site=4, ptr=0xFFFF888400000040)]
     ds.columns[("kmem", "kfree")] = cols("kmem", "kfree", kf)
     old, unattributed = reconcile._old_frees(ds)
-    assert old == {"kmalloc-64": 1} and unattributed == 1
+    assert old == {"kmalloc-64": 1, "filp": 1} and unattributed == 1
+    # a page where two caches' allocations were seen names neither
+    ds.columns[("kmem", "kfree")] = cols("kmem", "kfree", kf + [
+        dict(ts=300_003, pid=0, call_site=4, ptr=CTX0 + 8192 + 8)])
+    other = dict(ts=5, pid=7, call_site=1, ptr=CTX0 + 8192 + 2048, bytes_req=40,
+                 bytes_alloc=40, gfp_flags=0, name="dentry")
+    rows = [dict(ts=10 + i, pid=7, call_site=1, ptr=FILP0 + 256 * i, bytes_req=232,
+                 bytes_alloc=256, gfp_flags=0, name="filp") for i in range(N)]
+    ds.columns[("kmem", "kmem_cache_alloc")] = cols("kmem", "kmem_cache_alloc",
+                                                    [other] + rows)
+    old, unattributed = reconcile._old_frees(ds)
+    assert old == {"kmalloc-64": 1, "filp": 1} and unattributed == 2
 
 
 def test_clock_from_stats():
