@@ -1896,7 +1896,7 @@ def _reconciled(ds: Dataset, rep: Report, table: bool) -> Report:
             s == "kmem" and n in ("kmalloc", "kmem_cache_alloc") and len(c)
             for (s, n), c in ds.columns.items()):
         return rep
-    from .reconcile import check_caches, reconcile_table, reconcile_warning
+    from .reconcile import allocinfo_diff, check_caches, reconcile_table, reconcile_warning
     checks, facts = check_caches(ds)
     line = reconcile_warning(checks)
     if line:
@@ -1904,6 +1904,10 @@ def _reconciled(ds: Dataset, rep: Report, table: bool) -> Report:
     if table and checks:
         at = [i + 1 for i, t in enumerate(rep.tables) if t.name == "slabinfo_diff"]
         rep.tables.insert(at[0] if at else len(rep.tables), reconcile_table(ds, checks, facts))
+    alloc = allocinfo_diff(ds) if table else None
+    if alloc is not None:
+        rep.tables.insert(rep.tables.index(rep.table("reconcile")) + 1
+                          if rep.table("reconcile") else len(rep.tables), alloc)
     return rep
 
 

@@ -202,3 +202,22 @@ def test_reports_load_the_cache_name_of_frees():
     # without it every kmem_cache_free of an older object would be unattributed
     assert "name" in report.fields_read("kmem", "kmem_cache_free")
     assert report.fields_read("kmem", "kfree") == ("ptr",)
+
+
+ALLOCINFO = """allocinfo - version: 1.0
+#     <size>  <calls> <tag info>
+        4096        1 mm/percpu.c:3094 func:setup_first_chunk
+      262144       64 fs/file_table.c:215 func:alloc_empty_file
+"""
+
+
+def test_allocinfo_diff_per_call_site():
+    ds = _dataset()
+    assert reconcile.allocinfo_diff(ds) is None  # kernels without it: no table
+    ds.meta.extra["allocinfo_start"] = ALLOCINFO
+    ds.meta.extra["allocinfo_end"] = ALLOCINFO.replace("262144       64",
+                                                       "524288      128")
+    t = reconcile.allocinfo_diff(ds)
+    assert t.rows == [{"callsite": "fs/file_table.c:215 func:alloc_empty_file",
+                       "delta_bytes": 262144, "delta_calls": 64, "bytes_end": 524288}]
+    assert "allocinfo_diff" in [x.name for x in report.build_report(ds).tables]
