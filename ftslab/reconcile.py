@@ -138,83 +138,108 @@ class CacheCheck:
     reason: str
 
 
-def _slab_columns(ds: Dataset, names=("kmalloc", "kmem_cache_alloc")):
-    """(pointer keys, times, cache keys) of the slab allocation and free events."""
-    from .report import _ptr_keys  # the report's own reading of pointers
+class _Labels:
+    """Cache labels as small integer codes (numpy work on codes, never on strings)."""
+
+    def __init__(self):
+        self.names: list = []
+        self._code: dict = {}
+
+    def codes(self, labels: list) -> np.ndarray:
+        out = np.empty(len(labels), np.int64)
+        for i, name in enumerate(labels):
+            c = self._code.get(name)
+            if c is None:
+                c = self._code[name] = len(self.names)
+                self.names.append(name)
+            out[i] = c
+        return out
+
+
+def _slab_columns(ds: Dataset, lab: _Labels):
+    """(pointer keys, times, cache codes of ``lab``) of the slab allocation events and
+    of the free events (code of None: a free that names no cache)."""
+    from .report import _factorize, _ptr_keys  # the report's own reading of columns
     page_size = int(ds.meta.extra.get("page_size", 4096) or 4096)
     allocs, frees = [], []
     for (system, name), c in ds.columns.items():
-        if system not in ("kmem", "") or not len(c):
+        if system not in ("kmem", "") or not len(c) or "ptr" not in c.fields:
             continue
         f = c.fields
-        if name in names and "ptr" in f:
-            if name == "kmalloc":
-                if "bytes_alloc" not in f:
-                    continue
-                ba = np.asarray(f["bytes_alloc"], dtype=np.int64)
-                uniq, inv = np.unique(ba, return_inverse=True)
-                labels = [kmalloc_size_class(int(u), page_size) for u in uniq]
-                keys = np.array(labels, dtype=object)[inv.reshape(-1)]
-            elif "name" in f:
-                keys = np.asarray(f["name"], dtype=object)
+        if name == "kmalloc" and "bytes_alloc" in f:
+            codes, uniq = _factorize(np.asarray(f["bytes_alloc"], dtype=np.int64))
+            labels = [kmalloc_size_class(int(u), page_size) for u in uniq]
+        elif name in ("kmem_cache_alloc", "kmem_cache_free", "kfree"):
+            if "name" in f:
+                codes, labels = _factorize(f["name"])
             else:
-                keys = np.full(len(c), UNKNOWN_CACHE, dtype=object)
-            allocs.append((_ptr_keys(f["ptr"]), np.asarray(c.ts, dtype=np.uint64), keys))
-        elif name in ("kfree", "kmem_cache_free") and "ptr" in f:
-            keys = (np.asarray(f["name"], dtype=object) if "name" in f
-                    else np.full(len(c), None, dtype=object))
-            frees.append((_ptr_keys(f["ptr"]), np.asarray(c.ts, dtype=np.uint64), keys))
+                codes, labels = np.zeros(len(c), np.int64), [
+                    UNKNOWN_CACHE if name == "kmem_cache_alloc" else None]
+        else:
+            continue
+        row = (_ptr_keys(f["ptr"]), np.asarray(c.ts, dtype=np.uint64),
+               lab.codes(labels)[codes])
+        (allocs if name in ("kmalloc", "kmem_cache_alloc") else frees).append(row)
     return allocs, frees
 
 
 def _old_frees(ds: Dataset) -> tuple[dict[str, int], int]:
     """Traced frees that pair with no traced allocation, per cache key, and how many of
     them could not be given a cache."""
-    allocs, frees = _slab_columns(ds)
+    lab = _Labels()
+    allocs, frees = _slab_columns(ds, lab)
     if not frees:
         return {}, 0
-    cat = lambda parts, i: (np.concatenate([p[i] for p in parts])  # noqa: E731
-                            if parts else np.zeros(0, np.uint64))
-    ak, at = cat(allocs, 0), cat(allocs, 1)
-    akeys = cat(allocs, 2) if allocs else np.zeros(0, dtype=object)
-    fk, ft, fkeys = cat(frees, 0), cat(frees, 1), cat(frees, 2)
+
+    def cat(parts, i, dtype):
+        return np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, dtype)
+    ak, at, acode = cat(allocs, 0, np.uint64), cat(allocs, 1, np.uint64), cat(allocs, 2, np.int64)
+    fk, ft, fcode = cat(frees, 0, np.uint64), cat(frees, 1, np.uint64), cat(frees, 2, np.int64)
     real = ak > np.uint64(16)
-    ak, at, akeys = ak[real], at[real], akeys[real]
+    ak, at, acode = ak[real], at[real], acode[real]
     _freed, fidx = pair_frees(ak, at, fk, ft)
     unpaired = fk > np.uint64(16)
     unpaired[fidx[fidx >= 0]] = False
+    unnamed = np.array([n is None for n in lab.names], dtype=bool)
+    skip = np.array([n in (LARGE_KMALLOC, UNKNOWN_CACHE, ZERO_SIZE) for n in lab.names],
+                    dtype=bool)
     out: dict[str, int] = {}
-    named = unpaired & np.array([k is not None for k in fkeys.tolist()], dtype=bool)
-    for k, n in zip(*np.unique(fkeys[named].astype(str), return_counts=True)):
-        key = cache_key(str(k))
-        out[key] = out.get(key, 0) + int(n)
-    rest = np.flatnonzero(unpaired & ~named)
+
+    def add(codes: np.ndarray) -> int:
+        """Count frees by cache code; returns how many name no slab cache."""
+        left = 0
+        for code, n in zip(*np.unique(codes, return_counts=True)):
+            if skip[code]:
+                left += int(n)
+                continue
+            key = cache_key(str(lab.names[int(code)]))
+            out[key] = out.get(key, 0) + int(n)
+        return left
+    named = unpaired & ~unnamed[fcode]
+    unattributed = add(fcode[named])
+    rest = np.flatnonzero(unpaired & unnamed[fcode])
     if not rest.size:
-        return out, 0
+        return out, unattributed
     if ds.meta.source.startswith("text") or not ak.size:
-        return out, int(rest.size)  # hashed pointers: no page to go by
+        return out, unattributed + int(rest.size)  # hashed pointers: no page to go by
     # a slab page holds one cache's objects: the page of an unpaired kfree names its
     # cache when the recording saw allocations of exactly one cache on that page
-    labels, codes = np.unique(akeys.astype(str), return_inverse=True)
     pages = ak >> np.uint64(12)
-    pairs = np.unique(np.stack([pages, codes.reshape(-1).astype(np.uint64)]), axis=1)
-    upages, first, counts = np.unique(pairs[0], return_index=True, return_counts=True)
-    one = counts == 1  # pages where one cache only was seen
-    upages, ucode = upages[one], pairs[1][first[one]]
+    order = np.lexsort((acode, pages))
+    sp, sc = pages[order], acode[order]
+    first = np.ones(sp.size, dtype=bool)
+    first[1:] = sp[1:] != sp[:-1]
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], sp.size) - 1
+    one = sc[starts] == sc[ends]  # sorted by code within a page: one cache on it
+    upages, ucode = sp[starts][one], sc[starts][one]
     fp = fk[rest] >> np.uint64(12)
     hit = np.zeros(fp.size, dtype=bool)
     pos = np.zeros(fp.size, dtype=np.int64)
     if upages.size:
         pos = np.minimum(np.searchsorted(upages, fp), upages.size - 1)
         hit = upages[pos] == fp
-    unattributed = int((~hit).sum())
-    for code, n in zip(*np.unique(ucode[pos[hit]], return_counts=True)):
-        label = str(labels[int(code)])
-        if label in (LARGE_KMALLOC, UNKNOWN_CACHE, ZERO_SIZE):
-            unattributed += int(n)
-            continue
-        key = cache_key(label)
-        out[key] = out.get(key, 0) + int(n)
+    unattributed += int((~hit).sum()) + add(ucode[pos[hit]])
     return out, unattributed
 
 
