@@ -88,13 +88,15 @@ def slab_slack(objs_per_slab: int, cpu_partial: int, sheaf_capacity: int, cpus: 
 
 
 def free_scope(ds: Dataset) -> str:
-    """Whose frees the recording holds: ``"system"`` (every task and context),
-    ``"tasks"`` (only the recorded tasks' own: set_event_pid, --comm or a filter on the
-    free events), or ``"unknown"`` (not recorded by ftslab).  ``meta.extra["free_scope"]``
-    says it where a recording wrote it (frees recorded system-wide beside a
-    task-limited recording)."""
-    said = ds.meta.extra.get("free_scope")
-    if said in ("system", "tasks"):
+    """Whose frees the recording holds, in report.frees_scope's words: ``"system"``
+    (every task and context: a whole-system recording, or frees recorded system-wide
+    beside a task-limited one), ``"filtered"`` (only the traced tasks' own, or filtered),
+    ``"none"`` (no free event recorded) or ``"unknown"`` (not recorded by ftslab).
+    ``meta.extra["frees_scope"]`` says it where the recording wrote it; older ftslab
+    recordings are read from their tracefs writes (set_event_pid, a filter on a free
+    event)."""
+    said = ds.meta.extra.get("frees_scope")
+    if said in ("system", "filtered", "none"):
         return said
     writes = ds.meta.extra.get("tracefs_writes")
     if writes is None:
@@ -102,9 +104,9 @@ def free_scope(ds: Dataset) -> str:
     for w in writes:
         path = str(w).split(" <- ")[0]
         if path.endswith("/set_event_pid"):
-            return "tasks"
+            return "filtered"
         if re.search(r"/events/kmem/(kfree|kmem_cache_free)/filter$", path):
-            return "tasks"
+            return "filtered"
     return "system"
 
 
@@ -327,7 +329,9 @@ def check_caches(ds: Dataset) -> tuple[list[CacheCheck], dict]:
         if live > max_live:
             verdict = "LIVE contradicted"
             reasons.append(f"LIVE {live:,} > {max_live:,}, the most {bound} allow")
-            if scope != "system":
+            if scope == "none":
+                reasons.append("the recording holds no free events")
+            elif scope != "system":
                 reasons.append("frees in other tasks and contexts (RCU callbacks, "
                                "interrupts, workqueues) were not recorded")
             else:
@@ -397,8 +401,9 @@ def reconcile_table(ds: Dataset, checks=None, facts=None, top: int | None = 20) 
 
 def _scope_note(facts: dict) -> str:
     return {"system": "frees recorded from every task and context",
-            "tasks": "frees recorded only for the recorded tasks: only LIVE <= ACTIVE END "
-                     "+ SLACK can be checked",
+            "filtered": "frees recorded only for the recorded tasks (or filtered): only "
+                        "LIVE <= ACTIVE END + SLACK can be checked",
+            "none": "no free event recorded: only LIVE <= ACTIVE END + SLACK is checked",
             }.get(facts.get("scope"), "who recorded the frees is unknown: only LIVE <= "
                   "ACTIVE END + SLACK is checked")
 

@@ -127,11 +127,20 @@ def test_frees_of_older_objects_raise_the_bound():
     assert _rows(_dataset(n_filp=N + 1500))[0]["filp"].verdict == "LIVE contradicted"
 
 
+def test_the_recording_s_own_word_on_its_frees_wins():
+    # a task-limited recording whose frees were recorded system-wide (record --frees all)
+    writes = ["/sys/kernel/tracing/instances/ftslab_1/set_event_pid <- 42"]
+    ds = _dataset(n_filp=N + 1500, writes=writes)
+    ds.meta.extra["frees_scope"] = "system"
+    rows, facts = _rows(ds)
+    assert facts["scope"] == "system" and rows["filp"].verdict == "LIVE contradicted"
+
+
 def test_a_task_limited_recording_is_held_to_the_end_count_only():
     writes = ["/sys/kernel/tracing/instances/ftslab_1/set_event_pid <- 42"]
     ds = _dataset(n_filp=N + 1500, writes=writes)
     rows, facts = _rows(ds)
-    assert facts["scope"] == "tasks"
+    assert facts["scope"] == "filtered"
     # other tasks' frees are not in the recording: the change says nothing, only the
     # active objects at the end bound LIVE
     assert rows["filp"].verdict == "ok"
