@@ -296,10 +296,13 @@ def check_caches(ds: Dataset) -> tuple[list[CacheCheck], dict]:
     complete = scope == "system"
     out = []
     keys = set(traced) | set(old)
-    filtered = any(re.search(r"/events/kmem/(kmalloc|kmem_cache_alloc)/filter$",
-                             str(w).split(" <- ")[0])
-                   for w in ds.meta.extra.get("tracefs_writes") or ())
-    if complete and not filtered:  # every allocation recorded: every change is the trace's
+    # every allocation recorded too (no task limit, no filter on them): then each
+    # cache's change is the trace's to explain
+    paths = [str(w).split(" <- ")[0] for w in ds.meta.extra.get("tracefs_writes") or ()]
+    whole = complete and not any(
+        p.endswith("/set_event_pid") or re.search(
+            r"/events/kmem/(kmalloc|kmem_cache_alloc)/filter$", p) for p in paths)
+    if whole:
         keys |= {k for k, ns in names.items()
                  if sum(before[n].active_objs if n in before else 0 for n in ns)
                  != sum(after[n].active_objs if n in after else 0 for n in ns)}
@@ -341,7 +344,7 @@ def check_caches(ds: Dataset) -> tuple[list[CacheCheck], dict]:
                 reasons.append("events were lost (a lost free shows as live)")
         else:
             verdict = "ok"
-        if complete:
+        if whole:
             resid = delta - expected
             if abs(delta) > s or abs(resid) > s:
                 changed += 1
@@ -356,7 +359,7 @@ def check_caches(ds: Dataset) -> tuple[list[CacheCheck], dict]:
                                    f"{resid:+,} (slack {s:,})")
         out.append(CacheCheck(key, allocs, frees, live, f_old, a_s, a_e, delta, slack,
                               expected, max_live, verdict, "; ".join(reasons)))
-    if complete:
+    if whole:
         facts.update(changed=changed, explained=explained, sum_abs_delta=sum_delta,
                      sum_abs_residual=sum_resid)
     return out, facts

@@ -230,3 +230,14 @@ def test_allocinfo_diff_per_call_site():
     assert t.rows == [{"callsite": "fs/file_table.c:215 func:alloc_empty_file",
                        "delta_bytes": 262144, "delta_calls": 64, "bytes_end": 524288}]
     assert "allocinfo_diff" in [x.name for x in report.build_report(ds).tables]
+
+
+def test_task_limited_allocations_with_every_free_explain_nothing():
+    # record --frees all of a command: the bound from the change holds (every free was
+    # seen), but the kernel's change is not the trace's to explain (other tasks allocate)
+    writes = ["/sys/kernel/tracing/instances/ftslab_1/set_event_pid <- 42"]
+    ds = _dataset(writes=writes)
+    ds.meta.extra["frees_scope"] = "system"
+    rows, facts = _rows(ds)
+    assert rows["filp"].verdict == "ok" and "changed" not in facts
+    assert _rows(_dataset())[0]["filp"].verdict == "explained"
