@@ -990,6 +990,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                 # taken now, with the instance set up: its own allocations (an event file
                 # per event, the ring buffer) are not the workload's
                 meta["slabinfo_start"] = _read_slabinfo()
+                _start_slab_counters(meta, session)
             with signals_deferred():
                 # the frees first: no allocation is recorded before its free can be
                 for i in (session.free_instance, inst):
@@ -1012,7 +1013,8 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
             if _stop_requested:
                 interrupted_by = signal.Signals(_stop_requested[0]).name
             else:
-                interrupted_by = _capture_loop(reader, session, opts, child, t_start, status)
+                interrupted_by = _capture_loop(reader, session, opts, child, t_start, status,
+                                               meta.get("slabinfo_samples"))
             if interrupted_by in (None, "SIGINT", "SIGTERM", "SIGHUP") and opts.settle > 0:
                 meta["settle_s"] = _settle(reader, session, opts.settle, status)
         except Interrupted as exc:
@@ -1044,6 +1046,7 @@ def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], Non
                             warn(f"could not stop tracing: {exc}")
                     if "slabinfo_end" in meta:  # before the instance is taken down
                         meta["slabinfo_end"] = _read_slabinfo()
+                        _end_slab_counters(meta)
                     if reader is not None:
                         for c in session.cpus:
                             try:
@@ -1335,7 +1338,7 @@ def _settle(reader, session: Session, seconds: float,
 
 def _capture_loop(spooler, session: Session, opts: RecordOptions,
                   child: "_GatedChild | None", t_start: float,
-                  status: Callable[[str, bool], None]) -> str | None:
+                  status: Callable[[str, bool], None], sampler=None) -> str | None:
     deadline = t_start + opts.duration if opts.duration else None
     last_status = 0.0
     inst = session.instance
@@ -1349,6 +1352,8 @@ def _capture_loop(spooler, session: Session, opts: RecordOptions,
             session.warn(f"stopping: {exc}")
             return "write error"
         now = time.monotonic()
+        if sampler is not None:
+            sampler.tick(now)  # /proc/slabinfo each second (slabsample.SlabSampler)
         if _stop_requested:
             return signal.Signals(_stop_requested[0]).name
         if child is not None and child.poll() is not None:
@@ -1379,6 +1384,32 @@ def _read_optional(tracefs: Tracefs, rel: str) -> str:
         return tracefs.read(rel)
     except FtslabError:
         return ""
+
+
+def _start_slab_counters(meta: dict, session: Session) -> None:
+    """/proc/allocinfo where the kernel has it, and the sampler of /proc/slabinfo that
+    the capture loop ticks (a dict: meta["slabinfo_samples"] is its data)."""
+    from .slabsample import SlabSampler, read_allocinfo
+    text = read_allocinfo()
+    if text:
+        meta["allocinfo_start"] = text
+    cpu, inst = session.cpus[0], session.instance
+    meta["slabinfo_samples"] = SlabSampler(lambda: inst.cpu_stats(cpu).text)
+
+
+def _end_slab_counters(meta: dict) -> None:
+    """The SLUB parameters of the caches (reconcile.py bounds the per-CPU slack with
+    them) and /proc/allocinfo at the end.  Read with tracing off."""
+    from .report import parse_slabinfo
+    from .slabsample import read_allocinfo, read_slab_params
+    try:
+        names = list(parse_slabinfo(meta.get("slabinfo_end") or meta["slabinfo_start"]))
+    except (FtslabError, KeyError):
+        names = []
+    if names:
+        meta["slab_params"] = read_slab_params(names)
+    if "allocinfo_start" in meta:
+        meta["allocinfo_end"] = read_allocinfo()
 
 
 def _read_slabinfo() -> str:

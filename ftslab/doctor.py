@@ -27,6 +27,7 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
                "arg_style": None, "btf_args": False, "offsets": None, "probes": [],
                "skipped": [], "notes": [], "tracepoints": {}, "problems": [],
                "enabled_elsewhere": [], "enabled_elsewhere_message": None, "ok": False}
+    d.update(slab_counters())
     problems = d["problems"]
     if not d["root"]:
         problems.append("not root: tracefs instances need CAP_SYS_ADMIN (run as root)")
@@ -99,6 +100,20 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
     return d
 
 
+def slab_counters(proc: str = "/proc") -> dict:
+    """The kernel's own counters a recording stores to check LIVE against
+    (reconcile.py): ``slabinfo`` (/proc/slabinfo readable) and ``allocinfo``
+    (/proc/allocinfo: CONFIG_MEM_ALLOC_PROFILING, Linux 6.10+)."""
+    def readable(name: str) -> bool:
+        try:
+            with open(f"{proc}/{name}", "rb") as f:
+                f.read(1)
+            return True
+        except OSError:
+            return False
+    return {"slabinfo": readable("slabinfo"), "allocinfo": readable("allocinfo")}
+
+
 def render_text(d: dict) -> list[str]:
     yes = lambda b: "yes" if b else "no"
     out = [f"kernel        {d['kernel']} ({d['machine']})",
@@ -116,6 +131,16 @@ def render_text(d: dict) -> list[str]:
     else:
         out.append("kprobes       NO: this kernel has no kprobe_events (CONFIG_KPROBES unset)"
                    "; ftslab records the kmem tracepoints only")
+    if "slabinfo" in d:
+        out.append("slabinfo      " + ("yes: stored at start and end and sampled each second; "
+                                       "LIVE is checked against it" if d["slabinfo"] else
+                                       "NOT READABLE: LIVE cannot be checked against the "
+                                       "kernel's counters"))
+        out.append("allocinfo     " + ("yes: stored at start and end (per call site bytes and "
+                                       "live allocations)" if d["allocinfo"] else
+                                       "absent (no CONFIG_MEM_ALLOC_PROFILING): no per-call-site "
+                                       "count from the kernel; the check of LIVE is per cache "
+                                       "only (/proc/slabinfo)"))
     out.append(f"BTF           {yes(d['btf'])}")
     out.append(f"BTF args      {yes(d['btf_args'])} (typed fetch args in the README)")
     if d["arg_style"]:

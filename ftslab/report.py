@@ -128,6 +128,8 @@ class FreeSource:
     count: str | None = None
     """A bulk free (one event, many objects): the field with how many objects it frees;
     they are named by the fields ``p0``, ``p1``, ... that the event has (bulkfree.py)."""
+    cache: str | None = None
+    """Field with the cache name (read by reconcile.py: frees of older objects)."""
 
 
 #: First match wins.  Kprobe sources go here too, e.g.
@@ -152,7 +154,7 @@ FREE_SOURCES: tuple[FreeSource, ...] = (
     FreeSource("kmem", "kfree", "slab", "ptr"),
     # Since 6.x kmem_cache_free() and kfree() accept each other's objects, so both free
     # kinds match both allocation kinds: they share the "slab" layer.
-    FreeSource("kmem", "kmem_cache_free", "slab", "ptr"),
+    FreeSource("kmem", "kmem_cache_free", "slab", "ptr", cache="name"),
     FreeSource("kmem", "mm_page_free", "page", "pfn"),
     # Folio batches are freed without mm_page_free; the batched event carries the pfn.
     FreeSource("kmem", "mm_page_free_batched", "page", "pfn"),
@@ -192,7 +194,7 @@ def fields_read(system: str, name: str, gfp: bool = True) -> tuple[str, ...]:
                  src.order, src.gfp if gfp else None)
     else:
         fsrc = free_source(system, name)
-        names = (fsrc.ptr,) if fsrc is not None else ()
+        names = (fsrc.ptr, fsrc.cache) if fsrc is not None else ()
         if fsrc is not None and fsrc.count is not None:
             from .bulkfree import slot_fields
             names = (fsrc.count,) + slot_fields()
@@ -1878,8 +1880,11 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
         if "event" in keys or "function" in keys:
             layer = (_layers(src, False), _layers(src, True))
         tables.append(interval_series(ds, keys, interval_ns, top, events, _layer=layer))
-        return Report(summary(ds), tables, _warnings(ds, an), by=keys, sort="bytes",
-                      main=tables[0].name)
+        if keys == ("cache",) and src == "tracepoint":
+            from .reconcile import add_kernel_series
+            add_kernel_series(tables[0], ds, (_span(ds) or (0, 0))[0], interval_ns)
+        return _reconciled(ds, Report(summary(ds), tables, _warnings(ds, an), by=keys,
+                                      sort="bytes", main=tables[0].name), False)
     if live:
         if src == "kprobe":
             raise UsageError("--live pairs allocations with their frees by pointer, and "
@@ -1903,8 +1908,8 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                 tables.append(live_allocations(ds, ("order",), top, events, _layer="page",
                                                name="live_pages_by_order",
                                                title="Live (not freed) pages by order"))
-        return Report(summary(ds), tables, _warnings(ds, an), by=by, sort="live",
-                      main=tables[0].name)
+        return _reconciled(ds, Report(summary(ds), tables, _warnings(ds, an), by=by,
+                                      sort="live", main=tables[0].name), not by)
     if by:
         # Page allocations include the pages behind slabs: mixing the layers in one
         # table counts memory twice.  --by event keeps every event on rows of its own;
@@ -1959,7 +1964,31 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
             t.note = "; ".join(x for x in (t.note, _KPROBE_NOTE) if x)
     if hist:
         tables.append(size_histogram(ds, events, _layers(src, False)))
-    return Report(summary(ds), tables, _warnings(ds, an), by=by, sort=sort, main=main)
+    return _reconciled(ds, Report(summary(ds), tables, _warnings(ds, an), by=by, sort=sort,
+                                  main=main), not by and src == "tracepoint")
+
+
+def _reconciled(ds: Dataset, rep: Report, table: bool) -> Report:
+    """``rep`` with the check of LIVE against /proc/slabinfo (reconcile.py): its warning
+    line when the kernel's counters contradict a cache's LIVE, and with ``table`` its
+    table (after the slabinfo diff, or last)."""
+    if not (ds.meta.slabinfo_start and ds.meta.slabinfo_end) or not any(
+            s == "kmem" and n in ("kmalloc", "kmem_cache_alloc") and len(c)
+            for (s, n), c in ds.columns.items()):
+        return rep
+    from .reconcile import allocinfo_diff, check_caches, reconcile_table, reconcile_warning
+    checks, facts = check_caches(ds)
+    line = reconcile_warning(checks)
+    if line:
+        rep.warnings.append(line)
+    if table and checks:
+        at = [i + 1 for i, t in enumerate(rep.tables) if t.name == "slabinfo_diff"]
+        rep.tables.insert(at[0] if at else len(rep.tables), reconcile_table(ds, checks, facts))
+    alloc = allocinfo_diff(ds) if table else None
+    if alloc is not None:
+        rep.tables.insert(rep.tables.index(rep.table("reconcile")) + 1
+                          if rep.table("reconcile") else len(rep.tables), alloc)
+    return rep
 
 
 _KPROBE_NOTE = ("kprobes: ALLOCS counts calls (kmalloc(0) included, failures unseen); "

@@ -118,3 +118,25 @@ def test_cli_doctor_json_is_diagnose(tree):
     # no kprobes is no problem with --kprobes auto: only not being root is
     assert cp.returncode == (0 if os.geteuid() == 0 else 3), cp.stderr
     assert got["ok"] == (cp.returncode == 0)
+
+
+def test_slab_counters_say_when_allocinfo_is_absent(tmp_path):
+    from ftslab.doctor import render_text, slab_counters
+    (tmp_path / "slabinfo").write_text("slabinfo - version: 2.1\n")
+    d = slab_counters(str(tmp_path))
+    assert d == {"slabinfo": True, "allocinfo": False}
+    lines = render_text({**doctor_minimal(), **d})
+    assert any(ln.startswith("allocinfo     absent (no CONFIG_MEM_ALLOC_PROFILING)")
+               for ln in lines), lines
+    (tmp_path / "allocinfo").write_text("allocinfo - version: 1.0\n")
+    d = slab_counters(str(tmp_path))
+    assert d["allocinfo"] is True
+    assert any(ln.startswith("allocinfo     yes") for ln in render_text({**doctor_minimal(),
+                                                                          **d}))
+
+
+def doctor_minimal() -> dict:
+    return {"kernel": "k", "machine": "m", "root": True, "lockdown": None, "tracefs": None,
+            "tracepoints": {}, "kprobes": False, "btf": False, "btf_args": False,
+            "arg_style": None, "offsets": None, "probes": [], "skipped": [], "notes": [],
+            "problems": [], "ok": True}

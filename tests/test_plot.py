@@ -131,3 +131,38 @@ def test_without_matplotlib_the_error_says_how_to_get_it(monkeypatch):
     with pytest.raises(UsageError, match="needs matplotlib") as ei:
         plot.check_available()
     assert "pip install" in ei.value.hint
+
+
+SAMPLED = REC.parent / "ftslab-eventfd300-samples.dat"
+
+
+def test_kernel_active_objects_beside_the_traced_ones(tmp_path, monkeypatch):
+    """A real recording with /proc/slabinfo sampled each second (a command that opened
+    300 eventfds after 1.2 s and kept them open past the end, tests/fixtures/README.md):
+    per cache the traced outstanding objects and the kernel's active ones, drawn in a
+    third panel, the kernel's dashed, in the same colour as the key."""
+    import matplotlib.pyplot as plt
+    from ftslab import reconcile
+    ds = ftslab.load(SAMPLED)
+    rep = build_report(ds, top=None, interval_ns=parse_interval("1s"))
+    t = rep.table(rep.main)
+    filp = [r for r in t.rows if r["cache"] == "filp"]
+    assert filp[-1]["outstanding_objs"] >= 300
+    p = ds.meta.extra["slab_params"]
+    c = p["caches"]["filp"]
+    slack = reconcile.slab_slack(c[0], c[1], c[2], p["cpus"], p["nodes"])
+    assert filp[0]["kernel_delta_active"] == 0
+    assert filp[-1]["kernel_delta_active"] >= 300 - slack
+    figs = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig) or real_close(fig))
+    plot.plot_series(t, str(tmp_path / "k.png"))
+    third = figs[0].axes[2]
+    keys = list(dict.fromkeys(r["cache"] for r in t.rows))
+    solid = [ln for ln in third.get_lines() if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in third.get_lines() if ln.get_linestyle() == "--"]
+    assert len(solid) == len(keys) and len(dashed) >= 1
+    k = keys.index("filp")
+    assert list(solid[k].get_ydata()) == [r["outstanding_objs"] for r in filp]
+    mine = [ln for ln in dashed if ln.get_color() == solid[k].get_color()]
+    assert list(mine[0].get_ydata()) == [r["kernel_delta_active"] for r in filp]
