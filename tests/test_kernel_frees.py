@@ -69,7 +69,8 @@ def command_live(path: Path) -> tuple[dict[str, int], dict[str, int], set[int], 
     per cache, the command's pids, first and last allocation timestamps)."""
     rep = json.loads(run_ftslab("report", path, "--live", "--by", "cache", "--top", "100000",
                                 "--format", "json", check=True).stdout)
-    live = {r["cache"]: int(r["live"]) for r in rep["rows"]}
+    # a merged cache's row is named by all its names, the events' own first
+    live = {str(r["cache"]).split("|")[0]: int(r["live"]) for r in rep["rows"]}
     allocs: Counter = Counter()
     pids: set[int] = set()
     t0 = t1 = None

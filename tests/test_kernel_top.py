@@ -164,8 +164,9 @@ JOINER = [sys.executable, "-c",
 
 
 def _live_cache(frame: list[str], cache: str) -> int:
-    """The LIVE column of a cache's row (0 without one)."""
-    rows = [l for l in frame if l.split()[:1] == [cache]]
+    """The LIVE column of a cache's row (0 without one); a merged cache's row is named
+    by all its names, the events' own first."""
+    rows = [l for l in frame if l.split()[:1] and l.split()[0].split("|")[0] == cache]
     assert len(rows) <= 1, frame
     return int(rows[0].split()[-3].replace(",", "")) if rows else 0
 

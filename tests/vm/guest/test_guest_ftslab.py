@@ -432,9 +432,15 @@ def test_sigkill_during_kprobe_setup_then_reset_leaves_nothing(ftslab, ftslab_sp
     on = [e for e in (TRACEFS / "instances" / group / "events" / group).glob("*/enable")
           if e.read_text().strip() == "1"]
     assert on, "no probe was enabled when ftslab was killed"
+    # the session's instances: its own, and the one for the frees of the whole system
+    # (made before the probes are enabled)
+    insts = [d.name for d in (TRACEFS / "instances").iterdir()
+             if d.name == group or d.name.startswith(group + "_")]
+    assert f"{group}_frees" in insts, insts
     cp = ftslab("reset", cwd=tmp_path)
     _check(cp, "ftslab reset")
-    assert f"removed 1 stale instance(s) and {len(left)} stale kprobe(s)" in cp.stderr, \
+    assert f"removed {len(insts)} stale instance(s) and {len(left)} stale kprobe(s)" \
+        in cp.stderr, \
         cp.stderr
     assert _tracefs_snapshot() == before
     assert not list(tmp_path.glob("*.ftslab-spool-*")), "reset left the dead session's spool"
