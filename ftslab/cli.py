@@ -180,6 +180,17 @@ def _capture_options(f):
     return f
 
 
+_frees_option = click.option(
+    "--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
+    show_default=True,
+    help="all = record the frees of the whole system in every context (a second "
+         "instance), so that what the traced tasks allocated and an RCU callback, "
+         "interrupt, workqueue or other task freed is seen freed; traced = frees in the "
+         "allocations' instance, as -p/--comm/COMMAND limit them (cheaper; LIVE of such "
+         "a recording is then an upper bound).")
+"""record's and top's --frees."""
+
+
 def _record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                     system_wide, command, output=None, kprobes="auto", cache_name_offset=None,
                     kprobe_families=(), kprobe_symbols=()):
@@ -235,14 +246,7 @@ def cli():
               help="Also record the kernel stack of every allocation (the stacktrace "
                    "trigger; costs the kernel an unwind per allocation): report --by "
                    "stack, --format folded.")
-@click.option("--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
-              show_default=True,
-              help="all = record the frees of the whole system in every context (a "
-                   "second instance), so that what the traced tasks allocated and an RCU "
-                   "callback, interrupt, workqueue or other task freed is seen freed; "
-                   "traced = frees in the allocations' instance, as -p/--comm/COMMAND "
-                   "limit them (cheaper; LIVE of such a recording is then an upper "
-                   "bound).")
+@_frees_option
 @click.option("--settle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="After the allocations stop (COMMAND exited, -d, Ctrl-C), go on "
                    "recording frees for SECONDS, so that deferred frees (RCU, workqueues, "
@@ -602,14 +606,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
               help="Kernel event filter (as for record).")
 @click.option("-b", "--buffer-kb", type=click.IntRange(min=4, max=1 << 22), metavar="KB",
               default=8192, show_default=True, help="Ring buffer per CPU, KiB.")
-@click.option("--frees", "frees", type=click.Choice(["all", "traced"]), default="all",
-              show_default=True,
-              help="all = record the frees of the whole system in every context (a "
-                   "second instance), so that what the traced tasks allocated and an RCU "
-                   "callback, interrupt, workqueue or other task freed is seen freed; "
-                   "traced = frees in the allocations' instance, as -p/--comm/COMMAND "
-                   "limit them (cheaper; LIVE of such a recording is then an upper "
-                   "bound).")
+@_frees_option
 @click.option("--tracefs", "tracefs_path", metavar="DIR", hidden=True, envvar="FTSLAB_TRACEFS")
 def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_kb,
         frees, tracefs_path):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import popen_ftslab, run_ftslab
+from conftest import run_ftslab
+from test_kernel_top import TopRun
 
 N = 437
 SLAB = Path("/sys/kernel/slab")
@@ -114,37 +113,21 @@ def test_top_names_a_merged_cache_by_all_its_names(kernel):
     holder_prog = ("import ctypes, time\n"
                    f"ctypes.CDLL(None).prctl(15, b'{COMM}', 0, 0, 0)\n"
                    + WORKLOADS[cache] + "print('ready', flush=True)\ntime.sleep(600)\n")
-    top = popen_ftslab("top", "--batch", "--by", "cache", "-n", "0.5", "--comm", COMM,
-                       "--top", "100", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+    top = TopRun("--by", "cache", "-n", "0.5", "--comm", COMM, "--top", "100")
     holder = None
     try:
-        line = top.stdout.readline()
-        assert line.startswith("ftslab top"), line + top.stderr.read()
         holder = subprocess.Popen([sys.executable, "-c", holder_prog], stdout=subprocess.PIPE,
                                   text=True)
         assert holder.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 60
-        text = line
-        while _top_rows(text.split("\n\n")[-2] if "\n\n" in text else "").get(label) != N:
-            assert time.monotonic() < deadline, text[-3000:]
-            got = top.stdout.readline()
-            assert got, top.stderr.read()
-            text += got
-        top.send_signal(signal.SIGINT)
-        _out, err = top.communicate(timeout=60)
+        top.until(lambda text: _top_rows(text.split("\n\n")[-2] if "\n\n" in text
+                                         else "").get(label) == N, f"{N} {label}")
+        text = top.text
+        top.finish()
     finally:
         if holder is not None:
             holder.kill()
             holder.wait()
-        if top.poll() is None:  # a failed assertion: top still ends its own way,
-            top.send_signal(signal.SIGINT)  # so that its instance goes with it
-            try:
-                top.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                top.kill()
-                top.wait()
-    assert top.returncode == 0, err
+        top.close()
     rows = _top_rows(text.split("\n\n")[-2])
     assert rows[label] == N, rows
     if len(names) > 1:

@@ -27,25 +27,48 @@ HOLDER = [sys.executable, "-c",
           "time.sleep(600)\n"]
 
 
-def _finish(top: subprocess.Popen) -> tuple[str, str]:
-    """The rest of top's output after a stop signal.  Read through the same buffered
-    files the frames were read with: communicate() reads the pipes' fds and skips what
-    readline() had buffered already (a frame's end, its blank line)."""
-    out = top.stdout.read()
-    err = top.stderr.read()
-    top.wait(timeout=60)
-    return out, err
+class TopRun:
+    """``ftslab top --batch ARGS`` on the real kernel, read frame by frame.  Starting it
+    waits for the first frame (the session is up); ``until`` reads until the last frame
+    satisfies a condition (the hang guard: a minute); ``finish`` stops it with SIGINT
+    and reads the rest; ``close`` (a failed test) stops it SIGINT first, so that it
+    removes its instances, SIGKILL if it will not end."""
 
+    def __init__(self, *args: str):
+        self.proc = popen_ftslab("top", "--batch", *args, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        self.text = self.proc.stdout.readline()
+        if not self.text.startswith("ftslab top"):
+            self.close()
+            raise AssertionError(self.text + self.proc.stderr.read())
 
-def _stop(top: subprocess.Popen) -> None:
-    """A failed test's top: SIGINT first (it removes its instances), SIGKILL if it
-    will not end."""
-    top.send_signal(signal.SIGINT)
-    try:
-        top.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        top.kill()
-        top.wait()
+    def until(self, cond, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond(self.text):
+            assert time.monotonic() < deadline, f"{what}: {self.text[-3000:]}"
+            got = self.proc.stdout.readline()
+            assert got, self.proc.stderr.read()
+            self.text += got
+
+    def finish(self) -> str:
+        """Stop it; returns its stderr.  The rest of stdout is read through the same
+        buffered file the frames were read with: communicate() reads the pipe's fd and
+        skips what readline() had buffered already (a frame's end, its blank line)."""
+        self.proc.send_signal(signal.SIGINT)
+        self.text += self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=60)
+        assert self.proc.returncode == 0, err
+        return err
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _frames(text: str) -> list[list[str]]:
@@ -57,35 +80,21 @@ def test_top_batch_counts_the_live_eventfds(kernel, tmp_path):
     limited to the holder's comm, whose N eventfds, made after top started and held
     until it ends, are exactly the live ones at their call site."""
     site = eventfd_frames()[1]
-    top = popen_ftslab("top", "--batch", "--by", "callsite", "-n", "0.5", "--comm", COMM,
-                       "--top", "50", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+    top = TopRun("--by", "callsite", "-n", "0.5", "--comm", COMM, "--top", "50")
     holder = None
     try:
         # the first frame says the session is up: only then make the eventfds
-        line = top.stdout.readline()
-        assert line.startswith("ftslab top"), line + top.stderr.read()
         holder = subprocess.Popen(HOLDER, stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "ready"
-        # frames until one has read them all (the hang guard: a minute)
-        deadline = time.monotonic() + 60
-        text = line
-        while _live(_frames(text)[-1], site) != N:
-            assert time.monotonic() < deadline, text[-3000:]
-            got = top.stdout.readline()
-            assert got, top.stderr.read()
-            text += got
-        top.send_signal(signal.SIGINT)
-        out, err = _finish(top)
+        top.until(lambda text: _live(_frames(text)[-1], site) == N, "all eventfds seen")
+        err = top.finish()
     finally:
         if holder is not None:
             holder.kill()
             holder.wait()
-        if top.poll() is None:
-            _stop(top)
-    assert top.returncode == 0, err
+        top.close()
     assert "lost 0 events" in err, err
-    frames = _frames(text + out)
+    frames = _frames(top.text)
     # never more than the holder's, and all of them to the end
     assert all(_live(f, site) <= N for f in frames), frames
     last = frames[-1]
@@ -175,40 +184,24 @@ def test_top_comm_sees_the_joined_threads_freed(kernel, tmp_path):
     """top limited to a comm: the joined threads' task_structs are freed in RCU
     callbacks, in whatever task runs then; top sees those frees (its second instance
     records every context) and their LIVE goes back to 0."""
-    top = popen_ftslab("top", "--batch", "--by", "cache", "-n", "0.5", "--comm", TCOMM,
-                       "--top", "200", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+    top = TopRun("--by", "cache", "-n", "0.5", "--comm", TCOMM, "--top", "200")
     joiner = None
     try:
-        line = top.stdout.readline()
-        assert line.startswith("ftslab top"), line + top.stderr.read()
         joiner = subprocess.Popen(JOINER, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
         assert joiner.stdout.readline().strip() == "started"
-        text = line
-
-        def until(cond, what):
-            nonlocal text
-            deadline = time.monotonic() + 60
-            while not cond(_frames(text)[-1]):
-                assert time.monotonic() < deadline, f"{what}: {text[-3000:]}"
-                got = top.stdout.readline()
-                assert got, top.stderr.read()
-                text += got
         # every thread alive and seen...
-        until(lambda f: _live_cache(f, "task_struct") >= THREADS, "threads seen")
+        top.until(lambda t: _live_cache(_frames(t)[-1], "task_struct") >= THREADS,
+                  "threads seen")
         joiner.stdin.write("go\n")
         joiner.stdin.flush()
         assert joiner.stdout.readline().strip() == "joined"
         # ...then every one freed, by whoever ran the RCU callbacks
-        until(lambda f: _live_cache(f, "task_struct") == 0, "threads freed")
-        top.send_signal(signal.SIGINT)
-        out, err = _finish(top)
+        top.until(lambda t: _live_cache(_frames(t)[-1], "task_struct") == 0, "threads freed")
+        err = top.finish()
     finally:
         if joiner is not None:
             joiner.kill()
             joiner.wait()
-        if top.poll() is None:
-            _stop(top)
-    assert top.returncode == 0, err
+        top.close()
     assert "lost 0 events" in err, err
