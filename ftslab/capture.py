@@ -376,10 +376,10 @@ class Session:
             for ev in list(self.formats):
                 if ev not in events:
                     del self.formats[ev]
-        steps += self._free_steps(opts, events, parsed, pids, user_filters)
+        aliases = read_slab_aliases() if opts.cache is not None else {}  # merged caches
+        steps += self._free_steps(opts, events, parsed, pids, user_filters, aliases)
         unfiltered: dict[str, list[str]] = {}
         no_size: list[str] = []
-        aliases = read_slab_aliases() if opts.cache is not None else {}  # merged caches
         page_size = os.sysconf("SC_PAGE_SIZE")
         for sysname, name in events:
             if (sysname, name) in self.free_events:
@@ -419,7 +419,7 @@ class Session:
             names = set(pr.fields)
             if pr in moved:
                 if opts.cache is not None and "name" in names:
-                    parts.append(f"name == {string_literal(opts.cache, '--cache')}")
+                    parts.append(cache_filter(opts.cache, aliases))
                 if parts:
                     expr = " && ".join(f"({p})" for p in parts) if len(parts) > 1 else parts[0]
                     steps.append(Step(f"kernel-side filter for kprobe {pr.symbol} ({pr.event})",
@@ -501,8 +501,8 @@ class Session:
     def free_instance_name(self) -> str:
         return f"{self.name}_{FREES_BUFFER}"
 
-    def _free_steps(self, opts: RecordOptions, events, parsed, pids, user_filters
-                    ) -> list[Step]:
+    def _free_steps(self, opts: RecordOptions, events, parsed, pids, user_filters,
+                    aliases) -> list[Step]:
         """Where the free events go.  A recording limited to tasks (``pids``, ``comm``,
         a filter that applies to a free event) would see only the frees those tasks
         make: an object its tasks allocated and an RCU callback, an interrupt, a
@@ -539,7 +539,7 @@ class Session:
             if opts.cache is not None and parsed[(sysname, name)].field("name") is not None:
                 out.append(Step(f"kernel-side filter for {sysname}:{name}",
                                 f"{finst}/events/{sysname}/{name}/filter",
-                                f"name == {string_literal(opts.cache, '--cache')}", "0"))
+                                cache_filter(opts.cache, aliases), "0"))
         return out
 
     def _stack_steps(self, inst: str, events, probes, steps: list[Step],
