@@ -283,10 +283,9 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
         return
     how = f" (stopped by {res.interrupted_by})" if res.interrupted_by else ""
     frees = res.frees_events_estimate
-    _err(f"recorded {res.events_estimate:,} events"
-         + (f" and {frees:,} frees from every context" if frees is not None else "")
-         + f" in {res.duration:.1f}s{how}, "
-         f"lost {res.lost:,}; wrote {res.output} ({res.bytes_written / 1e6:.1f} MB)")
+    _err(f"recorded {res.events_estimate + (frees or 0):,} events in {res.duration:.1f}s{how}, "
+         f"lost {res.lost:,}; wrote {res.output} ({res.bytes_written / 1e6:.1f} MB)"
+         + (f"; {frees:,} of the events are frees from every context" if frees else ""))
     if res.lost:
         _err(f"WARNING: {res.lost:,} events were lost: raise -b (now {buffer_kb} KiB per CPU) "
              "or narrow the events/filters")

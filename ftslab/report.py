@@ -43,7 +43,7 @@ import functools
 import math
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 from fnmatch import fnmatchcase
 from typing import Callable, Sequence
 
@@ -1983,7 +1983,13 @@ def _reconciled(ds: Dataset, rep: Report, table: bool) -> Report:
         rep.warnings.append(line)
     if table and checks:
         at = [i + 1 for i, t in enumerate(rep.tables) if t.name == "slabinfo_diff"]
-        rep.tables.insert(at[0] if at else len(rep.tables), reconcile_table(ds, checks, facts))
+        t = reconcile_table(ds, checks, facts)
+        span = _span(ds)
+        if ds.meta.lost and span is not None:
+            # its LIVE column is LIVE too: where the events were lost, and what that means
+            t = _replace(t, note="; ".join(x for x in (t.note,
+                                                                 _loss_note(ds, span[0])) if x))
+        rep.tables.insert(at[0] if at else len(rep.tables), t)
     alloc = allocinfo_diff(ds) if table else None
     if alloc is not None:
         rep.tables.insert(rep.tables.index(rep.table("reconcile")) + 1
