@@ -88,12 +88,14 @@ _TRAILER = {
 # info word: vlen in bits 0-15 and kind in bits 24-28 up to 6.x; the kernel's uapi
 # header widened them to bits 0-23 and 24-30 when it added the layout section (the
 # bits were unused, i.e. zero, before), so the wider masks read every version.
+# (Kernel commit not identified: A. Maguire's bpf-next series "Add kind layout to BTF",
+# v8 posted in Dec 2025; the uapi header with layout_off/layout_len was seen.)
 _VLEN_MASK = 0xFFFFFF
 _KIND_MASK = 0x7F
 _NKINDS = _KIND_MASK + 1
 
 _HDR_BASE = 24      # magic..str_len: the header every BTF version has
-_HDR_LAYOUT = 32    # ... followed by layout_off, layout_len in newer kernels
+_HDR_LAYOUT = 32    # ... then layout_off, layout_len (the layout section; commit above)
 
 #: Longest chain of typedefs/qualifiers/pointers/arrays followed, and deepest nesting
 #: of anonymous struct members flattened.  Real kernel types stay far below; a loop in
@@ -419,7 +421,8 @@ def parse(data: bytes) -> Btf:
 
 
 def _add_layout(trailer: list, raw: bytes, order: str) -> None:
-    # Newer kernels may describe each kind's record size in a layout section
+    # Kernels with the layout section (commit not identified: see _VLEN_MASK) may
+    # describe each kind's record size in it
     # (struct btf_layout: u8 info_sz, u8 elem_sz, u16 flags, one per kind from 0), so
     # that a reader can step over kinds it does not know.  Used only for those: the
     # sizes of the known kinds come from the documented format.

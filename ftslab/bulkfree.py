@@ -75,10 +75,13 @@ def unseen_free_reason(cache: str, *, bulk_probed: bool = False,
     finds its LIVE contradicted by /proc/slabinfo: (reason, certain), or None when no
     known untraced free path applies.  ``bulk_probed``: kmem_cache_free_bulk was
     probed (kpf_ events); ``sheaf_capacity``: /sys/kernel/slab/<cache>/sheaf_capacity
-    (6.18+; None where absent).  The facts: docs/bulk-frees.md."""
+    (None where absent: sheaves came with commit 2d517aa09bbc ("slab: add opt-in caching
+    layer of percpu sheaves") (in v6.18)).  The facts: docs/bulk-frees.md."""
     if sheaf_capacity:
-        # 6.18: kfree_rcu() of an object of a cache with sheaves goes into an RCU
-        # sheaf and back to the cache in rcu_free_sheaf(): no event, probed or not
+        # Since commit ec66e0d59952 ("slab: add sheaf support for batching kfree_rcu()
+        # operations") (in v6.18), kfree_rcu() of an object of a cache with sheaves goes
+        # into an RCU sheaf and back to the cache in rcu_free_sheaf(): no event, probed
+        # or not
         return ("objects freed with kfree_rcu() return to the cache through its percpu "
                 "sheaves, which no tracepoint reports", cache == "maple_node")
     if bulk_probed:

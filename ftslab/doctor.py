@@ -103,7 +103,8 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
 def slab_counters(proc: str = "/proc") -> dict:
     """The kernel's own counters a recording stores to check LIVE against
     (reconcile.py): ``slabinfo`` (/proc/slabinfo readable) and ``allocinfo``
-    (/proc/allocinfo: CONFIG_MEM_ALLOC_PROFILING, Linux 6.10+)."""
+    (/proc/allocinfo: CONFIG_MEM_ALLOC_PROFILING, since commit 22d407b164ff ("lib: add
+    allocation tagging support for memory allocation profiling") (in v6.10))."""
     def readable(name: str) -> bool:
         try:
             with open(f"{proc}/{name}", "rb") as f:

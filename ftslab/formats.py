@@ -121,7 +121,8 @@ _INT = pp.Regex(r"-?[0-9]+")
 
 # "field:unsigned long call_site;" -- the declaration is everything up to the ';'.
 # header_page writes "field: u64 timestamp;" with a space, and kernels before 2.6.3x
-# wrote "field special:" for common fields: both are accepted.
+# wrote "field special:" for common fields (kernel commit not identified): both are
+# accepted.
 _FIELD_LINE = (
     pp.Suppress(pp.Regex(r"field(?:\s+special)?\s*:"))
     + pp.Regex(r"[^;\n]*")("decl") + _SEMI
@@ -152,7 +153,8 @@ _HE_MAX = (pp.Suppress(pp.Keyword("data") + pp.Keyword("max") + pp.Keyword("type
            + pp.Suppress("==") + _INT("value"))
 
 # Element sizes of C types, used only to turn a symbolic dimension ("[TASK_COMM_LEN]",
-# printed by kernels before v5.18) into an element count from the field's size.
+# printed by kernels before commit b3bc8547d3be ("tracing: Have TRACE_DEFINE_ENUM affect
+# trace event types as well") (in v5.18)) into an element count from the field's size.
 _ELEM_SIZES = {
     "char": 1, "signed char": 1, "unsigned char": 1, "u8": 1, "s8": 1, "__u8": 1,
     "__s8": 1, "bool": 1, "_Bool": 1,
@@ -189,7 +191,8 @@ def _parse(expr: pp.ParserElement, line: str, what: str, where: str) -> pp.Parse
 
 
 def _guess_signed(ctype: str) -> bool:
-    # Only for kernels whose format files lack "signed:" (before v2.6.31).
+    # Only for kernels whose format files lack "signed:" (before v2.6.31; kernel commit
+    # not identified).
     words = ctype.replace("*", " * ").split()
     if "*" in words or "unsigned" in words or "bool" in words or "_Bool" in words:
         return False

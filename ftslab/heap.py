@@ -4,8 +4,9 @@ faulted in ahead, many pages per call, before the analysis writes it.
 On a VM, the first write to a page is the dearest thing a report does: the guest faults
 it, and the host, which took freed guest memory back (free page reporting), faults it
 again.  numpy faults its arrays one page at a time as its loops first write them, on one
-CPU.  ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+) faults a whole range in one call
-and lets go of the GIL, so two threads can do it at once.
+CPU.  ``madvise(MADV_POPULATE_WRITE)`` (commit 4ca9b3859dac ("mm/madvise: introduce
+MADV_POPULATE_(READ|WRITE) to prefault page tables") (in v5.14)) faults a whole range in
+one call and lets go of the GIL, so two threads can do it at once.
 
 Process-wide settings: only the CLI calls these (never on import).
 """
@@ -63,8 +64,8 @@ def keep_freed_memory() -> bool:
 
 def populate(address: int, size: int) -> bool:
     """Fault in the whole pages of ``size`` bytes at ``address`` (writable, zeroed if
-    fresh) with one madvise call; False if that cannot be done (before Linux 5.14,
-    without glibc)."""
+    fresh) with one madvise call; False if that cannot be done (before v5.14, see the
+    module's docstring; without glibc)."""
     libc = _libc()
     page = mmap.PAGESIZE
     lo = (address + page - 1) // page * page

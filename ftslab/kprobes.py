@@ -100,18 +100,19 @@ class FamilyMember:
 
 #: The kmalloc family, kmem_cache_alloc and the page allocator.  Name history:
 #: - v6.1: kmalloc_trace()/kmalloc_node_trace() take the constant-size kmalloc()s
-#:   (H. Yoo's slab cleanup series merged for v6.1); before, they were
+#:   (commit 26a40990ba05 ("mm/sl[au]b: cleanup kmem_cache_alloc[_node]_trace()")
+#:   (in v6.1)); before, they were
 #:   kmem_cache_alloc_trace()/kmem_cache_alloc_node_trace() (cache, gfp, size).
 #: - v6.10: memory allocation profiling renamed the out-of-line functions to *_noprof
-#:   (commit 7bd230a26648 "mm/slab: enable slab allocation tagging for kmalloc and
-#:   friends"; __alloc_pages -> __alloc_pages_noprof in the same series).
+#:   (commit 7bd230a26648 ("mm/slab: enable slab allocation tagging for kmalloc and
+#:   friends") (in v6.10); __alloc_pages -> __alloc_pages_noprof in the same series).
 #: - v6.11: kmalloc_trace_noprof/kmalloc_node_trace_noprof became
 #:   __kmalloc_cache_noprof/__kmalloc_cache_node_noprof and kmalloc_large_noprof became
-#:   __kmalloc_large_noprof (V. Babka's "don't wrap internal functions with
-#:   alloc_hooks()" cleanup; names verified on Debian's 6.12 by tests/vm),
-#:   and CONFIG_SLAB_BUCKETS may add a ``kmem_buckets *b`` argument after ``size`` in
-#:   __kmalloc_node_noprof / __kmalloc_node_track_caller_noprof (commit 67f2df3b82d0
-#:   "mm/slab: Introduce kmem_buckets_create() and family").
+#:   __kmalloc_large_noprof (commit a0a44d9175b3 ("mm, slab: don't wrap internal
+#:   functions with alloc_hooks()") (in v6.11); names verified on Debian's 6.12 by
+#:   tests/vm), and CONFIG_SLAB_BUCKETS may add a ``kmem_buckets *b`` argument after
+#:   ``size`` in __kmalloc_node_noprof / __kmalloc_node_track_caller_noprof (commit
+#:   67f2df3b82d0 ("mm/slab: Plumb kmem_buckets into __do_kmalloc_node()") (in v6.11)).
 FAMILY: tuple[FamilyMember, ...] = (
     FamilyMember("kmalloc", ("__kmalloc_noprof", "__kmalloc")),
     FamilyMember("kmalloc_node", ("__kmalloc_node_noprof", "__kmalloc_node")),
@@ -167,8 +168,9 @@ KNOWN_PROTOTYPES: dict[str, tuple[tuple[str, str] | None, ...]] = {
     # the same in 6.1 and 6.12 (mm/slub.c) and 6.18 (its BTF)
     "kmem_cache_free_bulk": (("s", "struct kmem_cache *"), ("size", "size_t"),
                              ("p", "void **")),
-    # v6.10+: SLAB_BUCKETS adds `b` (None: maybe there); the other *_noprof functions
-    # (and their v6.11 renames) kept their v6.1 prototypes: aliased below
+    # v6.11+: SLAB_BUCKETS adds `b` (None: maybe there; commit 67f2df3b82d0, see FAMILY);
+    # the other *_noprof functions (and their v6.11 renames) kept their v6.1
+    # prototypes: aliased below
     "__kmalloc_node_noprof": (("size", "size_t"), None, ("flags", "gfp_t"), ("node", "int")),
     "__kmalloc_node_track_caller_noprof": (("size", "size_t"), None, ("flags", "gfp_t"),
                                            ("node", "int"), ("caller", "long unsigned int")),
@@ -341,7 +343,10 @@ def arg_style(readme: str, machine: str) -> str:
 
 
 def btf_args_supported(readme: str) -> bool:
-    """6.6+ kernels with BTF-typed fetch args list ``<argname>`` in the README."""
+    """6.6+ kernels with BTF-typed fetch args list ``<argname>`` in the README.  (BTF
+    args came with commit b576e09701c7 ("tracing/probes: Support function parameters if
+    BTF is available") (in v6.5); the commit that added the README line was not
+    identified.)"""
     return "<argname>" in readme
 
 

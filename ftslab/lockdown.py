@@ -2,7 +2,8 @@
 
 Pure (tracefs.read_lockdown reads /sys/kernel/security/lockdown).  What the kernel does,
 from security/lockdown/lockdown.c and include/linux/security.h (the lockdown LSM and
-the tracefs/kprobes restrictions came in v5.4), and the users of each reason:
+the tracefs/kprobes restrictions came in v5.4; kernel commits not identified), and the
+users of each reason:
 
 - The levels are ``none``, ``integrity``, ``confidentiality``; the file shows the current
   one in brackets (``none [integrity] confidentiality``).  A level can only be raised

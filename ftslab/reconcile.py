@@ -28,7 +28,8 @@ cannot tell apart):
   the per-CPU partial slabs; mm/slub.c slub_set_cpu_partial() turns cpu_partial
   objects into that many slabs) + sheaf_capacity x (3 x cpus + 10 x nodes) (per CPU the
   main, spare and rcu_free sheaves; a barn keeps up to MAX_FULL_SHEAVES = 10 full
-  sheaves per node; sheaves came with Linux 6.18, sheaf_capacity is 0 or absent before).
+  sheaves per node; sheaves came with commit 2d517aa09bbc ("slab: add opt-in caching
+  layer of percpu sheaves") (in v6.18), sheaf_capacity is 0 or absent before).
 - Bounds on the LIVE a recording may claim (each LIVE object is one of them):
   1. always: LIVE <= active_objs(end) + SLACK (slack only for the few ms between the
      end of tracing and the read of /proc/slabinfo);
@@ -489,7 +490,8 @@ def add_kernel_series(table: Table, ds: Dataset, lo: int, interval_ns: int) -> T
 
 
 # ----------------------------------------------------------------------------------------
-# /proc/allocinfo (CONFIG_MEM_ALLOC_PROFILING, Linux 6.10+)
+# /proc/allocinfo (CONFIG_MEM_ALLOC_PROFILING, since commit 22d407b164ff ("lib: add
+# allocation tagging support for memory allocation profiling") (in v6.10))
 # ----------------------------------------------------------------------------------------
 
 def parse_allocinfo(text: str) -> dict[str, tuple[int, int]]:

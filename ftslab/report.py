@@ -15,7 +15,8 @@ What the numbers mean
   large kmallocs appear there too.  Slab and page bytes therefore overlap; a table that
   mixes the layers says so in its note.  The default report keeps them apart.
 - **Cache.** ``kmem_cache_alloc`` carries the cache ``name`` on 6.18 but not on 6.1
-  (no ``name`` field: the cache is ``"?"``).  A ``kmalloc`` event names no cache: its
+  (no ``name`` field: the cache is ``"?"``; kernel commit not identified, seen on
+  Debian's 6.1 and on 6.18).  A ``kmalloc`` event names no cache: its
   cache key is the kmalloc *size class* derived from ``bytes_alloc``, spelled like the
   kernel's caches (``kmalloc-64``, ``kmalloc-1k``, ... ``kmalloc-8k``).  The kernel's
   ``kmalloc-cg-*`` / ``kmalloc-rcl-*`` / ``dma-kmalloc-*`` variants of a class cannot be
@@ -758,7 +759,8 @@ class _Analysis:
     def _nested_calls(self, fr: _Frame) -> None:
         """One allocation, two events: on 6.10+ kernels __do_kmalloc_node() calls the
         exported __kmalloc_large_node_noprof() for a large request, and both trace it
-        (kmem:kmalloc twice, same ptr; and a kprobe on each function fires).  An event
+        (kmem:kmalloc twice, same ptr; and a kprobe on each function fires; the kernel
+        commit that made it so was not identified).  An event
         whose call site is inside a kmalloc-family entry point is that inner half:
         the outer function's event counts the allocation, the inner one is dropped."""
         if not (fr.src.call_site and fr.src.call_site in fr.cols.fields) or not fr.n:

@@ -9,7 +9,7 @@ Two outputs from one walk over the pages:
 - ``iter_events``: ``records.Event`` objects in time order (API and ``stream``).
 
 Layout facts used (kernel/trace/ring_buffer.c, stable since 2.6.3x; 5.10 made
-TIME_STAMP absolute):
+TIME_STAMP absolute; kernel commits not identified):
 - page: u64 timestamp, long commit (bytes of data; bit 31 = events were missed before
   this page, bit 30 = their count is stored after the data), then data.
 - event header: u32 with type_len (low 5 bits on little-endian) and time_delta (27 bits).

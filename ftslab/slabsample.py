@@ -42,8 +42,9 @@ def read_slabinfo() -> str:
 
 
 def read_allocinfo() -> str:
-    """/proc/allocinfo text (CONFIG_MEM_ALLOC_PROFILING, Linux 6.10+), "" where the
-    kernel has none."""
+    """/proc/allocinfo text (CONFIG_MEM_ALLOC_PROFILING, since commit 22d407b164ff ("lib:
+    add allocation tagging support for memory allocation profiling") (in v6.10)), ""
+    where the kernel has none."""
     try:
         return read_text_file("/proc/allocinfo")
     except (OSError, FtslabError):
@@ -66,7 +67,8 @@ def read_slab_params(names, root: str = _SLAB_SYSFS) -> dict:
     ``names`` (as /proc/slabinfo names them; a merged cache's name is a link to the
     merged directory): ``{"caches": {name: [objs_per_slab, cpu_partial,
     sheaf_capacity]}, "cpus": online CPUs, "nodes": memory nodes}``.  A file a kernel
-    lacks reads as 0 (``sheaf_capacity`` appeared with the per-CPU sheaves, Linux 6.18;
+    lacks reads as 0 (``sheaf_capacity`` appeared with the per-CPU sheaves, commit
+    2d517aa09bbc ("slab: add opt-in caching layer of percpu sheaves") (in v6.18);
     ``cpu_partial`` is absent without CONFIG_SLUB_CPU_PARTIAL)."""
     caches = {}
     for name in names:

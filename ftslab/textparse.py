@@ -37,7 +37,8 @@ _U64 = (1 << 64) - 1
 # The comm may hold blanks and dashes: the lazy comm plus the anchored tail makes the
 # pid the last "-NNN" before the CPU column.  The tgid column appears with
 # options/record-tgid ("(-------)" when unknown); the flags column with options/irq-info
-# (4 characters before v5.17, 5 since the migrate-disable column).  Timestamps are
+# (4 characters before commit 54357f0c9149 ("tracing: Add migrate-disabled counter to
+# tracing output.") (in v5.15), 5 since: the migrate-disable column).  Timestamps are
 # "secs.usecs" for nanosecond clocks and a bare count for counter/tsc clocks.
 _EVENT_RE = re.compile(r"""
     \s*(?P<comm>.*?)-(?P<pid>[0-9]{1,10})\s+
