@@ -214,6 +214,8 @@ class Step:
     """``""``: a write into the instance (or mkdir when value is None); ``kprobe``: a
     definition appended to the global kprobe_events; ``verify``: check that the cache
     names the probes read are this kernel's (no write of its own)."""
+    params: tuple[str, ...] = ()
+    """The parameters the hint names (errors.FtslabError.params)."""
 
 
 @dataclass
@@ -339,7 +341,8 @@ class Session:
                   Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
                   Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb",
                        str(opts.buffer_kb),
-                       hint="the kernel could not allocate that much: ask for less with -b")]
+                       hint="the kernel could not allocate that much: ask for less with "
+                            "`buffer_kb`", params=("buffer_kb",))]
         if any("name" in pr.fields for pr in probes):
             off = probe_plan.offsets
             steps.append(Step(f"check the cache names read at offset {off.name} "
@@ -534,8 +537,9 @@ class Session:
                Step("tracing off while setting up", f"{finst}/tracing_on", "0"),
                Step("per-CPU buffer size (KiB)", f"{finst}/buffer_size_kb",
                     str(opts.buffer_kb),
-                    hint="the kernel could not allocate that much: ask for less with -b, "
-                         "or record the frees in one instance (--frees traced)")]
+                    hint="the kernel could not allocate that much: ask for less with "
+                         "`buffer_kb`, or record the frees in one instance "
+                         "(`system_frees=False`)", params=("buffer_kb", "system_frees=False"))]
         for sysname, name in self.free_events:
             if opts.cache is not None and parsed[(sysname, name)].field("name") is not None:
                 out.append(Step(f"kernel-side filter for {sysname}:{name}",
@@ -567,7 +571,7 @@ class Session:
             out.append(Step(f"kernel stack of each {label} event", f"{base}/trigger",
                             f"stacktrace if {cond}", "!stacktrace",
                             hint="the kernel refused the stacktrace trigger: record "
-                                 "without --stacks"))
+                                 "without `stacks`", params=("stacks",)))
         if not out:
             raise UsageError("`stacks`: none of the recorded events is an allocation",
                              params=("stacks",))
@@ -613,7 +617,12 @@ class Session:
                     continue
                 inst = self.instance if name == self.name else self.free_instance
                 rel = rest[0]
-                inst.write(rel, step.value, hint=step.hint)
+                try:
+                    inst.write(rel, step.value, hint=step.hint)
+                except FtslabError as exc:
+                    if step.hint and exc.hint == step.hint:
+                        exc.params = step.params  # what the hint names
+                    raise
                 if step.undo_value is not None:
                     undo_value = step.undo_value
                     self.undo.push(f"write {undo_value!r} to {step.path}",

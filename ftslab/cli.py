@@ -946,7 +946,8 @@ def _standard_fds() -> None:
 #: command line names the flag that sets it (ftslab/errors.py).
 FLAG_OF = {"by": "--by", "top": "--top", "interval": "--interval", "interval_ns": "--interval",
            "live": "--live", "comm": "--comm", "cache": "--cache", "kprobes": "--kprobes",
-           "stacks": "--stacks", "plot": "--plot", "cache_name_offset": "--cache-name-offset"}
+           "stacks": "--stacks", "plot": "--plot", "cache_name_offset": "--cache-name-offset",
+           "buffer_kb": "-b", "system_frees=False": "--frees traced"}
 
 
 def in_flag_terms(exc: FtslabError) -> str:

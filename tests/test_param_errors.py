@@ -19,7 +19,7 @@ import ftslab
 from ftslab import cli
 from ftslab.capture import RecordOptions, Session
 from ftslab.cli import main
-from ftslab.errors import FtslabError, Unsupported, UsageError
+from ftslab.errors import KernelWriteError, Unsupported, UsageError
 from ftslab.filters import cache_filter, comm_filter
 from ftslab.report import GROUP_KEYS, build_report, group_allocations, parse_interval
 from ftslab.tracefs import Tracefs
@@ -159,6 +159,40 @@ def test_plot_without_matplotlib(monkeypatch):
                                                   "installed (pip install")
 
 
+@pytest.mark.parametrize("opts, refused, hint, command_line", [
+    (dict(), "ftslab_999999/buffer_size_kb",
+     "the kernel could not allocate that much: ask for less with `buffer_kb`",
+     "the kernel could not allocate that much: ask for less with -b"),
+    (dict(system_frees=True), "ftslab_999999_frees/buffer_size_kb",
+     "the kernel could not allocate that much: ask for less with `buffer_kb`, or record "
+     "the frees in one instance (`system_frees=False`)",
+     "the kernel could not allocate that much: ask for less with -b, or record the frees "
+     "in one instance (--frees traced)"),
+    (dict(stacks=True), "ftslab_999999/events/kmem/kmalloc/trigger",
+     "the kernel refused the stacktrace trigger: record without `stacks`",
+     "the kernel refused the stacktrace trigger: record without --stacks"),
+])
+def test_a_refused_step_names_the_parameter_its_hint_is_about(tmp_path, monkeypatch, opts,
+                                                              refused, hint, command_line):
+    root = _fake(tmp_path, kernel_stack=True)
+
+    def write(self, rel, text, append=True, instance=None, hint=None):
+        if rel.endswith(refused):  # the kernel says no (as to a too large buffer)
+            raise KernelWriteError(str(self.root / rel), text, "ENOMEM", None, hint)
+
+    monkeypatch.setattr(Tracefs, "_write", write)
+    s = Session(Tracefs(root), lambda m: None, name="ftslab_999999")
+    steps = s.plan(RecordOptions(kprobes="off", **opts), child_pid=4194305)
+    with pytest.raises(KernelWriteError) as ei:
+        s.apply(steps)
+    s.close()
+    assert ei.value.hint == hint and refused in str(ei.value)
+    assert not FLAG.search(str(ei.value))
+    line = cli.in_flag_terms(ei.value)
+    assert line == str(ei.value).replace(hint, command_line) and line.endswith(
+        f"({command_line})")
+
+
 def _one_error(capsys, args) -> tuple[int, str]:
     code = main([str(a) for a in args])
     err = capsys.readouterr().err
@@ -227,10 +261,14 @@ def test_report_plot_without_matplotlib_says_the_flag(capsys, monkeypatch, tmp_p
 # ------------------------------------------------------------------ the whole package
 
 def _error_calls(tree):
-    """Every raise's exception and every ...Error(...)/hint= call under it."""
+    """Every raise's exception, and every capture.Step (its hint is the error's when
+    the kernel refuses the step)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
             yield node.exc
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id == "Step"):
+            yield node
 
 
 def _texts(node) -> list[str]:
@@ -271,4 +309,5 @@ def test_no_library_error_names_a_flag_and_every_parameter_has_one():
                         assert any(f"`{name}`" in t for t in texts), (path.name, exc.lineno)
     # the scan sees them (filters.string_literal passes its params through a variable)
     assert seen_params >= {"by", "interval", "top", "interval_ns", "live", "comm", "cache",
-                           "kprobes", "stacks", "plot", "cache_name_offset"}
+                           "kprobes", "stacks", "plot", "cache_name_offset", "buffer_kb",
+                           "system_frees=False"}
