@@ -214,6 +214,8 @@ class Step:
     """``""``: a write into the instance (or mkdir when value is None); ``kprobe``: a
     definition appended to the global kprobe_events; ``verify``: check that the cache
     names the probes read are this kernel's (no write of its own)."""
+    params: tuple[str, ...] = ()
+    """The parameters the hint names (errors.FtslabError.params)."""
 
 
 @dataclass
@@ -270,7 +272,8 @@ class Session:
         if mode == "off":
             return None
         if mode not in ("on", "auto"):
-            raise UsageError(f"--kprobes {mode!r}: expected auto, on, only or off")
+            raise UsageError(f"`kprobes` {mode!r}: expected auto, on, only or off",
+                             params=("kprobes",))
         from .kprobes import plan_probes
         from .tracefs import read_lockdown, read_probe_context
         lockdown = read_lockdown()
@@ -285,8 +288,8 @@ class Session:
             msg = (f"this kernel has no kprobes ({self.tracefs.root}/kprobe_events is absent: "
                    "CONFIG_KPROBES/CONFIG_KPROBE_EVENTS unset)")
             if mode == "on":
-                raise Unsupported(msg, hint="use --kprobes auto or off to record the kmem "
-                                            "tracepoints only")
+                raise Unsupported(msg, hint="use `kprobes` auto or off to record the kmem "
+                                            "tracepoints only", params=("kprobes",))
             self.warn(msg + "; recording the kmem tracepoints only")
             return None
         from .kprobes import BULK_FREE_SYMBOL, FAMILY
@@ -338,7 +341,8 @@ class Session:
                   Step("tracing off while setting up", f"{inst}/tracing_on", "0"),
                   Step("per-CPU buffer size (KiB)", f"{inst}/buffer_size_kb",
                        str(opts.buffer_kb),
-                       hint="the kernel could not allocate that much: ask for less with -b")]
+                       hint="the kernel could not allocate that much: ask for less with "
+                            "`buffer_kb`", params=("buffer_kb",))]
         if any("name" in pr.fields for pr in probes):
             off = probe_plan.offsets
             steps.append(Step(f"check the cache names read at offset {off.name} "
@@ -367,8 +371,8 @@ class Session:
             keep = [ev for ev in events if parsed[ev].field("name") is not None]
             dropped = [f"{a}:{b}" for a, b in events if (a, b) not in keep]
             if not keep:
-                raise UsageError(f"--cache: none of the events has a cache name field on "
-                                 f"this kernel ({', '.join(dropped)})")
+                raise UsageError(f"`cache`: none of the events has a cache name field on "
+                                 f"this kernel ({', '.join(dropped)})", params=("cache",))
             if dropped:
                 self.warn(f"--cache {opts.cache}: not recording {', '.join(dropped)} "
                           "(no cache name in those events)")
@@ -533,8 +537,9 @@ class Session:
                Step("tracing off while setting up", f"{finst}/tracing_on", "0"),
                Step("per-CPU buffer size (KiB)", f"{finst}/buffer_size_kb",
                     str(opts.buffer_kb),
-                    hint="the kernel could not allocate that much: ask for less with -b, "
-                         "or record the frees in one instance (--frees traced)")]
+                    hint="the kernel could not allocate that much: ask for less with "
+                         "`buffer_kb`, or record the frees in one instance "
+                         "(`system_frees=False`)", params=("buffer_kb", "system_frees=False"))]
         for sysname, name in self.free_events:
             if opts.cache is not None and parsed[(sysname, name)].field("name") is not None:
                 out.append(Step(f"kernel-side filter for {sysname}:{name}",
@@ -552,8 +557,9 @@ class Session:
         (include/linux/trace_events.h, trace_trigger_soft_disabled)."""
         from .report import alloc_source
         if not self.tracefs.exists("events/ftrace/kernel_stack/format"):
-            raise UsageError("--stacks: this kernel cannot record stacks "
-                             "(no events/ftrace/kernel_stack: CONFIG_STACKTRACE is off)")
+            raise UsageError("`stacks`: this kernel cannot record stacks "
+                             "(no events/ftrace/kernel_stack: CONFIG_STACKTRACE is off)",
+                             params=("stacks",))
         filters = {st.path: st.value for st in steps if st.path.endswith("/filter")}
         targets = [(f"{sysname}:{name}", f"{inst}/events/{sysname}/{name}")
                    for sysname, name in events if alloc_source(sysname, name) is not None]
@@ -565,9 +571,10 @@ class Session:
             out.append(Step(f"kernel stack of each {label} event", f"{base}/trigger",
                             f"stacktrace if {cond}", "!stacktrace",
                             hint="the kernel refused the stacktrace trigger: record "
-                                 "without --stacks"))
+                                 "without `stacks`", params=("stacks",)))
         if not out:
-            raise UsageError("--stacks: none of the recorded events is an allocation")
+            raise UsageError("`stacks`: none of the recorded events is an allocation",
+                             params=("stacks",))
         self.stack_events = [label for label, _ in targets]
         return out
 
@@ -610,7 +617,12 @@ class Session:
                     continue
                 inst = self.instance if name == self.name else self.free_instance
                 rel = rest[0]
-                inst.write(rel, step.value, hint=step.hint)
+                try:
+                    inst.write(rel, step.value, hint=step.hint)
+                except FtslabError as exc:
+                    if step.hint and exc.hint == step.hint:
+                        exc.params = step.params  # what the hint names
+                    raise
                 if step.undo_value is not None:
                     undo_value = step.undo_value
                     self.undo.push(f"write {undo_value!r} to {step.path}",
@@ -668,14 +680,16 @@ class Session:
             raise ProbeVerifyFailed(
                 f"could not check the cache names read at {where}: no probe on "
                 f"{', '.join(p.symbol for p in probes)} fired while ftslab allocated",
-                hint="run `ftslab doctor`; --kprobes off records tracepoints only")
+                hint="run `ftslab doctor`; `kprobes` off records tracepoints only",
+                params=("kprobes",))
         if bad:
             shown = ", ".join(repr(b) for b in bad[:4])
             raise ProbeVerifyFailed(
                 f"the cache names read at {where} are not this kernel's caches "
                 f"({len(bad)} of {checked}, e.g. {shown}); nothing was recorded",
-                hint="give offsetof(struct kmem_cache, name) with --cache-name-offset N "
-                     "(pahole -C kmem_cache), or record with --kprobes off")
+                hint="give offsetof(struct kmem_cache, name) with `cache_name_offset` N "
+                     "(pahole -C kmem_cache), or record with `kprobes` off",
+                params=("cache_name_offset", "kprobes"))
         self.warn(f"kprobes: {len(plan.probes)} functions probed in group {self.name}; "
                   f"cache names read at {where}: {checked} checked, all real")
 

@@ -942,6 +942,22 @@ def _standard_fds() -> None:
         sys.stderr = open(2, "w", closefd=False)
 
 
+#: The library's errors name a parameter in backquotes (`by`, FtslabError.params); the
+#: command line names the flag that sets it (ftslab/errors.py).
+FLAG_OF = {"by": "--by", "top": "--top", "interval": "--interval", "interval_ns": "--interval",
+           "live": "--live", "comm": "--comm", "cache": "--cache", "kprobes": "--kprobes",
+           "stacks": "--stacks", "plot": "--plot", "cache_name_offset": "--cache-name-offset",
+           "buffer_kb": "-b", "system_frees=False": "--frees traced"}
+
+
+def in_flag_terms(exc: FtslabError) -> str:
+    """``exc``'s line with each parameter it names (`by`) given as its flag (--by)."""
+    text = str(exc)
+    for p in exc.params:
+        text = text.replace(f"`{p}`", FLAG_OF.get(p, f"`{p}`"), 1)
+    return text
+
+
 def main(argv=None) -> int:
     _standard_fds()
     try:
@@ -954,7 +970,7 @@ def main(argv=None) -> int:
         exc.show()
         return exc.exit_code if exc.exit_code else EXIT_USAGE
     except FtslabError as exc:
-        _err(f"error: {exc}")
+        _err(f"error: {in_flag_terms(exc)}")
         return exc.exit_code
     except BrokenPipeError:
         _quiet_stdout()

@@ -5,6 +5,11 @@ refuses a write, a damaged recording) is raised as a subclass of FtslabError, wi
 message that says what happened and a hint that says what to do.  The CLI catches
 FtslabError in exactly one place and turns it into one line on stderr and the exit
 code below.  Nothing else in the package may print to the user or call sys.exit.
+
+The package is also a library, so a message speaks of the parameters of the call, not of
+command-line flags: it names a parameter in backquotes (`by`, `interval_ns`) before any
+value it quotes, and lists it in ``params``; the CLI says the flag that sets it there
+instead (cli.FLAG_OF, applied where it catches the error).
 """
 from __future__ import annotations
 
@@ -51,18 +56,22 @@ EXIT_CODES = {
 class FtslabError(Exception):
     """Root of every error ftslab reports to a user.
 
-    ``message`` says what happened; ``hint`` (optional) says what to do about it.
+    ``message`` says what happened; ``hint`` (optional) says what to do about it;
+    ``params``: the parameters of the call they name (each as `name`, its first mention).
     """
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, params: tuple[str, ...] = ()):
         super().__init__(message)
         self.message = message
         if hint is not None:
             self.hint = hint
+        if params:
+            self.params = tuple(params)
 
     hint: str | None = None
+    params: tuple[str, ...] = ()
 
     def __str__(self) -> str:  # one line, always
         text = self.message

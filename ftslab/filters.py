@@ -28,11 +28,14 @@ _COMMON = {"common_pid", "common_type", "common_flags", "common_preempt_count", 
 _SAFE_STRING = re.compile(r"^[\w .:/\-+*?\[\]@#%,=^~]*\Z")
 
 
-def string_literal(value: str, what: str = "value") -> str:
-    """A double-quoted filter string, refusing characters that could break out of it."""
+def string_literal(value: str, param: str | None = None) -> str:
+    """A double-quoted filter string, refusing characters that could break out of it
+    (``param``: the parameter the value was given as, for the error)."""
     if not _SAFE_STRING.match(value) or len(value) > 255:
+        what = f"`{param}`" if param else "value"
         raise UsageError(f"invalid {what} {value!r}: only letters, digits and . : / - + * ? "
-                         "[ ] @ # % , = ^ ~ _ and spaces are allowed")
+                         "[ ] @ # % , = ^ ~ _ and spaces are allowed",
+                         params=(param,) if param else ())
     return '"' + value + '"'
 
 
@@ -101,9 +104,10 @@ def parse_filter(text: str) -> FilterExpr:
 
 def comm_filter(comm: str) -> FilterExpr:
     if len(comm) >= TASK_COMM_LEN:
-        raise UsageError(f"--comm {comm!r} is longer than the kernel keeps "
-                         f"({TASK_COMM_LEN - 1} characters): use {comm[:TASK_COMM_LEN - 1]!r}")
-    return FilterExpr(f"comm == {string_literal(comm, '--comm')}", frozenset({"comm"}))
+        raise UsageError(f"`comm` {comm!r} is longer than the kernel keeps "
+                         f"({TASK_COMM_LEN - 1} characters): use {comm[:TASK_COMM_LEN - 1]!r}",
+                         params=("comm",))
+    return FilterExpr(f"comm == {string_literal(comm, 'comm')}", frozenset({"comm"}))
 
 
 def cache_filter(cache: str, aliases: Mapping[str, Sequence[str]] | None = None) -> str:
@@ -111,7 +115,7 @@ def cache_filter(cache: str, aliases: Mapping[str, Sequence[str]] | None = None)
     NAME's cache with others (``aliases``: tracefs.read_slab_aliases), any of the merged
     cache's names, since the events carry one of them only (the first one created):
     ``--cache UNIX`` on 6.18 must match events that say ``signal_cache``."""
-    string_literal(cache, "--cache")  # the user's value is refused as typed, if at all
+    string_literal(cache, "cache")  # the user's value is refused as typed, if at all
     names = [n for n in (aliases or {}).get(cache) or () if _SAFE_STRING.match(n)]
-    return " || ".join(f"name == {string_literal(n, '--cache')}"
+    return " || ".join(f"name == {string_literal(n, 'cache')}"
                        for n in (names if cache in names else [cache]))

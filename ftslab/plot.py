@@ -16,8 +16,9 @@ def check_available() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed",
-                         hint="pip install 'ftslab[plot]'  (or: pip install matplotlib)")
+        raise UsageError("`plot` needs matplotlib, which is not installed",
+                         hint="pip install 'ftslab[plot]'  (or: pip install matplotlib)",
+                         params=("plot",))
 
 
 def plot_series(t: Table, path: str, title: str = "") -> None:

@@ -1012,9 +1012,10 @@ def _check_by(by: Sequence[str]) -> tuple[str, ...]:
     by = tuple(by)
     for k in by:
         if k not in GROUP_KEYS:
-            raise UsageError(f"unknown --by key {k!r}", f"use one of {', '.join(GROUP_KEYS)}")
+            raise UsageError(f"unknown `by` key {k!r}", f"use one of {', '.join(GROUP_KEYS)}",
+                             params=("by",))
     if len(set(by)) != len(by):
-        raise UsageError(f"--by key repeated: {', '.join(by)}")
+        raise UsageError(f"`by` key repeated: {', '.join(by)}", params=("by",))
     return by
 
 
@@ -1376,10 +1377,11 @@ def parse_interval(text: str) -> int:
     """``1s``, ``250ms``, ``100us``, ``2`` (seconds) -> nanoseconds (> 0)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|m|min)?\s*", text or "")
     if not m:
-        raise UsageError(f"--interval {text!r}: give a duration such as 1s, 250ms or 100us")
+        raise UsageError(f"`interval` {text!r}: give a duration such as 1s, 250ms or 100us",
+                         params=("interval",))
     ns = int(round(float(m.group(1)) * _INTERVAL_UNITS[m.group(2) or "s"]))
     if ns <= 0:
-        raise UsageError(f"--interval {text!r}: must be more than 0")
+        raise UsageError(f"`interval` {text!r}: must be more than 0", params=("interval",))
     return ns
 
 
@@ -1501,7 +1503,7 @@ def group_allocations(ds: Dataset, by: Sequence[str], sort: str = "bytes",
     by = _check_by(by)
     _check_sort(sort)
     if top is not None and top < 0:
-        raise UsageError(f"--top must be >= 0, not {top}")
+        raise UsageError(f"`top` must be >= 0, not {top}", params=("top",))
     an = _analysis(ds)
     frames = _select(an, events, _layer)
     name = name or ("by_" + "_".join(by) if by else "total")
@@ -1875,8 +1877,9 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
     tables: list[Table] = []
     if interval_ns is not None:
         if live:
-            raise UsageError("--interval and --live: the series has the outstanding bytes "
-                             "at the end of each interval already; give one of them")
+            raise UsageError("`interval_ns` and `live`: the series has the outstanding bytes "
+                             "at the end of each interval already; give one of them",
+                             params=("interval_ns", "live"))
         keys = by or ("cache",)
         layer = _layers(src, "order" in keys)
         if "event" in keys or "function" in keys:
@@ -1889,10 +1892,10 @@ def build_report(ds: Dataset, by: Sequence[str] = (), sort: str = "bytes",
                                       sort="bytes", main=tables[0].name), False)
     if live:
         if src == "kprobe":
-            raise UsageError("--live pairs allocations with their frees by pointer, and "
+            raise UsageError("`live` pairs allocations with their frees by pointer, and "
                              "kprobe events carry no pointer",
                              hint="record the kmem tracepoints (ftslab record without "
-                                  "--kprobes only)")
+                                  "--kprobes only)", params=("live",))
         if by:
             layer = "page" if "order" in by else "slab"
             if "event" in by:

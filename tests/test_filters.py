@@ -107,8 +107,8 @@ def test_string_values_cannot_carry_quotes_or_control_characters(value):
     # as typed inside a quoted string of an otherwise valid expression
     with pytest.raises(UsageError, match="invalid value|invalid filter"):
         parse_filter(f'name == "{value}"')
-    with pytest.raises(UsageError, match="invalid --cache"):
-        string_literal(value, "--cache")
+    with pytest.raises(UsageError, match="invalid `cache`"):
+        string_literal(value, "cache")
 
 
 def test_a_tab_is_refused_not_turned_into_spaces():
@@ -146,7 +146,7 @@ def test_comm_filter():
     with pytest.raises(UsageError) as ei:
         comm_filter("y" * TASK_COMM_LEN)
     assert repr("y" * (TASK_COMM_LEN - 1)) in str(ei.value)  # names what would match
-    with pytest.raises(UsageError, match="invalid --comm"):
+    with pytest.raises(UsageError, match="invalid `comm`"):
         comm_filter('a"b')
 
 

@@ -310,7 +310,9 @@ def test_garbage_cache_names_stop_before_recording(fake_kprobe_tracefs, monkeypa
     with pytest.raises(ProbeVerifyFailed, match="not this kernel's caches") as ei:
         s.apply(steps)
     assert ei.value.exit_code == 11
-    assert "--cache-name-offset" in str(ei.value)
+    assert "`cache_name_offset` N" in str(ei.value)  # the parameter; the CLI: its flag
+    from ftslab.cli import in_flag_terms
+    assert "with --cache-name-offset N" in in_flag_terms(ei.value)
     s.close()
     assert not (fake_kprobe_tracefs / "events/ftslab_999999").exists()
     # nothing was ever enabled beyond the checked probes
