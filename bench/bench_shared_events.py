@@ -36,7 +36,7 @@ from bench_record import ROOT, EVENTS, build_workload, ftslab_cmd  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from ftslab.tracefs import Tracefs  # noqa: E402
+from ftslab.kernel.tracefs import Tracefs
 from toplevel import other_instance  # noqa: E402  (the second prober: kmem on, tracing off)
 
 

@@ -1,7 +1,7 @@
 import sys
 
 try:
-    from .cli import main
+    from ftslab.cli.entry import main
 except KeyboardInterrupt:  # Ctrl-C while Python loads the command line
     sys.stderr.write("ftslab: interrupted\n")
     sys.exit(130)

@@ -13,26 +13,48 @@ instead (cli.FLAG_OF, applied where it catches the error).
 """
 from __future__ import annotations
 
+
 __all__ = [
     "EXIT_OK", "EXIT_USAGE", "EXIT_PERMISSION", "EXIT_TRACEFS", "EXIT_KERNEL",
     "EXIT_INPUT", "EXIT_IO", "EXIT_UNSUPPORTED", "EXIT_TRUNCATED", "EXIT_LOST",
-    "EXIT_CODES",
-    "FtslabError", "UsageError", "PermissionDenied", "TracefsUnavailable",
-    "KernelWriteError", "BadInput", "ParseError", "TruncatedRecording",
-    "OutputError", "Unsupported", "Stopped", "CleanupIncomplete",
+    "EXIT_CODES", "FtslabError", "UsageError", "PermissionDenied", "TracefsUnavailable",
+    "KernelWriteError", "BadInput", "ParseError", "TruncatedRecording", "OutputError",
+    "Unsupported", "Stopped", "CleanupIncomplete"
 ]
 
+
 EXIT_OK = 0
+
+
 EXIT_USAGE = 2          # bad command line (also click's own usage errors)
+
+
 EXIT_PERMISSION = 3     # not root / no CAP_SYS_ADMIN / lockdown / read-only tracefs
+
+
 EXIT_TRACEFS = 4        # tracefs not mounted or not usable
+
+
 EXIT_KERNEL = 5         # the kernel refused a tracefs write (error_log says why)
+
+
 EXIT_INPUT = 6          # an input file is missing, not a recording, or corrupt
+
+
 EXIT_IO = 7             # writing the recording or the output failed (disk full, ...)
+
+
 EXIT_UNSUPPORTED = 8    # the kernel lacks a feature that was explicitly asked for
+
+
 EXIT_TRUNCATED = 9      # --strict: the recording was cut short
+
+
 EXIT_LOST = 10          # --strict: events were lost
+
+
 EXIT_VERIFY = 11        # kprobe fetch args read garbage: cache names not this kernel's
+
 
 #: Documented in `ftslab --help`.
 EXIT_CODES = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
+
 __all__ = ["Progress", "Part", "NO_PROGRESS"]
 
 

@@ -30,11 +30,12 @@ collect_ignore = [] if os.environ.get("FTSLAB_GUEST_KERNEL") else ["vm/guest"]
 
 def real_text_dataset(name: str):
     """A real 6.18 text capture (tests/fixtures/6.18/NAME) parsed with its format files."""
-    from ftslab import formats, textparse
+    from ftslab.trace import formats as formats_mod
+    from ftslab.trace import textparse
     fix = FIXTURES / "6.18"
     fmts = {}
     for p in fix.glob("kmem-*.format"):
-        f = formats.parse_format(p.read_text(), "kmem")
+        f = formats_mod.parse_format(p.read_text(), "kmem")
         fmts[f.name] = f
     return textparse.parse_text((fix / name).read_text(), formats=fmts)
 
@@ -148,8 +149,12 @@ def as_nobody(argv: list[str]) -> tuple[int, str]:
 
     Forked rather than exec'ed: this machine's Python lives under /root, which nobody
     cannot read; the parent has already imported everything the CLI needs."""
-    import ftslab.capture, ftslab.cli, ftslab.load, ftslab.render, ftslab.report  # noqa
-    import ftslab.stream, ftslab.tracefs, ftslab.tracedat  # noqa
+    import importlib
+    import pkgutil
+    import ftslab
+    for m in pkgutil.walk_packages(ftslab.__path__, "ftslab."):
+        if m.name != "ftslab.__main__":
+            importlib.import_module(m.name)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -160,7 +165,7 @@ def as_nobody(argv: list[str]) -> tuple[int, str]:
             os.setgroups([])
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
-            code = ftslab.cli.main(argv)
+            code = ftslab.cli.entry.main(argv)
         except BaseException:
             code = 99
         os._exit(code)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftslab.btf import BtfError, Member, Param, kmem_cache_offsets, parse
+from ftslab.kernel.btf import BtfError, Member, Param, kmem_cache_offsets, parse
 from ftslab.errors import BadInput, EXIT_INPUT
 from kernel_oracle import (VMLINUX, BtfRaw, kallsyms_text_counts, kernel_config,
                            pahole_members, unavailable)
@@ -474,7 +474,7 @@ def _kallsyms_text() -> set[str]:
 
 
 def _family_candidates() -> list[str]:
-    from ftslab.kprobes import FAMILY
+    from ftslab.events import FAMILY
     return [c for m in FAMILY for c in m.candidates]
 
 
@@ -535,7 +535,7 @@ def test_kmalloc_family_params(vmlinux, bpftool_btf):
         assert [(p.name, p.type_name) for p in params] == theirs, fn
         compared += 1
     assert compared, f"none of {present} has a BTF prototype"
-    from ftslab.kprobes import FAMILY
+    from ftslab.events import FAMILY
     node = [fn for m in FAMILY if m.family == "kmalloc_node" for fn in m.candidates
             if fn in present]
     if node:

@@ -1,5 +1,5 @@
 """Bulk frees (kprobes on kmem_cache_free_bulk, kprobes.py / bulkfree.py): one event
-frees ``cnt`` objects named by its pointer slots; report.py pairs each with its
+frees ``cnt`` objects named by its pointer slots; analysed.py pairs each with its
 allocation.  The events here are written as the kernel prints them (a text trace);
 tests/vm/guest/test_guest_bulkfree.py records real ones."""
 from __future__ import annotations
@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftslab import report
-from ftslab.bulkfree import expand_bulk_frees, unseen_free_reason
-from ftslab.kprobes import BULK_FREE_SLOTS, plan_probes
-from ftslab.load import load
+from ftslab import events
+from ftslab.analysis import analysed
+from ftslab.analysis import live
+from ftslab.analysis.bulkfree import expand_bulk_frees, unseen_free_reason
+from ftslab.events import BULK_FREE_SLOTS
+from ftslab.kernel.kprobes import plan_probes
+from ftslab.trace.loader import load
 
 from test_kprobes import _session, ctx_61, fake_kprobe_tracefs  # noqa: F401 (fixture)
 
@@ -31,7 +34,7 @@ def _slots(ptrs):
 
 
 def _maple_live(path):
-    t = report.live_allocations(load(path), ("cache",))
+    t = live.live_allocations(load(path), ("cache",))
     return {r["cache"]: r["live"] for r in t.rows}.get("maple_node", 0)
 
 
@@ -43,7 +46,7 @@ def test_a_bulk_free_frees_the_objects_its_count_names_and_no_more(tmp_path):
     lines.append(K.format(us=11, ptr=ptrs[4]))       # a per-object free beside it
     path = _trace(tmp_path, lines)
     assert _maple_live(path) == 2                    # ptrs[2], ptrs[3]: never freed
-    an = report._Analysis(load(path))
+    an = analysed.Analysis(load(path))
     (fr,) = [f for f in an.frames if f.src.layer == "slab"]
     assert fr.freed.tolist() == [True, True, False, False, True]
     assert an.bulk_unnamed == 0
@@ -56,8 +59,8 @@ def test_without_the_bulk_free_source_the_same_trace_shows_them_live(tmp_path, m
     lines.append(F.format(us=10, cnt=3, slots=_slots(ptrs)))
     path = _trace(tmp_path, lines)
     assert _maple_live(path) == 0
-    monkeypatch.setattr(report, "FREE_SOURCES", tuple(
-        s for s in report.FREE_SOURCES if s.count is None))
+    monkeypatch.setattr(events, "FREE_SOURCES", tuple(
+        s for s in events.FREE_SOURCES if s.count is None))
     assert _maple_live(path) == 3
 
 
@@ -112,10 +115,10 @@ def test_no_bulk_free_probe_where_the_kernel_lacks_the_function():
 
 @pytest.mark.parametrize("name", ["kpf_kmem_cache_free_bulk", "kpf_kmem_cache_free_bulk_32"])
 def test_bulk_free_events_are_frees_not_allocations(name):
-    assert report.alloc_source("ftslab_1", name) is None
-    src = report.free_source("ftslab_1", name)
+    assert events.alloc_source("ftslab_1", name) is None
+    src = events.free_source("ftslab_1", name)
     assert src is not None and src.count == "cnt" and src.layer == "slab"
-    fields = report.fields_read("ftslab_1", name)
+    fields = events.fields_read("ftslab_1", name)
     assert fields[0] == "cnt" and "p0" in fields and f"p{BULK_FREE_SLOTS - 1}" in fields
 
 
@@ -126,7 +129,7 @@ def test_a_session_defines_filters_enables_and_removes_the_bulk_free_probes(
                    btf_present=True)
         c.kallsyms["kmem_cache_free_bulk"] = 1
         return c
-    monkeypatch.setattr("ftslab.tracefs.read_probe_context", ctx)
+    monkeypatch.setattr("ftslab.kernel.procfs.read_probe_context", ctx)
     k, s, steps, _ = _session(fake_kprobe_tracefs, monkeypatch)
     plan = s.probe_plan
     assert len(plan.bulk_frees) == 5

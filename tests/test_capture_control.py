@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from ftslab import capture
-from ftslab.capture import RecordOptions, Session
+from ftslab import errors
+from ftslab.session import engine
+from ftslab.session import run
+from ftslab.session import signals
+from ftslab.session.options import RecordOptions
+from ftslab.session.engine import Session
 from ftslab.errors import KernelWriteError, TracefsUnavailable, UsageError, PermissionDenied
-from ftslab.tracefs import Tracefs
-from ftslab.undo import UndoStack
+from ftslab.kernel.tracefs import Tracefs
+from ftslab.kernel.undo import UndoStack
 from conftest import make_fake_tracefs
 
 FIX = Path(__file__).parent / "fixtures" / "6.18"
@@ -125,11 +129,11 @@ def test_interrupt_during_setup_unwinds(fake_tracefs, monkeypatch):
     def interrupting(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 4:
-            raise capture.Interrupted(2)
+            raise signals.Interrupted(2)
         return real(self, *a, **k)
 
     monkeypatch.setattr(Tracefs, "_write", interrupting)
-    with pytest.raises(capture.Interrupted):
+    with pytest.raises(signals.Interrupted):
         session.apply(steps)
     session.close()
     assert not (fake_tracefs / "instances" / "ftslab_999999").exists()
@@ -160,7 +164,7 @@ def test_stale_instances_are_named(fake_tracefs):
     tfs = Tracefs(fake_tracefs)
     assert tfs.stale_instances() == [("ftslab_99999999", 99999999)]
     msgs: list[str] = []
-    capture.report_stale(tfs, msgs.append)
+    engine.report_stale(tfs, msgs.append)
     assert len(msgs) == 1 and "ftslab_99999999" in msgs[0] and "ftslab reset" in msgs[0]
 
 
@@ -201,16 +205,16 @@ def test_signal_during_setup_is_reported_not_silent(fake_tracefs, monkeypatch):
     def refusing(self, rel, text, append=True, instance=None, hint=None):
         calls["n"] += 1
         if calls["n"] == 3:
-            capture._stop_requested.append(sig.SIGTERM)
-            raise capture.Interrupted(sig.SIGTERM)
+            signals.stop_requested.append(sig.SIGTERM)
+            raise signals.Interrupted(sig.SIGTERM)
 
     monkeypatch.setattr(Tracefs, "_write", refusing)
     try:
-        with pytest.raises(capture.Stopped) as exc:
-            capture.run_session(Tracefs(fake_tracefs), RecordOptions(), lambda m: None,
+        with pytest.raises(errors.Stopped) as exc:
+            run.run_session(Tracefs(fake_tracefs), RecordOptions(), lambda m: None,
                                 lambda t, f: None, lambda s: None, {})
     finally:
-        capture._stop_requested.clear()  # the stop is this test's, not the next one's
+        signals.stop_requested.clear()  # the stop is this test's, not the next one's
     assert exc.value.exit_code == 128 + 15
     assert "before recording started" in str(exc.value)
     assert not [p for p in (fake_tracefs / "instances").iterdir()]

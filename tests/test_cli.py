@@ -1,9 +1,9 @@
-"""The command line (ftslab/cli.py) without root: argument handling, exit codes (README
+"""The command line (ftslab/admin.py) without root: argument handling, exit codes (README
 "Exit codes"), `report` on the real recordings of tests/fixtures/6.18 in every format,
 `record`/`stream --dry-run` against a fake tracefs (conftest.make_fake_tracefs),
 `stream` on real pages, `reset`, `recover` and `probes`.
 
-Most calls go through ``ftslab.cli.main`` in this process (what the console script
+Most calls go through ``ftslab.cli.entry.main`` in this process (what the console script
 runs); a few run ``python -m ftslab`` as a user would, to see the whole of stderr.
 A bad input must give one line, ``ftslab: error: ...``, the documented code, and no
 traceback.
@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 import ftslab
-from ftslab import cli, errors
-from ftslab.cli import main
+from ftslab.cli import admin
+from ftslab.cli import ui
+from ftslab import errors
+from ftslab.cli.entry import main
 
 from conftest import ROOT, make_fake_tracefs, run_ftslab
 
@@ -39,8 +41,8 @@ TRACE_DATS = ["ftslab-open200.dat", "ftslab-stacks-eventfd300.dat", "tracecmd-v6
 def _no_process_wide_malloc_settings(monkeypatch):
     # report asks glibc to keep freed memory for the rest of the process (it exits
     # after one report); this process goes on running tests
-    from ftslab import heap
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda: False)
+    from ftslab.trace import prefault
+    monkeypatch.setattr(prefault, "keep_freed_memory", lambda: False)
     # the running kernel's tracefs must never be reached from here
     monkeypatch.setenv("FTSLAB_TRACEFS", "/nonexistent-tracefs")
 
@@ -73,7 +75,7 @@ def test_help_lists_the_readme_exit_codes(capsys):
     table = table[:table.index("\n## ", 5)]
     documented = set(re.findall(r"^\| (\d+|128\+N) \|", table, re.M))
     assert documented == {str(c) for c in errors.EXIT_CODES}
-    code, out, _err = run(capsys, "--help")
+    code, out, err = run(capsys, "--help")
     assert code == 0
     for c, text in errors.EXIT_CODES.items():
         assert re.search(rf"^\s+{re.escape(str(c))}\s+{re.escape(text[:30])}", out, re.M), c
@@ -356,8 +358,8 @@ def test_record_dry_run_prints_the_writes_and_makes_none(capsys, fake):
     assert filtered == has and has
     enabled = re.findall(rf"^echo '1' > {re.escape(str(inst))}/events/(\w+)/(\w+)/enable",
                          out, re.M)
-    from ftslab.capture import DEFAULT_EVENTS
-    from ftslab.report import free_source
+    from ftslab.events import DEFAULT_EVENTS
+    from ftslab.events import free_source
     frees = sorted(e for e in DEFAULT_EVENTS if free_source(*e.split(":")))
     assert sorted(f"{s}:{e}" for s, e in enabled) == sorted(set(DEFAULT_EVENTS) - set(frees))
     # the command's frees are recorded for the whole system, in a second instance
@@ -380,7 +382,7 @@ def test_record_dry_run_with_frees_traced_keeps_one_instance(capsys, fake):
     assert code == 0, err
     inst = fake / "instances" / f"ftslab_{os.getpid()}"
     assert f"{inst}_frees" not in out and "(settle)" not in out
-    from ftslab.capture import DEFAULT_EVENTS
+    from ftslab.events import DEFAULT_EVENTS
     enabled = re.findall(rf"^echo '1' > {re.escape(str(inst))}/events/(\w+)/(\w+)/enable",
                          out, re.M)
     assert sorted(f"{s}:{e}" for s, e in enabled) == sorted(DEFAULT_EVENTS)
@@ -457,11 +459,12 @@ def _replayed_stream(monkeypatch, tmp_path, recording):
     """Run `stream`'s reader on a recording's pages: run_session is replaced by one that
     hands stream's reader a session over those pages (test_stream_decoder), then flushes
     and closes it as run_session does after tracing stops."""
-    from ftslab import capture, stream
-    from ftslab.capture import RunResult
+    from ftslab.kernel import undo as undo_mod
+    from ftslab.session import stream
+    from ftslab.session.run import RunResult
     from test_stream_decoder import no_stop, replay_session, tasks_gone
     session, _td = replay_session(tmp_path / "replay", recording)
-    session.undo = capture.UndoStack()
+    session.undo = undo_mod.UndoStack()
     tasks_gone(monkeypatch, stream)
     no_stop(monkeypatch)
 
@@ -494,7 +497,7 @@ def test_stream_prints_every_event_of_real_pages(capsys, monkeypatch, tmp_path, 
         assert Counter(ln.split(": ", 1)[1].split()[0] for ln in lines) == \
             Counter(f"kmem:{e.name}" for e in events)
     else:
-        from ftslab.render import event_to_seed
+        from ftslab.cli.render import event_to_seed
         assert lines == [s for s in (event_to_seed(e) for e in _page_order(events))
                          if s is not None]
     assert f"streamed {len(events):,} events" in err and "lost 0" in err
@@ -523,7 +526,7 @@ def test_stream_into_a_closed_pipe_stops_quietly(capsys, monkeypatch, tmp_path, 
         def write(self, s):
             raise BrokenPipeError(32, "Broken pipe")
     monkeypatch.setattr(sys, "stdout", Closed())
-    monkeypatch.setattr(cli, "_quiet_stdout", lambda: None)
+    monkeypatch.setattr(ui, "quiet_stdout", lambda: None)
     code = main(["stream", "--tracefs", str(fake), "--kprobes", "off"])
     err = capsys.readouterr().err
     assert code == 0 and "(output closed)" in err and "Traceback" not in err
@@ -604,11 +607,12 @@ def _replayed_top(monkeypatch, tmp_path, recording):
     """top's reader on a recording's pages (as _replayed_stream): pumped until its worker
     has made a frame of everything (polled, with a deadline), then flushed and closed."""
     import time
-    from ftslab import capture, top
-    from ftslab.capture import RunResult
+    from ftslab.kernel import undo as undo_mod
+    from ftslab.session import top
+    from ftslab.session.run import RunResult
     from test_stream_decoder import replay_session, tasks_gone
     session, _td = replay_session(tmp_path / "replay", recording)
-    session.undo = capture.UndoStack()
+    session.undo = undo_mod.UndoStack()
     tasks_gone(monkeypatch, top)
 
     def run_session(tracefs, opts, warn, status, make_reader, meta):
@@ -630,9 +634,9 @@ def _replayed_top(monkeypatch, tmp_path, recording):
 
 
 def test_top_batch_frames_on_real_pages(capsys, monkeypatch, tmp_path, fake):
-    from ftslab.render import human_bytes
-    from ftslab.top import TopState
-    from ftslab.tracefs import read_slab_aliases
+    from ftslab.cli.render import human_bytes
+    from ftslab.session.top import TopState
+    from ftslab.kernel.procfs import read_slab_aliases
     _replayed_top(monkeypatch, tmp_path, OPEN200)
     code, out, err = run(capsys, "top", "--tracefs", fake, "--batch", "-n", "0.1")
     assert code == 0, err

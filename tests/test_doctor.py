@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from ftslab import doctor
-from ftslab.formats import parse_format
+from ftslab.kernel import doctor
+from ftslab.trace.formats import parse_format
 
 from conftest import FIXTURES, make_fake_tracefs, run_ftslab
 from test_kprobes import README_ARG, ctx_61
@@ -28,7 +28,7 @@ def _fields(event: str) -> list[str]:
 def tree(tmp_path, monkeypatch):
     root = make_fake_tracefs(tmp_path)
     (root / "README").write_text(README_ARG)
-    monkeypatch.setattr("ftslab.tracefs.read_probe_context",
+    monkeypatch.setattr("ftslab.kernel.procfs.read_probe_context",
                         lambda tfs, symbols=None: ctx_61(btf_offsets=_61_OFFSETS,
                                                          btf_present=True))
     return root
@@ -121,7 +121,7 @@ def test_cli_doctor_json_is_diagnose(tree):
 
 
 def test_slab_counters_say_when_allocinfo_is_absent(tmp_path):
-    from ftslab.doctor import render_text, slab_counters
+    from ftslab.kernel.doctor import render_text, slab_counters
     (tmp_path / "slabinfo").write_text("slabinfo - version: 2.1\n")
     d = slab_counters(str(tmp_path))
     assert d == {"slabinfo": True, "allocinfo": False}

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ftslab.capture import DEFAULT_EVENTS, RecordOptions, Session
+from ftslab.events import DEFAULT_EVENTS
+from ftslab.session.options import RecordOptions
+from ftslab.session.engine import Session
 from ftslab.errors import UsageError
-from ftslab.filters import TASK_COMM_LEN, comm_filter, parse_filter, string_literal
-from ftslab.formats import parse_format
-from ftslab.tracefs import Tracefs
+from ftslab.kernel.filters import TASK_COMM_LEN, comm_filter, parse_filter, string_literal
+from ftslab.trace.formats import parse_format
+from ftslab.kernel.tracefs import Tracefs
 
 from conftest import make_fake_tracefs
 

@@ -1,4 +1,4 @@
-"""forked.in_order: items shared with a forked child come back complete and in order,
+"""decode_helper.in_order: items shared with a forked child come back complete and in order,
 whatever happens to the child."""
 import os
 import signal
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from ftslab import forked
+from ftslab.trace import decode_helper
 
 
 _PARENT = os.getpid()
@@ -67,7 +67,7 @@ def _no_child_left():
 
 
 def test_items_come_back_in_order_and_the_child_computes_some():
-    results = list(forked.in_order(_work, 40))
+    results = list(decode_helper.in_order(_work, 40))
     _check(results, 40)
     pids = {v["pid"] for _, v in results}
     assert os.getpid() in pids and len(pids) == 2  # both processes took items
@@ -75,7 +75,7 @@ def test_items_come_back_in_order_and_the_child_computes_some():
 
 def test_pack_and_unpack_apply_to_the_childs_results_only():
     parent = os.getpid()
-    results = list(forked.in_order(_work, 30, pack=lambda v: dict(v, packed=True),
+    results = list(decode_helper.in_order(_work, 30, pack=lambda v: dict(v, packed=True),
                                    unpack=lambda v: dict(v, unpacked=True)))
     _check(results, 30)
     for _, v in results:
@@ -85,7 +85,7 @@ def test_pack_and_unpack_apply_to_the_childs_results_only():
 
 
 def test_not_shared_runs_everything_here():
-    results = list(forked.in_order(_work, 10, share=False))
+    results = list(decode_helper.in_order(_work, 10, share=False))
     _check(results, 10)
     assert {v["pid"] for _, v in results} == {os.getpid()}
 
@@ -101,7 +101,7 @@ def test_a_child_that_dies_leaves_its_items_to_the_parent(how):
             raise RuntimeError("child fails")
         return _work(i)
 
-    results = list(forked.in_order(work, 40))
+    results = list(decode_helper.in_order(work, 40))
     _check(results, 40)
 
 
@@ -109,13 +109,13 @@ def test_fork_refused_computes_everything_here(monkeypatch):
     def refuse():
         raise OSError(11, "Resource temporarily unavailable")
     monkeypatch.setattr(os, "fork", refuse)
-    results = list(forked.in_order(_work, 10))
+    results = list(decode_helper.in_order(_work, 10))
     _check(results, 10)
     assert {v["pid"] for _, v in results} == {os.getpid()}
 
 
 def test_stopping_early_reaps_the_child():
-    it = forked.in_order(_work, 200)
+    it = decode_helper.in_order(_work, 200)
     for i, _ in it:
         if i == 3:
             break
@@ -131,12 +131,12 @@ def test_an_error_in_the_parent_reaps_the_child():
         return _work(i)
 
     with pytest.raises(ValueError):
-        list(forked.in_order(work, 100))
+        list(decode_helper.in_order(work, 100))
 
 
 def test_a_stuck_child_is_killed_and_its_items_done_here(monkeypatch):
     parent = os.getpid()
-    monkeypatch.setattr(forked, "_STUCK_S", 0.5)
+    monkeypatch.setattr(decode_helper, "_STUCK_S", 0.5)
 
     def work(i):
         if os.getpid() != parent and i >= 3:
@@ -144,7 +144,7 @@ def test_a_stuck_child_is_killed_and_its_items_done_here(monkeypatch):
         return _work(i)
 
     t0 = time.monotonic()
-    results = list(forked.in_order(work, 20))
+    results = list(decode_helper.in_order(work, 20))
     _check(results, 20)
     assert time.monotonic() - t0 < 30
 
@@ -153,8 +153,8 @@ def test_a_stuck_child_is_killed_and_its_items_done_here(monkeypatch):
 def test_the_childs_results_go_round_the_ring(monkeypatch, ring):
     """Many results through a small ring (written over once read), and results larger
     than the whole ring, all come back intact."""
-    monkeypatch.setattr(forked, "_RING", ring)
-    results = list(forked.in_order(_work, 60))
+    monkeypatch.setattr(decode_helper, "_RING", ring)
+    results = list(decode_helper.in_order(_work, 60))
     _check(results, 60)
     assert len({v["pid"] for _, v in results}) == 2
 
@@ -171,7 +171,7 @@ def test_a_dead_childs_acks_raise_no_sigpipe_in_the_parent(monkeypatch):
             if os.getpid() != parent and i >= 5:
                 os.kill(os.getpid(), signal.SIGKILL)
             return _work(i)
-        _check(list(forked.in_order(work, 40)), 40)
+        _check(list(decode_helper.in_order(work, 40)), 40)
     finally:
         signal.signal(signal.SIGPIPE, old)
     assert got == []

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ftslab.errors import ParseError
-from ftslab.formats import (MAX_LAYOUT_BYTES, EventFormat, Field, HeaderEvent, HeaderPage,
-                            parse_format, parse_header_event, parse_header_page)
+from ftslab.trace.formats import MAX_LAYOUT_BYTES, EventFormat, Field, HeaderEvent, HeaderPage, parse_format, parse_header_event, parse_header_page
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 EVENTS = ["kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import ftslab
-from ftslab.report import build_report, free_source
-from ftslab.tracedat import read_tracedat
+from ftslab.analysis.build import build_report
+from ftslab.events import free_source
+from ftslab.trace.tracedat_read import read_tracedat
 
 FIX = Path(__file__).parent / "fixtures" / "6.18"
 ALL = FIX / "ftslab-frees-all-true5.dat"
@@ -113,7 +114,7 @@ def test_cli_header_and_json(tmp_path):
 def test_a_file_cut_before_the_frees_says_so(tmp_path):
     """The allocations' buffer comes first in the file: cut inside the frees' data,
     the allocations are recovered, and the report says their frees are missing."""
-    from ftslab.tracedat import write_tracedat
+    from ftslab.trace.tracedat_write import write_tracedat
     td = read_tracedat(ALL)
     frees = read_tracedat(ALL, "frees")
     whole = tmp_path / "whole.dat"

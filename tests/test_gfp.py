@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ftslab import gfp
+from ftslab.trace import gfp
 from ftslab.errors import ParseError
-from ftslab.formats import parse_format
+from ftslab.trace.formats import parse_format
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 TRACES = ["kmem-trace.txt", "kmem-trace-tgid-noirq.txt", "kmem-trace_pipe-lost.txt",

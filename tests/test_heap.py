@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 _CASE = r"""
 import json, sys
 import numpy as np
-from ftslab import heap
+from ftslab.trace import prefault as heap
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -11,11 +11,13 @@ import re
 import subprocess
 import sys
 
-from ftslab import ringbuf
-from ftslab.formats import parse_format, parse_header_event, parse_header_page
-from ftslab.kallsyms import Symbolizer
-from ftslab.textparse import parse_lines
-from ftslab.tracefs import Tracefs, online_cpus, read_text_file
+from ftslab.trace import columns
+from ftslab.trace import pages as pages_mod
+from ftslab.trace.formats import parse_format, parse_header_event, parse_header_page
+from ftslab.kernel.kallsyms import Symbolizer
+from ftslab.trace.textparse import parse_lines
+from ftslab.kernel.tracefs import Tracefs, read_text_file
+from ftslab.kernel.procfs import online_cpus
 
 EVENTS = ("kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",
           "mm_page_free")
@@ -86,8 +88,8 @@ def test_raw_decoder_matches_kernel_text(kernel):
     he = parse_header_event(tfs.read("events/header_event"))
     raw = []
     for cpu, data in pages.items():
-        walk = ringbuf.walk_pages(data, cpu, hp, he)
-        raw.extend(ringbuf.iter_events(data, walk, fmts))
+        walk = pages_mod.walk_pages(data, cpu, hp, he)
+        raw.extend(columns.iter_events(data, walk, fmts))
     raw.sort(key=lambda e: (e.ts, e.cpu))
     by_name = {f.name: f for f in fmts.values()}
     print_only = {name: _print_only(f) for name, f in by_name.items()}

@@ -97,7 +97,7 @@ def test_doctor_on_this_kernel(kprobes):
     # the plan is shown even without kprobes: this kernel's symbols and BTF offsets
     for key, value in _kmem_cache_offsets().items():
         assert d["offsets"][key] == {"value": value, "source": "btf"}, key
-    from ftslab.kprobes import FAMILY
+    from ftslab.events import FAMILY
     present = family_symbols({m.family: m.candidates for m in FAMILY},
                              kallsyms_text_counts())
     assert d["probes"], d["skipped"]

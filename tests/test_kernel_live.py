@@ -66,7 +66,7 @@ def _eventfd_rows(rows):
 @functools.lru_cache(maxsize=1)
 def _eventfd_ctx_size() -> int:
     """sizeof(struct eventfd_ctx), the size do_eventfd() asks kmalloc for (kernel BTF)."""
-    from ftslab import btf
+    from ftslab.kernel import btf
     size = btf.parse(Path("/sys/kernel/btf/vmlinux").read_bytes()).struct_size("eventfd_ctx")
     assert size, "no struct eventfd_ctx in the kernel's BTF"
     return size

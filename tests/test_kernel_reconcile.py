@@ -19,7 +19,7 @@ import sys
 
 from conftest import run_ftslab
 
-from ftslab import reconcile
+from ftslab.analysis import reconcile
 
 N = 1500
 PAUSE_S = 1.5  # the sampler reads /proc/slabinfo each second: samples before and after

@@ -69,7 +69,7 @@ def _kernel_pipe_sizes() -> tuple[int, int]:
     running kernel: alloc_pipe_info kzallocs the one and kcallocs one pipe_buffer per
     page of the pipe's capacity.  The struct sizes come from the kernel's BTF, the
     capacity from a fresh pipe's F_GETPIPE_SZ (max_usage pages, the count it made)."""
-    from ftslab import btf
+    from ftslab.kernel import btf
     types = btf.parse(Path("/sys/kernel/btf/vmlinux").read_bytes())
     info, buf = types.struct_size("pipe_inode_info"), types.struct_size("pipe_buffer")
     assert info and buf, (info, buf)
@@ -457,7 +457,7 @@ def test_whole_system_recording_leaves_ftslab_itself_out(kernel, tmp_path, flags
     _o, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     import ftslab
-    from ftslab.report import alloc_source
+    from ftslab.events import alloc_source
     evs = list(ftslab.read(out))
     pids = {e.pid for e in evs if alloc_source(e.system, e.name)}
     # (its frees are recorded, in every context: those that interrupt ftslab would be

@@ -20,8 +20,8 @@ import pytest
 from conftest import TRACEFS, popen_ftslab, run_ftslab
 import toplevel
 from toplevel import write_file
-from ftslab.capture import SHARED_EVENT_COST, enabled_elsewhere_message
-from ftslab.tracefs import EnabledElsewhere, Tracefs, enable_state_has_probe
+from ftslab.session.engine import SHARED_EVENT_COST, enabled_elsewhere_message
+from ftslab.kernel.tracefs import EnabledElsewhere, Tracefs, enable_state_has_probe
 
 KMEM = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc", "kfree", "kmem_cache_free",
         "mm_page_free")

@@ -48,7 +48,7 @@ def eventfd_frames() -> tuple[str, str]:
     constant size, which goes to the kmalloc family's entry for one cache (named by
     kernel version in ftslab's catalogue); do_eventfd itself may be inlined into the
     syscall.  The caller is also the function of the kmalloc event's call_site."""
-    from ftslab.kprobes import FAMILY
+    from ftslab.events import FAMILY
     cache_entry = next(m for m in FAMILY if m.family == "kmalloc_cache").candidates
     return (kept_function(cache_entry),
             kept_function(("do_eventfd", "__do_sys_eventfd2", "__se_sys_eventfd2",

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from ftslab import ringbuf
-from ftslab.formats import parse_format, parse_header_event, parse_header_page
-from ftslab.kallsyms import Symbolizer
-from ftslab.kprobes import (ProbeContext, cache_names_in_trace, check_cache_names,
-                            parse_function_list, parse_kallsyms_text, plan_probes)
-from ftslab.textparse import parse_lines
-from ftslab.tracefs import Tracefs
+from ftslab.trace import columns
+from ftslab.trace import pages
+from ftslab.trace.formats import parse_format, parse_header_event, parse_header_page
+from ftslab.kernel.kallsyms import Symbolizer
+from ftslab.kernel.kprobes import ProbeContext, cache_names_in_trace, check_cache_names, parse_function_list, parse_kallsyms_text, plan_probes
+from ftslab.trace.textparse import parse_lines
+from ftslab.kernel.tracefs import Tracefs
 
 FIX = Path(__file__).parent / "fixtures"
 KERNELS = ("6.1", "6.12")
@@ -127,8 +127,8 @@ def test_raw_kprobe_pages_decode_like_the_kernel_text(k):
     for rawf in sorted(d.glob("kprobe-cpu*.raw")):
         cpu = int(re.search(r"cpu(\d+)", rawf.name).group(1))
         data = rawf.read_bytes()
-        walk = ringbuf.walk_pages(data, cpu, hp, he)
-        raw.extend(ringbuf.iter_events(data, walk, fmts))
+        walk = pages.walk_pages(data, cpu, hp, he)
+        raw.extend(columns.iter_events(data, walk, fmts))
     raw = [e for e in raw if e.name.startswith("kp_") and not e.name.endswith("_ret")]
     assert len(raw) > 50, len(raw)
     by_name = {f.name: f for f in fmts.values()}

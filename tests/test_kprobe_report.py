@@ -16,9 +16,10 @@ import pytest
 
 import ftslab
 from conftest import need_tool
-from ftslab.records import Dataset
-from ftslab.render import event_to_json, event_to_seed
-from ftslab.report import build_report, group_allocations
+from ftslab.dataset import Dataset
+from ftslab.cli.render import event_to_json, event_to_seed
+from ftslab.analysis.build import build_report
+from ftslab.analysis.grouping import group_allocations
 
 DAT = Path(__file__).parent / "fixtures" / "6.12" / "ftslab-kprobes.dat"
 

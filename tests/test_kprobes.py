@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 
-from ftslab.capture import RecordOptions, Session, describe_probe_plan
-from ftslab.errors import (KernelWriteError, ProbeVerifyFailed, Unsupported, UsageError)
-from ftslab.kprobes import (FAMILY, KNOWN_PROTOTYPES, ProbeContext, cache_names_in_trace,
-                            check_cache_names, parse_kallsyms_text, parse_kprobe_events,
-                            plan_probes, roles_from_params, validate_symbol)
-from ftslab.tracefs import Tracefs
+from ftslab.session.options import RecordOptions
+from ftslab.session.engine import Session
+from ftslab.session.dryrun import describe_probe_plan
+from ftslab.errors import KernelWriteError, ProbeVerifyFailed, Unsupported, UsageError
+from ftslab.events import FAMILY
+from ftslab.kernel.kprobes import KNOWN_PROTOTYPES, ProbeContext, cache_names_in_trace, check_cache_names, parse_kallsyms_text, parse_kprobe_events, plan_probes, roles_from_params, validate_symbol
+from ftslab.kernel.tracefs import Tracefs
 from conftest import make_fake_tracefs
 from kernel_oracle import (VMLINUX, BtfRaw, expected_fetch_args, family_symbols,
                            kallsyms_text_counts, kprobe_blacklist, unavailable)
@@ -144,7 +145,7 @@ def test_host_kernel_plan_from_its_own_kallsyms_and_btf():
     what the kernel says through other routes (tests/kernel_oracle.py): symbols from
     /proc/kallsyms read against the catalogue, offsets and prototypes as bpftool reads
     the BTF, the fetch-arg style from the tracefs README."""
-    from ftslab.tracefs import read_probe_context
+    from ftslab.kernel.procfs import read_probe_context
     tfs = _host_tracefs()
     ctx = read_probe_context(tfs)
     plan = plan_probes(ctx, "ftslab_1")
@@ -219,7 +220,7 @@ def fake_kprobe_tracefs(tmp_path, monkeypatch):
     root = make_fake_tracefs(tmp_path)
     (root / "kprobe_events").write_text("")
     (root / "README").write_text(README_ARG)
-    monkeypatch.setattr("ftslab.tracefs.read_probe_context",
+    monkeypatch.setattr("ftslab.kernel.procfs.read_probe_context",
                         lambda tfs, symbols=None: ctx_61(
                             btf_offsets={"name": 96, "size": 24, "object_size": 28},
                             btf_present=True))
@@ -261,7 +262,7 @@ def _session(root, monkeypatch, fail_at=None, names=("filp", "kmalloc-64"), **op
     real_read = Tracefs.read
     monkeypatch.setattr(Tracefs, "read", lambda self, rel: trace if rel.endswith("/trace")
                         else real_read(self, rel))
-    monkeypatch.setattr("ftslab.tracefs.read_slab_names",
+    monkeypatch.setattr("ftslab.kernel.procfs.read_slab_names",
                         lambda: {"filp", "kmalloc-64", "vma"})
     warnings: list[str] = []
     s = Session(Tracefs(root), warnings.append, name="ftslab_999999")
@@ -311,7 +312,7 @@ def test_garbage_cache_names_stop_before_recording(fake_kprobe_tracefs, monkeypa
         s.apply(steps)
     assert ei.value.exit_code == 11
     assert "`cache_name_offset` N" in str(ei.value)  # the parameter; the CLI: its flag
-    from ftslab.cli import in_flag_terms
+    from ftslab.cli.entry import in_flag_terms
     assert "with --cache-name-offset N" in in_flag_terms(ei.value)
     s.close()
     assert not (fake_kprobe_tracefs / "events/ftslab_999999").exists()
@@ -379,7 +380,7 @@ def test_reset_keeps_live_owners_probes(fake_kprobe_tracefs, monkeypatch, tmp_pa
     os.symlink(registered, run / str(dead + 1))
     monkeypatch.setenv("FTSLAB_RUN_DIR", str(run))
     monkeypatch.chdir(cwd)
-    from ftslab.cli import main
+    from ftslab.cli.entry import main
     assert main(["reset", "--tracefs", str(fake_kprobe_tracefs)]) == 0
     removed = [t for rel, t in k.log if t.startswith("-:")]
     assert removed == [f"-:ftslab_{dead}/kp___kmalloc"]
@@ -400,7 +401,7 @@ def test_kprobes_only_enables_no_tracepoint(fake_kprobe_tracefs, monkeypatch):
 
 
 def test_blacklist_and_ftrace_list():
-    from ftslab.kprobes import parse_function_list
+    from ftslab.kernel.kprobes import parse_function_list
     assert parse_function_list("0xffffffff81000000-0xffffffff81000010\t__kmalloc\n") == {
         "__kmalloc"}
     assert parse_function_list("kfree\nfoo [bar]\n") == {"kfree", "foo"}
@@ -439,7 +440,7 @@ def test_probes_exist_before_the_instance_and_go_after_it(fake_kprobe_tracefs, m
 
 
 def test_kprobe_option_combinations_refused_up_front():
-    from ftslab.cli import main
+    from ftslab.cli.entry import main
     assert main(["record", "--kprobes", "only", "-e", "kmem:kfree", "--dry-run"]) == 2
     assert main(["record", "--kprobes", "off", "--kprobe-symbol", "kfree", "--dry-run"]) == 2
 
@@ -461,8 +462,8 @@ def test_filters_reach_probes_or_are_refused(fake_kprobe_tracefs, monkeypatch):
 
 
 def test_inner_probe_counted_when_its_outer_function_was_not_probed():
-    from ftslab.report import build_report
-    from ftslab.textparse import parse_text
+    from ftslab.analysis.build import build_report
+    from ftslab.trace.textparse import parse_text
     line = (" a-1 [000] ..... 1.00000{i}: kp___kmalloc_large_node_noprof: "
             "(__kmalloc_large_node_noprof+0x4/0x100) size=20000 gfp=0xcc0 node=-1 "
             "caller={c}\n")

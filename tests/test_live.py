@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ftslab import render, report
+from ftslab.cli import render
+from ftslab.analysis import analysed
+from ftslab.analysis import build
+from ftslab.analysis import grouping
+from ftslab.analysis import live as live_mod
 from ftslab.errors import UsageError
-from ftslab.load import load
-from ftslab.records import Loss, Metadata
+from ftslab.trace.loader import load
+from ftslab.dataset import Loss, Metadata
 
 from test_report import synthetic
 
@@ -18,7 +22,7 @@ SLAB = ("slab",)
 
 
 def live_rows(ds, key):
-    t = report.live_allocations(ds, (key,))
+    t = live_mod.live_allocations(ds, (key,))
     return t, {r[key]: r for r in t.rows}
 
 
@@ -38,13 +42,13 @@ def test_live_by_cache_counts_bytes_and_ages():
     assert r["filp"]["growth"] == [0] + [192] * 15
     for row in t.rows:                                # the curve ends at what is live
         assert row["growth"][-1] == row["live_bytes"]
-        assert len(row["growth"]) == report.LIVE_POINTS
+        assert len(row["growth"]) == live_mod.LIVE_POINTS
 
 
 def test_live_by_comm_and_pages():
     _t, r = live_rows(synthetic(), "comm")
     assert r["nginx"]["live"] == 2 and r["nginx"]["live_bytes"] == 64 + 32 + 0
-    t = report.live_allocations(synthetic(), ("order",), _layer="page")
+    t = live_mod.live_allocations(synthetic(), ("order",), _layer="page")
     # p1 freed at 1050, p2 freed at 1400, p3 failed, p4 (order 0, ts 1300, bin 14:
     # (1300 - 50) * 16 // 1351) held 100 ns
     assert t.rows == [dict(order=0, live=1, live_bytes=4096, unsure=0, count=2,
@@ -55,7 +59,7 @@ def test_live_with_lost_events_marks_the_unsure_rows():
     meta = Metadata(source="synthetic", cmdlines={10: "nginx", 20: "bash"},
                     lost=[Loss(0, 5, ((100, 300),))])
     ds = synthetic(meta=meta)
-    assert report.loss_horizon(ds) == 300
+    assert live_mod.loss_horizon(ds) == 300
     t, r = live_rows(ds, "cache")
     # live objects allocated before the last loss (300) may have lost their free
     assert r["kmalloc-64"]["unsure"] == 1 and r["filp"]["unsure"] == 1
@@ -69,7 +73,7 @@ def test_live_with_lost_events_marks_the_unsure_rows():
 
 
 def test_live_report_tables_and_rendering():
-    rep = report.build_report(synthetic(), live=True)
+    rep = build.build_report(synthetic(), live=True)
     assert [t.name for t in rep.tables] == ["live_by_cache", "live_by_callsite",
                                             "live_by_comm", "live_pages_by_order"]
     assert rep.main == "live_by_cache"
@@ -79,18 +83,18 @@ def test_live_report_tables_and_rendering():
     csv = render.render_csv(rep).splitlines()
     assert csv[0].split(",")[:4] == ["cache", "live", "live_bytes", "unsure"]
     assert csv[1].startswith("(large kmalloc),1,12288,0,1,900,900,")
-    one = report.build_report(synthetic(), by=("callsite",), live=True)
+    one = build.build_report(synthetic(), by=("callsite",), live=True)
     assert [t.name for t in one.tables] == ["live_by_callsite"]
 
 
 def test_live_refuses_kprobe_only_recordings(monkeypatch):
     ds = synthetic()
     with pytest.raises(UsageError, match="no pointer"):
-        report.build_report(ds, live=True, source="kprobe")
+        build.build_report(ds, live=True, source="kprobe")
 
 
 def test_free_times_are_the_matching_frees():
-    an = report._analysis(synthetic())
+    an = analysed.analysis_of(synthetic())
     fr = {f.event: f for f in an.frames}
     km = fr["kmem:kmalloc"]
     assert km.free_ts.tolist() == [210, 0, 600, 0, 0, 0, 0]
@@ -100,9 +104,9 @@ def test_free_times_are_the_matching_frees():
 
 def test_live_on_a_real_capture_agrees_with_the_plain_report():
     ds = load(FIX / "ftslab-open200.dat")
-    plain = {r["cache"]: r for r in report.group_allocations(ds, ("cache",),
+    plain = {r["cache"]: r for r in grouping.group_allocations(ds, ("cache",),
                                                              _layer="slab").rows}
-    t = report.live_allocations(ds, ("cache",))
+    t = live_mod.live_allocations(ds, ("cache",))
     assert t.rows
     for row in t.rows:
         assert row["live"] == plain[row["cache"]]["live"]
@@ -115,7 +119,7 @@ def test_live_on_a_real_capture_agrees_with_the_plain_report():
 def test_live_without_free_events_says_so():
     ds = synthetic()
     del ds.columns[("kmem", "kfree")], ds.columns[("kmem", "kmem_cache_free")]
-    t = report.live_allocations(ds, ("cache",))
+    t = live_mod.live_allocations(ds, ("cache",))
     assert sum(r["live"] for r in t.rows) == 9       # every successful slab allocation
     assert t.note.startswith("the recording has no free events")
-    assert "no free events" not in report.live_allocations(synthetic(), ("cache",)).note
+    assert "no free events" not in live_mod.live_allocations(synthetic(), ("cache",)).note

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftslab import forked, ringbuf
-from ftslab.load import load, read
-from ftslab.report import build_report, fields_read
-from ftslab.render import render_text
+from ftslab.trace import decode_helper
+from ftslab.trace import blocks as blocks_mod
+from ftslab.trace import pages as pages_mod
+from ftslab.trace.loader import load, read
+from ftslab.analysis.build import build_report
+from ftslab.events import fields_read
+from ftslab.cli.render import render_text
 
 FIX = Path(__file__).parent / "fixtures"
 RECORDINGS = sorted(FIX.glob("*/*.dat"))
@@ -42,10 +45,10 @@ def _same_columns(a, b, fields):
 def test_fields_path_gives_the_lazy_columns(path, block_pages, shared, monkeypatch):
     # 8-page blocks: every recording spans many blocks (events on block edges, a
     # page-order scatter per block, columns joined across blocks and CPUs); forked:
-    # blocks shared with a child process (forked.py), whatever their number
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", block_pages)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 2 if shared else 1 << 30)
-    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
+    # blocks shared with a child process (decode_helper.py), whatever their number
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", block_pages)
+    monkeypatch.setattr(blocks_mod, "_SHARE_MIN_BLOCKS", 2 if shared else 1 << 30)
+    monkeypatch.setattr(decode_helper, "usable_cpus", lambda: 2)
     lazy = load(path)
     eager = load(path, fields=fields_read)
     assert _same_columns(lazy, eager, fields_read) > 0
@@ -64,7 +67,7 @@ def test_fields_path_keeps_only_the_named_fields():
 
 
 def _cols(system, name, ts, ptrs, names=None):
-    from ftslab.records import EventColumns
+    from ftslab.dataset import EventColumns
     fields = {"ptr": np.array(ptrs, np.uint64)}
     if names is not None:
         fields["name"] = np.array(names, dtype=object)
@@ -76,7 +79,7 @@ def _cols(system, name, ts, ptrs, names=None):
 
 
 def test_column_sink_grows_in_place_and_rolls_back_a_cpu():
-    sink = ringbuf.ColumnSink()
+    sink = blocks_mod.ColumnSink()
     ts = list(range(100_000))
     sink.add(_cols("kmem", "kfree", ts, ts))  # past the first capacity: it grows
     sink.add(_cols("kmem", "kmem_cache_alloc", [5, 6], [7, 8], ["a", "b"]))
@@ -97,8 +100,8 @@ def test_column_sink_grows_in_place_and_rolls_back_a_cpu():
 
 
 def test_string_columns_keep_their_distinct_values_through_joins():
-    from ftslab.records import StrColumn, join_str_columns, str_column
-    from ftslab.report import _factorize
+    from ftslab.dataset import StrColumn, join_str_columns, str_column
+    from ftslab.analysis.frames import factorize
     a = str_column(np.array([1, 0, 1, 2]), ["dentry", "filp", "dentry"])  # a repeat
     assert a.tolist() == ["filp", "dentry", "filp", "dentry"] and a.labels == ["dentry", "filp"]
     b = str_column(np.array([0, 0, 1]), ["vma_lock", "filp"])
@@ -106,11 +109,11 @@ def test_string_columns_keep_their_distinct_values_through_joins():
     assert isinstance(j, StrColumn)
     assert j.tolist() == a.tolist() + b.tolist()
     assert [j.labels[c] for c in j.codes] == j.tolist() and len(set(j.labels)) == 3
-    codes, labels = _factorize(j)
+    codes, labels = factorize(j)
     assert [labels[c] for c in codes] == j.tolist()
     plain = j[np.array([True, False, True, True, False, False, True])]
     assert getattr(plain, "codes", None) is None  # a selection is a plain object array
-    codes, labels = _factorize(plain)
+    codes, labels = factorize(plain)
     assert [labels[c] for c in codes] == plain.tolist()
     # a part without codes: a plain join, same values
     assert join_str_columns([a, np.array(["x"], dtype=object)]).tolist() == a.tolist() + ["x"]
@@ -133,7 +136,7 @@ def test_the_block_decoder_tells_its_progress_block_by_block(monkeypatch):
             seen.append((text, fraction))
             super().stage(text, fraction)
 
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", 8)
     load(FIX / "6.18" / "ftslab-open200.dat", fields=fields_read, progress=Spy())
     decoding = [f for t, f in seen if t.startswith("decoding the pages of CPU")]
     assert len(decoding) > 4  # one per 8-page block, not one per CPU
@@ -143,7 +146,8 @@ def test_the_block_decoder_tells_its_progress_block_by_block(monkeypatch):
 def test_big_endian_pages_are_refused_by_the_block_decoder_too(tmp_path):
     import dataclasses
     from ftslab.errors import FtslabError
-    from ftslab.tracedat import read_tracedat, write_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
+    from ftslab.trace.tracedat_write import write_tracedat
     td = read_tracedat(FIX / "6.18" / "tracecmd-v7-zstd.dat")
     be = tmp_path / "be.dat"
     write_tracedat(be, dataclasses.replace(td, little_endian=False))
@@ -171,7 +175,7 @@ def _child_takes_blocks(monkeypatch) -> list:
     three of them at least: the parent waits (bounded) while its child lives and has
     walked fewer, so that the child's share does not depend on scheduling.  Returns
     the list the results the parent gets from the child are added to."""
-    walk = ringbuf._walk_all
+    walk = pages_mod.walk_all
     parent, child_walks = os.getpid(), os.memfd_create("child-walks")
 
     def slow_walk(*a):
@@ -183,13 +187,13 @@ def _child_takes_blocks(monkeypatch) -> list:
                    and _child_alive()):
                 time.sleep(0.001)
         return walk(*a)
-    monkeypatch.setattr(ringbuf, "_walk_all", slow_walk)
+    monkeypatch.setattr(pages_mod, "walk_all", slow_walk)
     from_child = []
-    child_load = forked._Child._load
-    monkeypatch.setattr(forked._Child, "_load",
+    child_load = decode_helper._Child._load
+    monkeypatch.setattr(decode_helper._Child, "_load",
                         lambda self, *a: from_child.append(a) or child_load(self, *a))
-    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 2)
+    monkeypatch.setattr(decode_helper, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(blocks_mod, "_SHARE_MIN_BLOCKS", 2)
     return from_child
 
 
@@ -197,9 +201,9 @@ def test_blocks_decoded_by_the_forked_child_land_in_block_order(monkeypatch):
     """The child really decodes blocks (each block slowed so that both processes take
     some), and the columns are the one-process columns: same rows, same order."""
     path = FIX / "6.18" / "ftslab-open200.dat"
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
-    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", 8)
+    monkeypatch.setattr(decode_helper, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(blocks_mod, "_SHARE_MIN_BLOCKS", 1 << 30)
     alone = load(path, fields=fields_read)
     from_child = _child_takes_blocks(monkeypatch)
     shared = load(path, fields=fields_read)
@@ -229,18 +233,19 @@ def _with_losses(tmp_path, pages: dict[int, int | None]) -> Path:
     """ftslab-open200.dat with pages of its CPU flagged 'events missed' (page -> the
     count stored after its data, or None: not stored), written again (zstd)."""
     import dataclasses
-    from ftslab.tracedat import read_tracedat, write_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
+    from ftslab.trace.tracedat_write import write_tracedat
     td = read_tracedat(FIX / "6.18" / "ftslab-open200.dat")
     cpu, data = next(iter(td.cpu_data.items()))
     raw = bytearray(data)
     for p, count in pages.items():
         at = p * 4096
         commit = int.from_bytes(raw[at + 8:at + 16], "little") & 0xFFFFF
-        flags = ringbuf.MISSED_EVENTS
+        flags = pages_mod.MISSED_EVENTS
         if count is not None:
             assert 16 + commit + 8 <= 4096
             raw[at + 16 + commit:at + 24 + commit] = count.to_bytes(8, "little")
-            flags |= ringbuf.MISSED_STORED
+            flags |= pages_mod.MISSED_STORED
         raw[at + 8:at + 16] = (commit | flags).to_bytes(8, "little")
     out = tmp_path / "lossy.dat"
     write_tracedat(out, dataclasses.replace(td, cpu_data={cpu: bytes(raw)}))
@@ -253,9 +258,9 @@ def test_loss_spans_found_block_by_block_are_the_whole_cpu_ones(tmp_path, monkey
     # losses at a block's first page (its span starts at the page before, in the
     # block before), inside a block, and at the CPU's first page (span from 0)
     path = _with_losses(tmp_path, {0: None, 8: 17, 9: None, 16: None, 20: 5})
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 2 if shared else 1 << 30)
-    monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", 8)
+    monkeypatch.setattr(blocks_mod, "_SHARE_MIN_BLOCKS", 2 if shared else 1 << 30)
+    monkeypatch.setattr(decode_helper, "usable_cpus", lambda: 2)
     whole = load(path)
     blocks = load(path, fields=fields_read)
     assert [len(x.spans) for x in whole.meta.lost] == [5]
@@ -265,7 +270,8 @@ def test_loss_spans_found_block_by_block_are_the_whole_cpu_ones(tmp_path, monkey
 
 
 def test_pages_stay_compressed_until_their_block_is_read():
-    from ftslab.tracedat import CompressedPages, read_tracedat
+    from ftslab.trace.zstd_pages import CompressedPages
+    from ftslab.trace.tracedat_read import read_tracedat
     for path in RECORDINGS:
         eager = read_tracedat(path)
         lazy = read_tracedat(path, lazy=True)
@@ -286,7 +292,7 @@ def test_pages_stay_compressed_until_their_block_is_read():
 
 def test_a_chunk_that_does_not_decompress_is_one_clear_error(tmp_path):
     from ftslab.errors import BadInput
-    from ftslab.tracedat import read_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
     src = FIX / "6.18" / "tracecmd-v7-zstd.dat"
     raw = bytearray(src.read_bytes())
     lazy = read_tracedat(src, lazy=True)
@@ -312,7 +318,7 @@ def test_a_chunk_that_does_not_decompress_is_one_clear_error(tmp_path):
 def test_formats_hint_is_read_only_for_a_text_trace():
     # the CLI's hint is the running kernel's formats (tracefs reads): a trace.dat
     # carries its own, so the hint is asked for only when a text trace is loaded
-    from ftslab.load import load as load_any
+    from ftslab.trace.loader import load as load_any
     asked = []
 
     def hint():
@@ -326,12 +332,12 @@ def test_formats_hint_is_read_only_for_a_text_trace():
 
 def test_only_the_kernel_stack_format_of_the_ftrace_ones_is_parsed(monkeypatch):
     import importlib
-    L = importlib.import_module("ftslab.load")
+    L = importlib.import_module("ftslab.trace.loader")
     parsed = []
     real = L.parse_format
     monkeypatch.setattr(L, "parse_format",
                         lambda text, system: parsed.append(system) or real(text, system))
-    from ftslab.tracedat import read_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
     td = read_tracedat(FIX / "6.18" / "ftslab-stacks-eventfd300.dat")
     assert len(td.ftrace_formats) > 5
     f = L._stack_format(td)
@@ -348,8 +354,9 @@ def _with_short_records(tmp_path, pages) -> tuple[Path, list]:
     """ftslab-open200.dat with one record cut short in each page of ``pages`` of its
     largest CPU (test_ringbuf.cut_records_short), the other CPUs as they are."""
     import dataclasses
-    from ftslab.load import formats_of
-    from ftslab.tracedat import read_tracedat, write_tracedat
+    from ftslab.trace.loader import formats_of
+    from ftslab.trace.tracedat_read import read_tracedat
+    from ftslab.trace.tracedat_write import write_tracedat
     from test_ringbuf import cut_records_short
     td = read_tracedat(OPEN200)
     cpu = max(td.cpu_data, key=lambda c: len(td.cpu_data[c]))
@@ -396,8 +403,8 @@ def test_a_record_shorter_than_its_format_is_dropped_and_counted(tmp_path, monke
     """load() (whole CPUs, or 8-page blocks in one process), read() and the report
     agree on a recording with one record cut short: it is no event, the others are
     all there as they were, and it is counted in unparsed."""
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", 8)
+    monkeypatch.setattr(blocks_mod, "_SHARE_MIN_BLOCKS", 1 << 30)
     path, cut = _with_short_records(tmp_path, [12])
     whole = load(OPEN200, fields=fields)
     got = load(path, fields=fields)
@@ -411,9 +418,9 @@ def test_a_record_shorter_than_its_format_is_dropped_and_counted(tmp_path, monke
 def test_short_records_decoded_by_the_forked_child_are_counted(tmp_path, monkeypatch):
     """The two-process block path: the child's blocks' short records come back with
     its results (one record cut in the first page of every 8-page block)."""
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
-    monkeypatch.setattr(ringbuf, "_SHARE_MIN_BLOCKS", 1 << 30)
-    from ftslab.tracedat import read_tracedat
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", 8)
+    monkeypatch.setattr(blocks_mod, "_SHARE_MIN_BLOCKS", 1 << 30)
+    from ftslab.trace.tracedat_read import read_tracedat
     td = read_tracedat(OPEN200)
     n_pages = max(len(d) for d in td.cpu_data.values()) // td.buffer_page_size
     path, cut = _with_short_records(tmp_path, range(0, n_pages, 8))

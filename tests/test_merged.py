@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftslab import merged, report
-from ftslab.filters import cache_filter
-from ftslab.records import Dataset, EventColumns, Metadata
-from ftslab.render import render_json, render_text
-from ftslab.top import TopState
-from ftslab.tracefs import read_slab_aliases
+from ftslab.analysis import merged
+from ftslab.analysis import build
+from ftslab.analysis import slabinfo
+from ftslab.analysis import tables
+from ftslab.kernel.filters import cache_filter
+from ftslab.dataset import Dataset, EventColumns, Metadata
+from ftslab.cli.render import render_json, render_text
+from ftslab.session.top import TopState
+from ftslab.kernel.procfs import read_slab_aliases
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 
@@ -148,7 +151,7 @@ SOCKETS = "signal_cache|UNIX|UNIX-STREAM"
 
 def test_report_names_a_merged_cache_by_all_its_names(aliases):
     ds = _sockets(Metadata(extra={"slab_aliases": aliases}))
-    rep = report.build_report(ds, by=("cache",), top=None)
+    rep = build.build_report(ds, by=("cache",), top=None)
     rows = {r["cache"]: r for r in rep.table("by_cache").rows}
     assert set(rows) == {SOCKETS, "filp", "kmalloc-64"}
     assert rows[SOCKETS]["count"] == N and rows[SOCKETS]["live"] == N - 1
@@ -158,22 +161,22 @@ def test_report_names_a_merged_cache_by_all_its_names(aliases):
     js = json.loads(render_json(rep))
     assert [r["count"] for r in js["rows"] if r["cache"] == SOCKETS] == [N]
     # every table that names caches: the default one, --live and --interval
-    default = report.build_report(ds, top=None)
+    default = build.build_report(ds, top=None)
     for name in ("by_cache", "fragmentation_by_cache"):
         t = default.table(name)
         assert SOCKETS in {r["cache"] for r in t.rows} and merged.MERGED_NOTE in t.note, name
     assert merged.MERGED_NOTE not in default.table("by_callsite").note
-    live = report.build_report(ds, live=True, top=None)
+    live = build.build_report(ds, live=True, top=None)
     assert {r["cache"]: r["live"] for r in live.table("live_by_cache").rows}[SOCKETS] == N - 1
-    series = report.build_report(ds, interval_ns=10 ** 9, top=None)
+    series = build.build_report(ds, interval_ns=10 ** 9, top=None)
     assert SOCKETS in {r["cache"] for r in series.tables[0].rows}
     # --by cache with another key: the same label
-    two = report.build_report(ds, by=("cache", "comm"), top=None)
+    two = build.build_report(ds, by=("cache", "comm"), top=None)
     assert SOCKETS in {r["cache"] for r in two.tables[0].rows}
 
 
 def test_recording_without_the_metadata_keeps_the_events_names():
-    rep = report.build_report(_sockets(Metadata()), by=("cache",), top=None)
+    rep = build.build_report(_sockets(Metadata()), by=("cache",), top=None)
     rows = {r["cache"]: r["count"] for r in rep.tables[0].rows}
     assert rows == {"signal_cache": N, "filp": 3, "kmalloc-64": 2}
     assert merged.MERGED_NOTE not in rep.tables[0].note
@@ -191,12 +194,12 @@ def test_slabinfo_diff_names_a_merged_cache_by_all_its_names(aliases):
     meta = Metadata(slabinfo_start=(FIX / "slabinfo-before.txt").read_text(),
                     slabinfo_end=(FIX / "slabinfo-after.txt").read_text(),
                     extra={"slab_aliases": aliases})
-    t = report.slabinfo_diff(Dataset(meta, {}))
+    t = slabinfo.slabinfo_diff(Dataset(meta, {}))
     rows = {r["cache"]: r for r in t.rows}
     assert rows[SOCKETS]["active_before"] == 168 and rows[SOCKETS]["active_after"] == 336
     assert "signal_cache" not in rows and "filp" in rows
-    assert report.Report({}, [t], []).tables[0].note.endswith(merged.MERGED_NOTE)
-    plain = report.slabinfo_diff(Dataset(Metadata(slabinfo_start=meta.slabinfo_start,
+    assert tables.Report({}, [t], []).tables[0].note.endswith(merged.MERGED_NOTE)
+    plain = slabinfo.slabinfo_diff(Dataset(Metadata(slabinfo_start=meta.slabinfo_start,
                                                   slabinfo_end=meta.slabinfo_end), {}))
     assert "signal_cache" in {r["cache"] for r in plain.rows}
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ftslab import report
-from ftslab.report import pair_frees
+from ftslab.analysis import analysed
+from ftslab.analysis import pairing
+from ftslab.analysis.pairing import pair_frees
 
 
 def reference(ak, at, fk, ft):
@@ -54,7 +55,7 @@ def test_pair_frees_in_two_halves_of_small_slices_matches_the_reference(allocs, 
     # the slice loops (ranks in time, neighbour checks) split in two threads: with
     # slices of 2 events, every case is split, and slices meet anywhere
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "_RANK_STEP", 2)
+        mp.setattr(pairing, "_RANK_STEP", 2)
         _agrees_with_the_reference(allocs, frees)
 
 
@@ -75,7 +76,7 @@ def test_the_packed_path_and_the_lexsort_path_agree_on_two_million_events(monkey
     ak, at, fk, ft = _random_case(1_100_000, rng, 1 << 16)
     freed, fidx = pair_frees(ak, at, fk, ft)
     assert 0 < freed.sum() < freed.size
-    monkeypatch.setattr(report, "_time_ranks", lambda keys, ts: (None, 0))
+    monkeypatch.setattr(pairing, "_time_ranks", lambda keys, ts: (None, 0))
     freed2, fidx2 = pair_frees(ak, at, fk, ft)
     assert np.array_equal(freed, freed2)
     assert np.array_equal(fidx, fidx2)
@@ -86,7 +87,7 @@ def test_pointers_spread_over_the_whole_address_space_take_the_lexsort_path():
     at = np.array([1, 2, 3], np.uint64)
     fk = np.array([17, 1 << 63, (1 << 63) + 9], np.uint64)
     ft = np.array([4, 5, 0], np.uint64)
-    assert report._time_ranks(np.concatenate([ak, fk]), np.concatenate([at, ft]))[0] is None
+    assert pairing._time_ranks(np.concatenate([ak, fk]), np.concatenate([at, ft]))[0] is None
     freed, fidx = pair_frees(ak, at, fk, ft)
     assert freed.tolist() == [True, True, False]
     assert fidx.tolist() == [1, 0, -1]
@@ -102,9 +103,9 @@ def test_the_analysis_pairs_as_pair_frees_does(path):
     """_Analysis builds pair_frees' arrays in place (allocations, then the frees of
     pointers > 16): its frees and free times are pair_frees' own, on real captures,
     binary (times) and text (line order)."""
-    from ftslab.load import load
+    from ftslab.trace.loader import load
     ds = load(path)
-    an = report._Analysis(ds)
+    an = analysed.Analysis(ds)
     checked = 0
     for layer in {f.src.layer for f in an.frames}:
         frames = [f for f in an.frames if f.src.layer == layer and f.ptr is not None]

@@ -4,7 +4,7 @@ A library call (build_report, parse_interval, comm_filter, Session.plan, ...) th
 given a bad argument raises an error naming the parameter (`by`, `interval_ns`) and no
 command-line flag; the command line says the same thing of its flag (--by, --interval),
 in the very words it used before the library stopped naming flags (ftslab/errors.py,
-cli.FLAG_OF).  Without root: the recordings of tests/fixtures and a fake tracefs.
+entry.FLAG_OF).  Without root: the recordings of tests/fixtures and a fake tracefs.
 """
 from __future__ import annotations
 
@@ -16,13 +16,18 @@ from pathlib import Path
 import pytest
 
 import ftslab
-from ftslab import cli
-from ftslab.capture import RecordOptions, Session
-from ftslab.cli import main
+from ftslab.cli import admin
+from ftslab.cli import entry
+from ftslab.session.options import RecordOptions
+from ftslab.session.engine import Session
+from ftslab.cli.entry import main
 from ftslab.errors import KernelWriteError, Unsupported, UsageError
-from ftslab.filters import cache_filter, comm_filter
-from ftslab.report import GROUP_KEYS, build_report, group_allocations, parse_interval
-from ftslab.tracefs import Tracefs
+from ftslab.kernel.filters import cache_filter, comm_filter
+from ftslab.analysis.tables import GROUP_KEYS
+from ftslab.analysis.build import build_report
+from ftslab.analysis.grouping import group_allocations
+from ftslab.analysis.series import parse_interval
+from ftslab.kernel.tracefs import Tracefs
 
 from conftest import make_fake_tracefs
 
@@ -35,8 +40,8 @@ FLAG = re.compile(r"(?<![\w-])--[a-z]")
 
 @pytest.fixture(autouse=True)
 def _no_process_wide_malloc_settings(monkeypatch):
-    from ftslab import heap
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda: False)
+    from ftslab.trace import prefault
+    monkeypatch.setattr(prefault, "keep_freed_memory", lambda: False)
     monkeypatch.setenv("FTSLAB_TRACEFS", "/nonexistent-tracefs")
 
 
@@ -134,7 +139,7 @@ def test_library_errors_name_parameters_and_the_cli_their_flags(open200, kprobe_
         assert ei.value.params == params, library
         assert str(ei.value) == library
         assert not FLAG.search(ei.value.message), library  # a flag only in a command hint
-        assert cli.in_flag_terms(ei.value) == command_line
+        assert entry.in_flag_terms(ei.value) == command_line
 
 
 def test_kprobes_on_without_kprobes_hint_names_the_parameter(tmp_path):
@@ -143,19 +148,19 @@ def test_kprobes_on_without_kprobes_hint_names_the_parameter(tmp_path):
         _plan(root, kprobes="on")
     assert ei.value.hint == "use `kprobes` auto or off to record the kmem tracepoints only"
     # "no kprobes" in the message is not the parameter: only the hint's mention is a flag
-    assert cli.in_flag_terms(ei.value) == (
+    assert entry.in_flag_terms(ei.value) == (
         f"this kernel has no kprobes ({root}/kprobe_events is absent: "
         "CONFIG_KPROBES/CONFIG_KPROBE_EVENTS unset) (use --kprobes auto or off to record "
         "the kmem tracepoints only)")
 
 
 def test_plot_without_matplotlib(monkeypatch):
-    from ftslab import plot
+    from ftslab.cli import plot
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
     with pytest.raises(UsageError) as ei:
         plot.check_available()
     assert ei.value.message == "`plot` needs matplotlib, which is not installed"
-    assert cli.in_flag_terms(ei.value).startswith("--plot needs matplotlib, which is not "
+    assert entry.in_flag_terms(ei.value).startswith("--plot needs matplotlib, which is not "
                                                   "installed (pip install")
 
 
@@ -188,7 +193,7 @@ def test_a_refused_step_names_the_parameter_its_hint_is_about(tmp_path, monkeypa
     s.close()
     assert ei.value.hint == hint and refused in str(ei.value)
     assert not FLAG.search(str(ei.value))
-    line = cli.in_flag_terms(ei.value)
+    line = entry.in_flag_terms(ei.value)
     assert line == str(ei.value).replace(hint, command_line) and line.endswith(
         f"({command_line})")
 
@@ -287,13 +292,13 @@ STILL_FLAGS = {
 
 
 def test_no_library_error_names_a_flag_and_every_parameter_has_one():
-    """Every literal text raised outside cli.py names no flag, unless it is a command to
+    """Every literal text raised outside the command line (ftslab/cli/) names no flag, unless it is a command to
     run (``ftslab record ... --stacks``); every ``params`` name has a flag in FLAG_OF
     and is mentioned as `name` in the raise."""
     seen_params = set()
-    for path in sorted(PKG.glob("*.py")):
-        if path.name == "cli.py":
-            continue
+    for path in sorted(PKG.rglob("*.py")):
+        if path.parent.name == "cli" and path.name != "plot.py":
+            continue  # the command line speaks of flags; plot.py is a library of its own
         tree = ast.parse(path.read_text())
         for exc in _error_calls(tree):
             texts = _texts(exc)
@@ -305,7 +310,7 @@ def test_no_library_error_names_a_flag_and_every_parameter_has_one():
                     for el in kw.value.elts:
                         name = el.value
                         seen_params.add(name)
-                        assert name in cli.FLAG_OF, (path.name, exc.lineno, name)
+                        assert name in entry.FLAG_OF, (path.name, exc.lineno, name)
                         assert any(f"`{name}`" in t for t in texts), (path.name, exc.lineno)
     # the scan sees them (filters.string_literal passes its params through a variable)
     assert seen_params >= {"by", "interval", "top", "interval_ns", "live", "comm", "cache",

@@ -12,9 +12,10 @@ import matplotlib  # an optional extra of ftslab, but a test dependency: no skip
 import pytest
 
 import ftslab
-from ftslab import plot
+from ftslab.cli import plot
 from ftslab.errors import UsageError
-from ftslab.report import build_report, parse_interval
+from ftslab.analysis.build import build_report
+from ftslab.analysis.series import parse_interval
 
 REC = Path(__file__).resolve().parent / "fixtures" / "6.18" / "ftslab-open200.dat"
 SLAB_ALLOCS = ("kmalloc", "kmem_cache_alloc")
@@ -110,7 +111,7 @@ def test_png_reads_back_at_the_figure_s_size_and_not_blank(drawn):
 
 
 def test_empty_series_still_writes_a_png(tmp_path):
-    from ftslab.report import Table
+    from ftslab.analysis.tables import Table
     empty = Table("interval_by_cache", "nothing", [], [])
     out = tmp_path / "empty.png"
     plot.plot_series(empty, str(out))
@@ -142,7 +143,7 @@ def test_kernel_active_objects_beside_the_traced_ones(tmp_path, monkeypatch):
     per cache the traced outstanding objects and the kernel's active ones, drawn in a
     third panel, the kernel's dashed, in the same colour as the key."""
     import matplotlib.pyplot as plt
-    from ftslab import reconcile
+    from ftslab.analysis import reconcile
     ds = ftslab.load(SAMPLED)
     rep = build_report(ds, top=None, interval_ns=parse_interval("1s"))
     t = rep.table(rep.main)

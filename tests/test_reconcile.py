@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ftslab import reconcile, report
-from ftslab.records import Dataset, Metadata
-from ftslab.slabsample import SlabSampler, clock_now_ns
+from ftslab.analysis import reconcile
+from ftslab import events
+from ftslab.analysis import build
+from ftslab.analysis import slabinfo
+from ftslab.dataset import Dataset, Metadata
+from ftslab.kernel.slabsample import SlabSampler, clock_now_ns
 
 from test_report import cols
 
@@ -28,7 +31,7 @@ CTX0 = 0xFFFF888200000000
 
 
 def _active(text, name):
-    return report.parse_slabinfo(text)[name].active_objs
+    return slabinfo.parse_slabinfo(text)[name].active_objs
 
 
 def _dataset(n_filp=N, freed=0, old_frees=0, writes=(), params=PARAMS) -> Dataset:
@@ -74,7 +77,7 @@ def test_kmalloc_variants_are_one_size_class():
     assert reconcile.cache_key("kmalloc_buckets") == "kmalloc_buckets"
     assert reconcile.cache_key("filp") == "filp"
     # the real names of this kernel: every variant of kmalloc-64 is summed
-    names = [n for n in report.parse_slabinfo(AFTER) if reconcile.cache_key(n) == "kmalloc-64"]
+    names = [n for n in slabinfo.parse_slabinfo(AFTER) if reconcile.cache_key(n) == "kmalloc-64"]
     assert sorted(names) == ["dma-kmalloc-64", "kmalloc-64", "kmalloc-cg-64", "kmalloc-rcl-64"]
 
 
@@ -108,11 +111,11 @@ def test_live_the_kernel_contradicts_is_flagged_with_its_reason():
     line = reconcile.reconcile_warning(list(rows.values()))
     assert line.startswith("WARNING:") and "filp (LIVE 20,000" in line
     # and in the report: the warning line and the table, in JSON too
-    rep = report.build_report(ds)
+    rep = build.build_report(ds)
     assert any("contradicts LIVE" in w for w in rep.warnings)
     t = rep.table("reconcile")
     assert t.rows[0]["cache"] == "filp" and t.rows[0]["verdict"] == "LIVE contradicted"
-    from ftslab.render import render_json
+    from ftslab.cli.render import render_json
     js = json.loads(render_json(rep))
     assert js["tables"]["reconcile"]["rows"][0]["reason"] == filp.reason
 
@@ -209,8 +212,8 @@ def test_sampler_keeps_only_changes():
 
 def test_reports_load_the_cache_name_of_frees():
     # without it every kmem_cache_free of an older object would be unattributed
-    assert "name" in report.fields_read("kmem", "kmem_cache_free")
-    assert report.fields_read("kmem", "kfree") == ("ptr",)
+    assert "name" in events.fields_read("kmem", "kmem_cache_free")
+    assert events.fields_read("kmem", "kfree") == ("ptr",)
 
 
 ALLOCINFO = """allocinfo - version: 1.0
@@ -229,7 +232,7 @@ def test_allocinfo_diff_per_call_site():
     t = reconcile.allocinfo_diff(ds)
     assert t.rows == [{"callsite": "fs/file_table.c:215 func:alloc_empty_file",
                        "delta_bytes": 262144, "delta_calls": 64, "bytes_end": 524288}]
-    assert "allocinfo_diff" in [x.name for x in report.build_report(ds).tables]
+    assert "allocinfo_diff" in [x.name for x in build.build_report(ds).tables]
 
 
 def test_task_limited_allocations_with_every_free_explain_nothing():

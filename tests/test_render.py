@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftslab import render, report
-from ftslab.records import Dataset, Event, EventColumns, Loss, Metadata
+from ftslab.cli import render
+from ftslab.analysis import build
+from ftslab.analysis import summary
+from ftslab.dataset import Dataset, Event, EventColumns, Loss, Metadata
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 SITE = 0xFFFFFFFF81234560
@@ -47,7 +49,7 @@ def test_human_bytes():
 
 def test_text_loss_warning_is_first_line():
     meta = Metadata(cmdlines={7: "nginx"}, lost=[Loss(0, 1200), Loss(1, 34)], truncated=True)
-    lines = list(render.render_text(report.build_report(small_dataset(meta))))
+    lines = list(render.render_text(build.build_report(small_dataset(meta))))
     assert lines[0] == ("WARNING: 1234 events were LOST during recording; "
                         "counts below are lower bounds, and FREES/LIVE cannot be trusted "
                         "(a lost free shows as live)")
@@ -56,7 +58,7 @@ def test_text_loss_warning_is_first_line():
 
 
 def test_text_tables_are_aligned_and_human():
-    lines = list(render.render_text(report.build_report(small_dataset())))
+    lines = list(render.render_text(build.build_report(small_dataset())))
     assert lines[0].startswith("ftslab: 4 events in 0.000 s (kmem:kfree 1, kmem:kmalloc 3)")
     i = lines.index("Slab allocations by cache")
     header, first, second = lines[i + 1], lines[i + 2], lines[i + 3]
@@ -70,7 +72,7 @@ def test_text_tables_are_aligned_and_human():
 
 
 def test_text_histogram_has_bars_and_none_is_dash():
-    rep = report.build_report(small_dataset(), by=("order", "event"), hist=True)
+    rep = build.build_report(small_dataset(), by=("order", "event"), hist=True)
     lines = list(render.render_text(rep))
     assert any(line.startswith("-  ") for line in lines)  # order of a slab event: n/a
     h = lines.index("Requested sizes (bytes_req)")
@@ -81,7 +83,7 @@ def test_text_histogram_has_bars_and_none_is_dash():
 
 
 def test_json_schema():
-    rep = report.build_report(small_dataset(), hist=True)
+    rep = build.build_report(small_dataset(), hist=True)
     doc = json.loads(render.render_json(rep))
     assert list(doc) == ["ftslab_report", "events", "lost", "truncated", "by", "sort", "rows",
                          "tables", "warnings", "summary"]
@@ -103,7 +105,7 @@ def test_json_schema():
 
 def test_json_with_by_and_loss():
     meta = Metadata(lost=[Loss(0, 9)])
-    rep = report.build_report(small_dataset(meta), by=("comm", "gfp"), sort="waste", top=5)
+    rep = build.build_report(small_dataset(meta), by=("comm", "gfp"), sort="waste", top=5)
     doc = json.loads(render.render_json(rep))
     assert doc["by"] == ["comm", "gfp"] and doc["sort"] == "waste" and doc["lost"] == 9
     assert doc["rows"] == [{"comm": "<...>", "gfp": "0xcc0", "count": 3, "bytes_req": 3100,
@@ -113,7 +115,7 @@ def test_json_with_by_and_loss():
 
 
 def test_csv_main_table_exact_integers():
-    rep = report.build_report(small_dataset())
+    rep = build.build_report(small_dataset())
     rows = list(csv.reader(io.StringIO(render.render_csv(rep))))
     # the same columns whatever the input: "failed" is there even when it is 0
     assert rows[0] == ["cache", "count", "failed", "bytes_req", "bytes_alloc", "waste",
@@ -125,10 +127,10 @@ def test_csv_main_table_exact_integers():
 
 
 def test_csv_named_table_and_none_cells():
-    rep = report.build_report(small_dataset(), by=("cache", "event", "order"))
+    rep = build.build_report(small_dataset(), by=("cache", "event", "order"))
     rows = list(csv.reader(io.StringIO(render.render_csv(rep))))
     assert rows[0][:3] == ["cache", "event", "order"] and rows[1][2] == ""  # slab: no order
-    frag = render.render_csv(report.build_report(small_dataset()), "fragmentation_by_cache")
+    frag = render.render_csv(build.build_report(small_dataset()), "fragmentation_by_cache")
     assert frag.splitlines()[0] == "cache,count,bytes_req,bytes_alloc,waste,waste_pct"
     with pytest.raises(KeyError):
         render.render_csv(rep, "nope")
@@ -194,7 +196,7 @@ def test_event_to_text():
 def test_render_real_capture_all_formats():
     from conftest import real_text_dataset
     ds = real_text_dataset("kmem-trace.txt")
-    rep = report.build_report(ds, hist=True)
+    rep = build.build_report(ds, hist=True)
     lines = list(render.render_text(rep))
     assert lines[0].startswith("ftslab: 1588 events")
     assert "Page allocations by order" in lines
@@ -204,18 +206,18 @@ def test_render_real_capture_all_formats():
     assert rows[0][0] == "cache" and len(rows) == len(rep.table("by_cache").rows) + 1
 
     lost = real_text_dataset("kmem-trace_pipe-lost.txt")
-    first = next(iter(render.render_text(report.build_report(lost))))
-    assert first == report.loss_warning(1859)
+    first = next(iter(render.render_text(build.build_report(lost))))
+    assert first == summary.loss_warning(1859)
     assert first.startswith("WARNING: 1859 events were LOST during recording; counts below "
                             "are lower bounds")
 
 
 def test_event_text_names_gfp_flags_with_the_events_table():
-    from ftslab import gfp
-    from ftslab.formats import parse_format
+    from ftslab.trace import gfp as gfp_mod
+    from ftslab.trace.formats import parse_format
     fmt = parse_format((FIX / "kmem-kmalloc.format").read_text(), "kmem")
-    table = gfp.flag_table(fmt.print_fmt)
+    table = gfp_mod.flag_table(fmt.print_fmt)
     ev = Event(2_000_000_000, 1, 7, "cat", "kmem", "kmalloc",
                {"bytes_req": 64, "gfp_flags": 0xcc0})
-    line = render.event_to_text(ev, gfp=lambda e, v: gfp.format_flags(v, table))
+    line = render.event_to_text(ev, gfp=lambda e, v: gfp_mod.format_flags(v, table))
     assert line == "cat-7 [001] 2.000000: kmem:kmalloc bytes_req=64 gfp_flags=GFP_KERNEL"

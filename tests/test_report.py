@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 import ftslab
-from ftslab import report
+from ftslab import events as events_mod
+from ftslab.analysis import build
+from ftslab.analysis import grouping
+from ftslab.analysis import kmalloc as kmalloc_mod
+from ftslab.analysis import slabinfo
+from ftslab.analysis import summary
+from ftslab.analysis import tables
 from ftslab.errors import ParseError, UsageError
-from ftslab.records import Dataset, EventColumns, Loss, Metadata
+from ftslab.dataset import Dataset, EventColumns, Loss, Metadata
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -103,7 +109,7 @@ def rows_by(table, key):
 # ------------------------------------------------------------------ grouping by each key
 
 def test_by_cache_numbers():
-    t = report.group_allocations(synthetic(), ["cache"],
+    t = grouping.group_allocations(synthetic(), ["cache"],
                                  events=["kmem:kmalloc", "kmem:kmem_cache_alloc"])
     r = rows_by(t, "cache")
     assert set(r) == {"kmalloc-64", "kmalloc-128", "kmalloc-8k", "(large kmalloc)",
@@ -129,7 +135,7 @@ def test_sort_bytes_count_waste():
     ds = synthetic()
 
     def order(sort):
-        return [r["cache"] for r in report.group_allocations(ds, ["cache"], sort, events=SLAB).rows]
+        return [r["cache"] for r in grouping.group_allocations(ds, ["cache"], sort, events=SLAB).rows]
     by_bytes = order("bytes")
     assert by_bytes == ["(large kmalloc)", "kmalloc-8k", "filp", "dentry", "kmalloc-64",
                         "kmalloc-128", "kmalloc-32"]
@@ -142,26 +148,26 @@ def test_sort_bytes_count_waste():
 
 
 def test_top_limits_rows_and_says_so():
-    t = report.group_allocations(synthetic(), ["cache"], top=2, events=["kmem:k*"])
+    t = grouping.group_allocations(synthetic(), ["cache"], top=2, events=["kmem:k*"])
     assert [r["cache"] for r in t.rows] == ["(large kmalloc)", "kmalloc-8k"]
     assert "top 2 of 7" in t.note
-    assert report.group_allocations(synthetic(), ["cache"], top=0).rows == []
+    assert grouping.group_allocations(synthetic(), ["cache"], top=0).rows == []
 
 
 def test_by_comm_and_pid():
     ds = synthetic()
     slab = SLAB
-    r = rows_by(report.group_allocations(ds, ["comm"], events=slab), "comm")
+    r = rows_by(grouping.group_allocations(ds, ["comm"], events=slab), "comm")
     assert r["nginx"]["count"] == 4 and r["nginx"]["bytes_alloc"] == 64 + 64 + 32 + 192
     assert r["bash"]["count"] == 4 and r["bash"]["bytes_alloc"] == 128 + 8192 + 192 + 192
     assert r["<...>"]["count"] == 1 and r["<...>"]["failed"] == 1
-    p = rows_by(report.group_allocations(ds, ["pid"], events=slab), "pid")
+    p = rows_by(grouping.group_allocations(ds, ["pid"], events=slab), "pid")
     assert set(p) == {10, 20, 30} and p[30]["bytes_alloc"] == 12288
 
 
 def test_comm_merges_pids():
     meta = Metadata(cmdlines={10: "worker", 20: "worker"})
-    t = report.group_allocations(synthetic(meta=meta), ["comm"], events=SLAB)
+    t = grouping.group_allocations(synthetic(meta=meta), ["comm"], events=SLAB)
     assert {r["comm"]: r["count"] for r in t.rows} == {"worker": 8, "<...>": 1}
 
 
@@ -173,7 +179,7 @@ def test_by_callsite_symbolized_once_per_address():
         return SYMS.get(addr)
     ds = synthetic()
     ds.symbolize = sym
-    r = rows_by(report.group_allocations(ds, ["callsite"], events=SLAB),
+    r = rows_by(grouping.group_allocations(ds, ["callsite"], events=SLAB),
                 "callsite")
     assert r["alloc_a+0x10"]["count"] == 3 and r["alloc_a+0x10"]["bytes_req"] == 132
     assert r["alloc_b+0x20"]["waste"] == 28 + 3192
@@ -183,7 +189,7 @@ def test_by_callsite_symbolized_once_per_address():
 
 
 def test_by_callsite_without_symbols_is_hex():
-    r = rows_by(report.group_allocations(synthetic(symbolize=False), ["callsite"]), "callsite")
+    r = rows_by(grouping.group_allocations(synthetic(symbolize=False), ["callsite"]), "callsite")
     assert f"0x{A:x}" in r
     assert None in r  # page allocations have no call site
 
@@ -193,25 +199,25 @@ def test_by_callsite_text_input_drops_size():
             km(2, 1, "alloc_pipe_info+0x2a/0x1c0", P[2], 8, 8),
             km(3, 1, "mod_fn+0x10/0x80 [mymod]", P[3], 8, 8)]
     ds = Dataset(Metadata(), {("kmem", "kmalloc"): cols("kmem", "kmalloc", rows)})
-    r = rows_by(report.group_allocations(ds, ["callsite"]), "callsite")
+    r = rows_by(grouping.group_allocations(ds, ["callsite"]), "callsite")
     assert r["alloc_pipe_info+0x2a"]["count"] == 2
     # Without format files a text trace has no system: "kmem:kmalloc" still selects it.
     bare = Dataset(Metadata(), {("", "kmalloc"): cols("", "kmalloc", rows)})
-    t = report.group_allocations(bare, ["event"], events=["kmem:kmalloc"])
+    t = grouping.group_allocations(bare, ["event"], events=["kmem:kmalloc"])
     assert [(x["event"], x["count"]) for x in t.rows] == [("kmalloc", 3)]
-    assert report.group_allocations(bare, ["event"], events=["kmem:kfree"]).rows == []
+    assert grouping.group_allocations(bare, ["event"], events=["kmem:kfree"]).rows == []
     assert r["mod_fn+0x10 [mymod]"]["count"] == 1
 
 
 def test_by_event_and_order():
     ds = synthetic()
-    r = rows_by(report.group_allocations(ds, ["event"]), "event")
+    r = rows_by(grouping.group_allocations(ds, ["event"]), "event")
     assert r["kmem:kmalloc"]["count"] == 6 and r["kmem:kmalloc"]["failed"] == 1
     assert r["kmem:kmem_cache_alloc"]["count"] == 3
     pages = r["kmem:mm_page_alloc"]
     assert pages == dict(event="kmem:mm_page_alloc", count=3, bytes_req=24576, bytes_alloc=24576,
                          waste=0, frees=2, live=1, failed=1)
-    t = report.group_allocations(ds, ["order"])
+    t = grouping.group_allocations(ds, ["order"])
     o = rows_by(t, "order")
     assert o[0]["count"] == 2 and o[0]["bytes_alloc"] == 8192
     assert o[2]["bytes_alloc"] == 16384 and o[3]["count"] == 0 and o[3]["failed"] == 1
@@ -220,37 +226,38 @@ def test_by_event_and_order():
 
 
 def test_by_gfp_hex_without_format():
-    r = rows_by(report.group_allocations(synthetic(), ["gfp"], events=["kmalloc"]), "gfp")
+    r = rows_by(grouping.group_allocations(synthetic(), ["gfp"], events=["kmalloc"]), "gfp")
     assert set(r) == {"0xcc0", "0xdc0"} and r["0xdc0"]["count"] == 1
 
 
 def test_by_gfp_uses_gfp_module(monkeypatch):
-    fake = types.ModuleType("ftslab.gfp")
+    import ftslab.trace
+    fake = types.ModuleType("ftslab.trace.gfp")
     table = ((0xCC0, "GFP_KERNEL"), (0x100, "__GFP_ZERO"))
     fake.flag_table = lambda print_fmt, field="gfp_flags": table
     fake.format_flags = lambda v, table: "|".join(n for m, n in table if v & m == m) or hex(v)
-    monkeypatch.setitem(sys.modules, "ftslab.gfp", fake)
-    monkeypatch.setattr(ftslab, "gfp", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "ftslab.trace.gfp", fake)
+    monkeypatch.setattr(ftslab.trace, "gfp", fake, raising=False)
     ds = synthetic()
     ds.formats = {("kmem", "kmalloc"): types.SimpleNamespace(print_fmt="x")}
-    r = rows_by(report.group_allocations(ds, ["gfp"], events=["kmalloc"]), "gfp")
+    r = rows_by(grouping.group_allocations(ds, ["gfp"], events=["kmalloc"]), "gfp")
     assert {k: v["count"] for k, v in r.items()} == {"GFP_KERNEL": 5, "GFP_KERNEL|__GFP_ZERO": 1}
     assert r["GFP_KERNEL"]["failed"] == 1
 
 
 def test_by_gfp_with_real_format_file():
-    from ftslab import gfp
+    from ftslab.trace import gfp as gfp_mod
     text = (FIX / "kmem-kmalloc.format").read_text()
     print_fmt = text.split("print fmt: ", 1)[1].strip()
     ds = synthetic()
     ds.formats = {("kmem", "kmalloc"): types.SimpleNamespace(print_fmt=print_fmt)}
-    r = rows_by(report.group_allocations(ds, ["gfp"], events=["kmalloc"]), "gfp")
+    r = rows_by(grouping.group_allocations(ds, ["gfp"], events=["kmalloc"]), "gfp")
     assert "GFP_KERNEL" in r and r["GFP_KERNEL"]["count"] == 5
-    assert gfp.format_flags(0xDC0, gfp.flag_table(print_fmt)) in r
+    assert gfp_mod.format_flags(0xDC0, gfp_mod.flag_table(print_fmt)) in r
 
 
 def test_multi_key_grouping():
-    t = report.group_allocations(synthetic(), ["comm", "cache"], events=SLAB)
+    t = grouping.group_allocations(synthetic(), ["comm", "cache"], events=SLAB)
     r = {(x["comm"], x["cache"]): x for x in t.rows}
     assert r[("nginx", "kmalloc-64")]["count"] == 2
     assert r[("bash", "filp")]["count"] == 1 and r[("nginx", "filp")]["frees"] == 1
@@ -260,21 +267,21 @@ def test_multi_key_grouping():
 
 def test_every_group_key_is_accepted():
     ds = synthetic()
-    for key in report.GROUP_KEYS:
-        t = report.group_allocations(ds, [key])
+    for key in tables.GROUP_KEYS:
+        t = grouping.group_allocations(ds, [key])
         assert sum(r["count"] for r in t.rows) == 12, key
         assert all(key in r for r in t.rows)
-    t = report.group_allocations(ds, list(report.GROUP_KEYS))
+    t = grouping.group_allocations(ds, list(tables.GROUP_KEYS))
     assert sum(r["count"] for r in t.rows) == 12
 
 
 def test_bad_keys_raise_usage_error():
     with pytest.raises(UsageError):
-        report.group_allocations(synthetic(), ["size"])
+        grouping.group_allocations(synthetic(), ["size"])
     with pytest.raises(UsageError):
-        report.group_allocations(synthetic(), ["cache"], sort="name")
+        grouping.group_allocations(synthetic(), ["cache"], sort="name")
     with pytest.raises(UsageError):
-        report.build_report(synthetic(), by=("cache", "cache"))
+        build.build_report(synthetic(), by=("cache", "cache"))
 
 
 # ------------------------------------------------------------------ frees and live
@@ -284,7 +291,7 @@ def test_alloc_and_free_in_same_tick_counts_as_freed():
     frees = [dict(ts=5, pid=1, call_site=A, ptr=P[1])]
     ds = Dataset(Metadata(), {("kmem", "kmalloc"): cols("kmem", "kmalloc", rows),
                               ("kmem", "kfree"): cols("kmem", "kfree", frees)})
-    t = report.group_allocations(ds, [])
+    t = grouping.group_allocations(ds, [])
     assert (t.rows[0]["frees"], t.rows[0]["live"]) == (1, 1)
 
 
@@ -295,13 +302,13 @@ def test_kfree_matches_kmem_cache_alloc_and_zero_size_ptr_is_not_live():
     frees = [dict(ts=3, pid=1, call_site=A, ptr=Q[1]), dict(ts=4, pid=1, call_site=A, ptr=0x10)]
     ds = Dataset(Metadata(), {("kmem", "kmem_cache_alloc"): cols("kmem", "kmem_cache_alloc", rows),
                               ("kmem", "kfree"): cols("kmem", "kfree", frees)})
-    row = report.group_allocations(ds, []).rows[0]
+    row = grouping.group_allocations(ds, []).rows[0]
     assert row["count"] == 2 and row["frees"] == 1 and row["live"] == 0
 
 
 def test_event_filter_keeps_matching_over_all_events():
     # kfree of P1 at 210 belongs to kmalloc #1 even when only kmalloc rows are shown.
-    t = report.group_allocations(synthetic(), ["event"], events=["kmem:kmalloc"])
+    t = grouping.group_allocations(synthetic(), ["event"], events=["kmem:kmalloc"])
     assert [r["event"] for r in t.rows] == ["kmem:kmalloc"]
     assert t.rows[0]["frees"] == 2 and t.rows[0]["live"] == 4  # #2, #4, #5, #10
 
@@ -309,7 +316,7 @@ def test_event_filter_keeps_matching_over_all_events():
 # ------------------------------------------------------------------ other tables
 
 def test_fragmentation_by_cache_and_callsite():
-    t = report.fragmentation(synthetic(), "cache")
+    t = grouping.fragmentation(synthetic(), "cache")
     r = rows_by(t, "cache")
     assert [c.name for c in t.columns] == ["cache", "count", "bytes_req", "bytes_alloc", "waste",
                                            "waste_pct"]
@@ -320,15 +327,15 @@ def test_fragmentation_by_cache_and_callsite():
     assert r["dentry"]["waste_pct"] == 0.0
     assert t.rows[0]["cache"] == "kmalloc-8k"   # sorted by waste
     assert None not in r                        # pages are not part of slab waste
-    c = rows_by(report.fragmentation(synthetic(), "callsite"), "callsite")
+    c = rows_by(grouping.fragmentation(synthetic(), "callsite"), "callsite")
     assert (c["alloc_b+0x20"]["waste"], c["alloc_b+0x20"]["bytes_alloc"]) == (3220, 8320)
     assert c["alloc_a+0x10"]["waste"] == 28
     with pytest.raises(UsageError):
-        report.fragmentation(synthetic(), "comm")
+        grouping.fragmentation(synthetic(), "comm")
 
 
 def test_pages_by_order():
-    t = report.pages_by_order(synthetic())
+    t = grouping.pages_by_order(synthetic())
     assert [c.name for c in t.columns] == ["order", "count", "bytes_alloc", "failed", "frees",
                                            "live"]
     assert t.rows == [dict(order=0, count=2, bytes_alloc=8192, failed=0, frees=1, live=1),
@@ -338,14 +345,14 @@ def test_pages_by_order():
 
 def test_pages_use_page_size_from_metadata():
     ds = synthetic(meta=Metadata(extra={"page_size": 16384}))
-    assert report.pages_by_order(ds).rows[0]["bytes_alloc"] == 2 * 16384
+    assert grouping.pages_by_order(ds).rows[0]["bytes_alloc"] == 2 * 16384
 
 
 def test_histogram_bucket_edges():
     sizes = [0, 1, 7, 8, 4096, 4097]
     rows = [km(i, 1, A, P[1] + 64 * i, s, max(s, 8)) for i, s in enumerate(sizes)]
     ds = Dataset(Metadata(), {("kmem", "kmalloc"): cols("kmem", "kmalloc", rows)})
-    t = report.size_histogram(ds)
+    t = grouping.size_histogram(ds)
     assert t.bar == "count"
     assert len(t.rows) == 14  # [0,1) .. [4096,8192), contiguous
     by = {r["bucket"]: r for r in t.rows}
@@ -359,35 +366,35 @@ def test_histogram_bucket_edges():
 
 
 def test_histogram_empty():
-    t = report.size_histogram(Dataset(Metadata(), {}))
+    t = grouping.size_histogram(Dataset(Metadata(), {}))
     assert t.rows == [] and t.note
 
 
 def test_kmalloc_size_class_names():
-    assert report.kmalloc_size_class(96) == "kmalloc-96"
-    assert report.kmalloc_size_class(1024) == "kmalloc-1k"
-    assert report.kmalloc_size_class(8192) == "kmalloc-8k"
-    assert report.kmalloc_size_class(8193) == "(large kmalloc)"
-    assert report.kmalloc_size_class(16384, page_size=16384) == "kmalloc-16k"
+    assert kmalloc_mod.kmalloc_size_class(96) == "kmalloc-96"
+    assert kmalloc_mod.kmalloc_size_class(1024) == "kmalloc-1k"
+    assert kmalloc_mod.kmalloc_size_class(8192) == "kmalloc-8k"
+    assert kmalloc_mod.kmalloc_size_class(8193) == "(large kmalloc)"
+    assert kmalloc_mod.kmalloc_size_class(16384, page_size=16384) == "kmalloc-16k"
 
 
 def test_cache_without_name_field_is_unknown():
     ds = synthetic(with_name=False)  # a 6.1 kernel: kmem_cache_alloc has no name
-    r = rows_by(report.group_allocations(ds, ["cache"], events=["kmem_cache_alloc"]), "cache")
+    r = rows_by(grouping.group_allocations(ds, ["cache"], events=["kmem_cache_alloc"]), "cache")
     assert set(r) == {"?"} and r["?"]["count"] == 3
-    rep = report.build_report(ds)
+    rep = build.build_report(ds)
     assert any("'name'" in w and "'?'" in w for w in rep.warnings)
 
 
 def test_kprobe_source_with_size_only(monkeypatch):
-    src = report.AllocSource("ftslab_*", "kmalloc_entry", "slab", bytes_req="size",
+    src = events_mod.AllocSource("ftslab_*", "kmalloc_entry", "slab", bytes_req="size",
                              call_site="caller")
-    monkeypatch.setattr(report, "ALLOC_SOURCES", report.ALLOC_SOURCES + (src,))
+    monkeypatch.setattr(events_mod, "ALLOC_SOURCES", events_mod.ALLOC_SOURCES + (src,))
     rows = [dict(ts=1, pid=1, size=100, caller="f+0x1/0x10"),
             dict(ts=2, pid=1, size=50, caller="f+0x1/0x10")]
     key = ("ftslab_99", "kmalloc_entry")
     ds = Dataset(Metadata(), {key: cols(*key, rows)})
-    t = report.group_allocations(ds, ["callsite", "cache"])
+    t = grouping.group_allocations(ds, ["callsite", "cache"])
     assert t.rows == [dict(callsite="f+0x1", cache="?", count=2, bytes_req=150, bytes_alloc=150,
                            waste=0, frees=0, live=0, failed=0)]
     assert "waste is not measured" in t.note
@@ -396,7 +403,7 @@ def test_kprobe_source_with_size_only(monkeypatch):
 # ------------------------------------------------------------------ slabinfo
 
 def test_parse_slabinfo_real_snapshot():
-    info = report.parse_slabinfo((FIX / "slabinfo-before.txt").read_text())
+    info = slabinfo.parse_slabinfo((FIX / "slabinfo-before.txt").read_text())
     assert len(info) > 100 and info.malformed == 0
     filp = info["filp"]
     assert (filp.objsize, filp.objperslab, filp.pagesperslab) == (192, 21, 1)
@@ -407,20 +414,20 @@ def test_parse_slabinfo_counts_malformed_and_rejects_bad_header():
     text = ("slabinfo - version: 2.1\n# name ...\n"
             "filp 10 21 192 21 1 : tunables 0 0 0 : slabdata 1 1 0\n"
             "broken 1 2 three\n")
-    info = report.parse_slabinfo(text)
+    info = slabinfo.parse_slabinfo(text)
     assert list(info) == ["filp"] and info.malformed == 1
     with pytest.raises(ParseError):
-        report.parse_slabinfo("Name Active\nfilp 1 2\n")
+        slabinfo.parse_slabinfo("Name Active\nfilp 1 2\n")
     with pytest.raises(ParseError):
-        report.parse_slabinfo("")
+        slabinfo.parse_slabinfo("")
 
 
 def test_slabinfo_diff_real_snapshots():
     before = (FIX / "slabinfo-before.txt").read_text()
     after = (FIX / "slabinfo-after.txt").read_text()
     ds = Dataset(Metadata(slabinfo_start=before, slabinfo_end=after), {})
-    t = report.slabinfo_diff(ds)
-    b, a = report.parse_slabinfo(before), report.parse_slabinfo(after)
+    t = slabinfo.slabinfo_diff(ds)
+    b, a = slabinfo.parse_slabinfo(before), slabinfo.parse_slabinfo(after)
     changed = {n for n in set(a) | set(b)
                if (n not in a or n not in b or
                    (a[n].active_objs, a[n].num_objs) != (b[n].active_objs, b[n].num_objs))}
@@ -437,7 +444,7 @@ def test_slabinfo_diff_real_snapshots():
 
 
 def test_slabinfo_diff_without_snapshots():
-    t = report.slabinfo_diff(Dataset(Metadata(), {}))
+    t = slabinfo.slabinfo_diff(Dataset(Metadata(), {}))
     assert t.rows == [] and "no slabinfo" in t.note
 
 
@@ -447,7 +454,7 @@ def test_summary():
     ds = synthetic()
     ds.meta.lost = [Loss(0, 3), Loss(1, 4)]
     ds.meta.unparsed = 2
-    s = report.summary(ds)
+    s = summary.summary(ds)
     assert s["events"] == 7 + 3 + 4 + 2 + 4 + 2
     assert s["per_event"]["kmem:kmalloc"] == 7 and s["per_event"]["kmem:mm_page_free"] == 2
     assert s["duration_s"] == pytest.approx((1400 - 50) / 1e9)
@@ -457,7 +464,7 @@ def test_summary():
 
 def test_build_report_default_tables():
     ds = synthetic()
-    rep = report.build_report(ds)
+    rep = build.build_report(ds)
     assert [t.name for t in rep.tables] == ["by_cache", "by_callsite", "by_comm",
                                             "fragmentation_by_cache",
                                             "fragmentation_by_callsite", "pages_by_order"]
@@ -467,12 +474,12 @@ def test_build_report_default_tables():
     ds.meta.slabinfo_start = (FIX / "slabinfo-before.txt").read_text()
     ds.meta.slabinfo_end = (FIX / "slabinfo-after.txt").read_text()
     # the slabinfo diff, then LIVE checked against it (reconcile.py), then the histogram
-    assert [t.name for t in report.build_report(ds, hist=True).tables[-3:]] == [
+    assert [t.name for t in build.build_report(ds, hist=True).tables[-3:]] == [
         "slabinfo_diff", "reconcile", "histogram"]
 
 
 def test_build_report_with_by():
-    rep = report.build_report(synthetic(), by=("comm", "event"), sort="count", top=3, hist=True)
+    rep = build.build_report(synthetic(), by=("comm", "event"), sort="count", top=3, hist=True)
     assert [t.name for t in rep.tables] == ["by_comm_event", "histogram"]
     assert rep.main == "by_comm_event" and rep.by == ("comm", "event") and rep.sort == "count"
     assert len(rep.tables[0].rows) == 3
@@ -481,17 +488,17 @@ def test_build_report_with_by():
 def test_loss_warning_first_then_truncation():
     meta = Metadata(lost=[Loss(0, 5)], truncated=True, truncated_detail="cut at page 3",
                     unparsed=1)
-    rep = report.build_report(synthetic(meta=meta))
+    rep = build.build_report(synthetic(meta=meta))
     assert rep.warnings[0] == ("WARNING: 5 events were LOST during recording; "
                                "counts below are lower bounds, and FREES/LIVE cannot be trusted "
                         "(a lost free shows as live)")
     assert "truncated" in rep.warnings[1] and "cut at page 3" in rep.warnings[1]
-    rep = report.build_report(synthetic(meta=Metadata(truncated=True)))
+    rep = build.build_report(synthetic(meta=Metadata(truncated=True)))
     assert rep.warnings[0].startswith("WARNING: the recording is truncated")
 
 
 def test_empty_dataset():
-    rep = report.build_report(Dataset(Metadata(), {}))
+    rep = build.build_report(Dataset(Metadata(), {}))
     assert "no allocation events" in rep.warnings[0]
     assert all(t.rows == [] for t in rep.tables)
     assert rep.summary["duration_s"] == 0.0
@@ -499,10 +506,10 @@ def test_empty_dataset():
 
 def test_analysis_is_recomputed_when_columns_change():
     ds = synthetic()
-    assert report.summary(ds)["events"] == 22
-    n1 = report.group_allocations(ds, ["event"]).rows
+    assert summary.summary(ds)["events"] == 22
+    n1 = grouping.group_allocations(ds, ["event"]).rows
     del ds.columns[("kmem", "mm_page_alloc")]
-    n2 = report.group_allocations(ds, ["event"]).rows
+    n2 = grouping.group_allocations(ds, ["event"]).rows
     assert len(n1) == 3 and len(n2) == 2
 
 
@@ -524,7 +531,7 @@ def test_vectorised_on_a_large_dataset():
                       np.ones(n // 2, np.int32),
                       {"ptr": ptrs[fidx], "call_site": np.full(n // 2, A, np.uint64)})
     ds = Dataset(Metadata(), {("kmem", "kmalloc"): kmc, ("kmem", "kfree"): kf})
-    t = report.group_allocations(ds, ["cache"])
+    t = grouping.group_allocations(ds, ["cache"])
     # Reference: walk the events in time order.
     events = sorted([(2 * i, 0, int(ptrs[i]), i) for i in range(n)] +
                     [(int(2 * j + 1), 1, int(ptrs[j]), -1) for j in fidx])
@@ -555,7 +562,7 @@ def _parse_real(name: str):
 
 def test_real_text_capture():
     ds = _parse_real("kmem-trace.txt")
-    rep = report.build_report(ds, top=None, hist=True)
+    rep = build.build_report(ds, top=None, hist=True)
     slab_ok = len(ds.columns[("kmem", "kmalloc")]) + len(ds.columns[("kmem", "kmem_cache_alloc")])
     by_cache = rep.table("by_cache")
     assert sum(r["count"] + r["failed"] for r in by_cache.rows) == slab_ok
@@ -570,28 +577,28 @@ def test_real_text_capture():
     assert set(rows_by(rep.table("by_comm"), "comm")) <= {"ls", "cat", "ftslab_capture."}
     pages = rep.table("pages_by_order").rows
     assert sum(r["count"] for r in pages) == len(ds.columns[("kmem", "mm_page_alloc")])
-    gfp = rows_by(report.group_allocations(ds, ["gfp"], events=["kmalloc"]), "gfp")
+    gfp = rows_by(grouping.group_allocations(ds, ["gfp"], events=["kmalloc"]), "gfp")
     assert "GFP_KERNEL" in gfp
     assert sum(r["count"] for r in rep.table("histogram").rows) == slab_ok
 
 
 def test_real_text_capture_with_lost_events():
     ds = _parse_real("kmem-trace_pipe-lost.txt")
-    rep = report.build_report(ds)
-    assert rep.warnings[0] == report.loss_warning(1859)
+    rep = build.build_report(ds)
+    assert rep.warnings[0] == summary.loss_warning(1859)
 
 
 def test_by_keys_keep_the_layers_apart():
     """Page allocations back slabs: a table mixing them counts memory twice.  --by event
     keeps every event on its own rows, --by order is pages only, other keys slab only."""
     ds = synthetic()
-    rep = report.build_report(ds, by=("cache",))
+    rep = build.build_report(ds, by=("cache",))
     main = rep.table(rep.main)
     assert None not in {r["cache"] for r in main.rows}
     assert "see --by order" in main.note
-    rep = report.build_report(ds, by=("order",))
+    rep = build.build_report(ds, by=("order",))
     assert all(r["order"] is not None for r in rep.table(rep.main).rows)
-    rep = report.build_report(ds, by=("event",))
+    rep = build.build_report(ds, by=("event",))
     events = {r["event"] for r in rep.table(rep.main).rows}
     assert "kmem:mm_page_alloc" in events and "kmem:kmalloc" in events
 
@@ -599,7 +606,7 @@ def test_by_keys_keep_the_layers_apart():
 def test_text_input_pairs_frees_by_line_order_within_a_microsecond():
     """getname/putname free a pointer and allocate it again within one microsecond: in a
     text trace only the line order tells which came first."""
-    from ftslab.textparse import parse_text
+    from ftslab.trace.textparse import parse_text
     line = (" cat-42    [000] .....   237.278835: {ev}: call_site={site}+0x1/0x10 "
             "ptr=00000000bc1b2fbd{rest}")
     kmalloc = " bytes_req=60 bytes_alloc=64 gfp_flags=GFP_KERNEL node=-1 accounted=false"
@@ -607,7 +614,7 @@ def test_text_input_pairs_frees_by_line_order_within_a_microsecond():
                       line.format(ev="kfree", site="putname", rest=""),
                       line.format(ev="kmalloc", site="second", rest=kmalloc)])
     ds = parse_text(text)
-    rows = {r["callsite"]: r for r in report.group_allocations(ds, ("callsite",)).rows}
+    rows = {r["callsite"]: r for r in grouping.group_allocations(ds, ("callsite",)).rows}
     assert (rows["first+0x1"]["frees"], rows["first+0x1"]["live"]) == (1, 0)
     assert (rows["second+0x1"]["frees"], rows["second+0x1"]["live"]) == (0, 1)
 
@@ -616,9 +623,9 @@ def test_each_grouping_is_computed_once_per_report(monkeypatch):
     # the default report groups by cache and by call site for two tables each
     # (allocations, waste): the second asks the first's grouping
     calls = []
-    real = report._group_rows
-    monkeypatch.setattr(report, "_group_rows",
+    real = grouping._group_rows
+    monkeypatch.setattr(grouping, "_group_rows",
                         lambda an, frames, by: calls.append(by) or real(an, frames, by))
-    once = [t.rows for t in report.build_report(synthetic()).tables]
+    once = [t.rows for t in build.build_report(synthetic()).tables]
     assert len(calls) == len(set(calls)) and ("cache",) in calls and ("callsite",) in calls
     assert len(once) > len(calls)  # tables that shared a grouping

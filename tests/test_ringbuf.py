@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ftslab import ringbuf
+from ftslab.trace import columns
+from ftslab.trace import pages as pages_mod
 from ftslab.errors import FtslabError
-from ftslab.formats import parse_header_event, parse_header_page
-from ftslab.load import load, read
-from ftslab.tracedat import read_tracedat
+from ftslab.trace.formats import parse_header_event, parse_header_page
+from ftslab.trace.loader import load, read
+from ftslab.trace.tracedat_read import read_tracedat
 
 FIX = Path(__file__).parent / "fixtures" / "6.18"
 DATS = sorted(FIX.glob("*.dat"))
@@ -35,8 +36,8 @@ def _cpu_data():
                          ids=lambda x: x if isinstance(x, str) else None)
 def test_vectorized_walk_equals_loop(name, cpu, data, psize):
     n = len(data) // psize
-    a = ringbuf._walk_vectorized(data, cpu, HP, HE, psize, n)
-    b = ringbuf._walk_loop(data, cpu, HP, HE, psize, n)
+    a = pages_mod._walk_vectorized(data, cpu, HP, HE, psize, n)
+    b = pages_mod._walk_loop(data, cpu, HP, HE, psize, n)
     for k in ("ts", "off", "ids", "lens"):
         assert np.array_equal(getattr(a, k), getattr(b, k)), k
     assert (a.pages, a.missed, a.missed_unknown, a.bad_pages) == \
@@ -79,8 +80,8 @@ def test_missed_events_flag_is_counted():
     cpu, data = next((c, d) for c, d in td.cpu_data.items() if len(d) >= 4096)
     page = bytearray(data[:4096])
     commit = int.from_bytes(page[8:16], "little")
-    page[8:16] = (commit | ringbuf.MISSED_EVENTS).to_bytes(8, "little")
-    w = ringbuf.walk_pages(bytes(page), cpu, HP, HE)
+    page[8:16] = (commit | pages_mod.MISSED_EVENTS).to_bytes(8, "little")
+    w = pages_mod.walk_pages(bytes(page), cpu, HP, HE)
     assert w.missed_unknown == 1 and w.missed == 0
 
 
@@ -91,9 +92,9 @@ def test_walk_arbitrary_bytes(data, vec):
     n = len(data) // psize
     try:
         if vec and n:
-            w = ringbuf._walk_vectorized(data, 0, HP, HE, psize, n)
+            w = pages_mod._walk_vectorized(data, 0, HP, HE, psize, n)
         else:
-            w = ringbuf._walk_loop(data, 0, HP, HE, psize, n)
+            w = pages_mod._walk_loop(data, 0, HP, HE, psize, n)
     except FtslabError:
         return
     assert w.ts.size == w.off.size == w.ids.size == w.lens.size
@@ -109,8 +110,8 @@ def test_walkers_agree_on_bitflipped_pages(data):
         i = data.draw(st.integers(0, len(raw) - 1))
         raw[i] ^= 1 << data.draw(st.integers(0, 7))
     n = len(raw) // 4096
-    a = ringbuf._walk_vectorized(bytes(raw), 0, HP, HE, 4096, n)
-    b = ringbuf._walk_loop(bytes(raw), 0, HP, HE, 4096, n)
+    a = pages_mod._walk_vectorized(bytes(raw), 0, HP, HE, 4096, n)
+    b = pages_mod._walk_loop(bytes(raw), 0, HP, HE, 4096, n)
     for k in ("ts", "off", "ids", "lens"):
         assert np.array_equal(getattr(a, k), getattr(b, k)), k
     assert a.bad_pages == b.bad_pages
@@ -118,14 +119,14 @@ def test_walkers_agree_on_bitflipped_pages(data):
 
 def test_blocked_walk_equals_loop(monkeypatch):
     """Large inputs are walked in cache-sized blocks: same result as one plain walk."""
-    monkeypatch.setattr(ringbuf, "_BLOCK_PAGES", 8)
+    monkeypatch.setattr(pages_mod, "BLOCK_PAGES", 8)
     td = read_tracedat(FIX / "ftslab-open200.dat")
     for cpu, data in td.cpu_data.items():
         n = len(data) // 4096
         if n <= 8:
             continue
-        a = ringbuf.walk_pages(data, cpu, HP, HE, 4096)
-        b = ringbuf._walk_loop(data, cpu, HP, HE, 4096, n)
+        a = pages_mod.walk_pages(data, cpu, HP, HE, 4096)
+        b = pages_mod._walk_loop(data, cpu, HP, HE, 4096, n)
         for k in ("ts", "off", "ids", "lens"):
             assert np.array_equal(getattr(a, k), getattr(b, k)), k
         assert (a.pages, a.bad_pages) == (b.pages, b.bad_pages)
@@ -136,7 +137,7 @@ def test_blocked_walk_equals_loop(monkeypatch):
 def test_several_buffers_are_named_and_selectable():
     """trace-cmd -B records an instance beside the top-level buffer: the report says the
     file holds it, and --buffer reads it."""
-    from ftslab.report import build_report
+    from ftslab.analysis.build import build_report
     path = FIX / "tracecmd-v7-zstd-2buffers.dat"
     ds = load(path)
     assert ds.meta.extra["other_buffers"] == ["ftslab_tdtest_8619"]
@@ -163,7 +164,7 @@ def test_pid_zero_is_idle():
 
 
 def test_module_symbols_carry_their_module_like_pS():
-    from ftslab.kallsyms import Symbolizer
+    from ftslab.kernel.kallsyms import Symbolizer
     s = Symbolizer("ffffffff81000000 T a\nffffffff81000100 T b\n"
                    "ffffffffc0000000 t modfn\t[mymod]\nffffffffc0000040 t modg\t[mymod]\n")
     assert s(0xffffffffc0000010) == "modfn+0x10 [mymod]"
@@ -177,7 +178,7 @@ def test_string_columns_are_exact(monkeypatch, collide):
     string comes out exactly (the exact path is forced for the second run)."""
     import random
     if collide:
-        monkeypatch.setattr(ringbuf, "_second_hash_agrees", lambda *a: False)
+        monkeypatch.setattr(columns, "_second_hash_agrees", lambda *a: False)
     rnd = random.Random(7)
     names = ["kmalloc-192", "kmalloc-1k", "kmalloc-1k\0junk", "filp", "", "x" * 40,
              "kmalloc-rcl-192", "\xe9t\xe9"] + [f"c{i}" for i in range(50)]
@@ -191,7 +192,7 @@ def test_string_columns_are_exact(monkeypatch, collide):
         buf += s + b"\0"
         want.append(s.split(b"\0")[0].decode())
     buf += b"\xff" * 64
-    got = ringbuf._gather_strings(ringbuf._Views(bytes(buf)), np.array(starts, np.int64),
+    got = columns._gather_strings(columns.Views(bytes(buf)), np.array(starts, np.int64),
                                   np.array(lens, np.int64))
     assert got.tolist() == want
 
@@ -203,14 +204,14 @@ def test_word_gathers_read_what_byte_gathers_read(size, signed):
     on fields at every offset of 4-byte aligned payloads, near the end of the data too."""
     rng = np.random.default_rng(size * 2 + signed)
     data = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    v = ringbuf._Views(data)
+    v = columns.Views(data)
     offs = np.sort(rng.integers(0, (4096 - 24) // 4, 500)) * 4
     offs[-1] = 4096 - 16  # the last field ends at the last byte
-    rows = ringbuf._Rows(offs)
+    rows = columns._Rows(offs)
     assert rows.words is not None
     for delta in range(0, 16 - size + 1):
-        want = ringbuf._gather_int(v, offs + delta, size, signed)
-        got = ringbuf._gather_field(v, rows, delta, size, signed)
+        want = columns.gather_int(v, offs + delta, size, signed)
+        got = columns._gather_field(v, rows, delta, size, signed)
         assert got.dtype.itemsize == size and (got.dtype.kind == "i") == signed
         assert got.tolist() == want.tolist(), delta
 
@@ -223,7 +224,7 @@ def test_string_rows_hold_each_strings_bytes_and_zeros(residue, at_the_end):
     last byte."""
     rng = np.random.default_rng(7 if residue is None else residue)
     data = rng.integers(1, 256, 2048, dtype=np.uint8).tobytes()
-    v = ringbuf._Views(data)
+    v = columns.Views(data)
     w8 = 3
     lens = rng.integers(0, w8 * 8 + 1, 300)
     if residue is None:
@@ -233,7 +234,7 @@ def test_string_rows_hold_each_strings_bytes_and_zeros(residue, at_the_end):
     if at_the_end:  # strings that end at the data's last byte, whose rows reach past it
         lens[-2:] = [5, 9] if residue is None else [4 - residue, 8 - residue]
         starts[-2:] = 2048 - lens[-2:]
-    q = ringbuf._string_rows(v, starts, lens, w8)
+    q = columns._string_rows(v, starts, lens, w8)
     assert q.shape == (300, w8)
     for row, s, n in zip(q, starts, lens):
         assert row.tobytes() == data[s:s + n] + bytes(w8 * 8 - n)
@@ -247,7 +248,7 @@ def cut_records_short(data: bytes, cpu: int, psize: int, fmts, pages) -> tuple[b
     so the page walks as before, that record short.  Returns the new data and the
     (cpu, ts, system, name) of each record cut."""
     raw = bytearray(data)
-    walk = ringbuf._walk_loop(data, cpu, HP, HE, psize, len(data) // psize)
+    walk = pages_mod._walk_loop(data, cpu, HP, HE, psize, len(data) // psize)
     cut = []
     for p in pages:
         at = p * psize
@@ -278,7 +279,7 @@ def test_a_record_shorter_than_its_format_is_dropped_and_counted_by_both_decoder
     """One real page with one record cut short (issue 16): decode_columns (load) and
     iter_events (read, stream) both leave it out, the page's other events are decoded
     alike, and both count it in the walk."""
-    from ftslab.load import formats_of
+    from ftslab.trace.loader import formats_of
     td = read_tracedat(FIX / "ftslab-open200.dat")
     fmts = formats_of(td)
     cpu, data = max(td.cpu_data.items(), key=lambda kv: len(kv[1]))
@@ -288,12 +289,12 @@ def test_a_record_shorter_than_its_format_is_dropped_and_counted_by_both_decoder
     bad, [cut] = cut_records_short(page, cpu, psize, fmts, [0])
 
     def rows(page):
-        walk = ringbuf.walk_pages(page, cpu, HP, HE, psize)
+        walk = pages_mod.walk_pages(page, cpu, HP, HE, psize)
         assert walk.bad_pages == 0
         evs = [(e.ts, e.system, e.name, e.pid, dict(e.fields))
-               for e in ringbuf.iter_events(page, walk, fmts)]
+               for e in columns.iter_events(page, walk, fmts)]
         by_events = walk.short_records
-        cols = ringbuf.decode_columns(page, walk, fmts)
+        cols = columns.decode_columns(page, walk, fmts)
         by_cols = [(int(c.ts[k]), s, n, int(c.pid[k]),
                     {f: (v[k] if isinstance(v[k], str) else int(v[k]))
                      for f, v in ((f, c.fields[f]) for f in c.fields)})
@@ -311,27 +312,27 @@ def test_a_record_shorter_than_its_format_is_dropped_and_counted_by_both_decoder
 
 def test_decode_event_refuses_a_payload_shorter_than_its_format():
     from ftslab.errors import ParseError
-    from ftslab.load import formats_of
+    from ftslab.trace.loader import formats_of
     td = read_tracedat(FIX / "ftslab-open200.dat")
     fmts = formats_of(td)
     cpu, data = next(iter(td.cpu_data.items()))
-    walk = ringbuf.walk_pages(data[:4096], cpu, HP, HE, 4096)
+    walk = pages_mod.walk_pages(data[:4096], cpu, HP, HE, 4096)
     off, ln, eid = int(walk.off[0]), int(walk.lens[0]), int(walk.ids[0])
     fmt = fmts[eid]
     need = max(f.offset + f.size for f in fmt.fields + fmt.common_fields)
-    pid, fields = ringbuf.decode_event(data[off:off + ln], fmt)
+    pid, fields = columns.decode_event(data[off:off + ln], fmt)
     # every field but numeric arrays (which no report reads)
     assert set(fields) == {f.name for f in fmt.fields if f.array_len is None or f.is_string}
     with pytest.raises(ParseError, match=f"its format needs {need}"):
-        ringbuf.decode_event(data[off:off + need - 1], fmt)
+        columns.decode_event(data[off:off + need - 1], fmt)
 
 
 @pytest.mark.parametrize("size", ["2", "8", "5"])
 def test_both_decoders_read_common_pid_alike_whatever_size_the_format_says(size):
     """A damaged format can give common_pid any size: decode_columns and iter_events
     read the same pid from it (-1 where no integer has that size)."""
-    from ftslab.formats import parse_format
-    from ftslab.load import formats_of
+    from ftslab.trace.formats import parse_format
+    from ftslab.trace.loader import formats_of
     td = read_tracedat(FIX / "ftslab-open200.dat")
     fmts = formats_of(td)
     pid_line = "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;"
@@ -342,9 +343,9 @@ def test_both_decoders_read_common_pid_alike_whatever_size_the_format_says(size)
                              system)
             fmts[f.id] = f
     cpu, data = max(td.cpu_data.items(), key=lambda kv: len(kv[1]))
-    walk = ringbuf.walk_pages(data, cpu, HP, HE, td.buffer_page_size)
-    by_events = sorted((e.ts, e.name, e.pid) for e in ringbuf.iter_events(data, walk, fmts))
-    cols = ringbuf.decode_columns(data, walk, fmts)
+    walk = pages_mod.walk_pages(data, cpu, HP, HE, td.buffer_page_size)
+    by_events = sorted((e.ts, e.name, e.pid) for e in columns.iter_events(data, walk, fmts))
+    cols = columns.decode_columns(data, walk, fmts)
     by_cols = sorted((int(t), n, int(p)) for (_s, n), c in cols.items()
                      for t, p in zip(c.ts, c.pid))
     assert len(by_events) > 1000 and by_events == by_cols

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftslab import report
+from ftslab.analysis import grouping
+from ftslab.analysis import live as live_mod
+from ftslab.analysis import series
 from ftslab.errors import UsageError
-from ftslab.load import load
+from ftslab.trace.loader import load
 
 from conftest import run_ftslab
 from test_report import synthetic
@@ -22,18 +24,18 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
                                      ("100us", 100_000), ("0.5s", 5 * 10**8), ("1m", 60 * 10**9),
                                      ("10ns", 10)])
 def test_parse_interval(text, ns):
-    assert report.parse_interval(text) == ns
+    assert series.parse_interval(text) == ns
 
 
 @pytest.mark.parametrize("text", ["", "s", "-1s", "0", "1h", "1 s s", "abc"])
 def test_parse_interval_rejects(text):
     with pytest.raises(UsageError):
-        report.parse_interval(text)
+        series.parse_interval(text)
 
 
 def test_series_by_cache_hand_numbers():
     # events span 50..1400 ns; 500 ns intervals: [50,550) [550,1050) [1050,1400]
-    t = report.interval_series(synthetic(), ("cache",), 500, top=None)
+    t = series.interval_series(synthetic(), ("cache",), 500, top=None)
     rows = {(r["t_s"], r["cache"]): r for r in t.rows}
     assert len(t.rows) == 3 * 7                       # every interval has every key
     # kmalloc-64: #1 (ts 100, freed at 210) and #2 (ts 200, never freed), 64 B each
@@ -51,21 +53,21 @@ def test_series_by_cache_hand_numbers():
     assert rows[(5e-07, "kmalloc-128")]["outstanding"] == 0
     # the series and the live report agree at the end
     last = {c: r for (ts, c), r in rows.items() if ts == 1e-06}
-    live = {r["cache"]: r["live_bytes"] for r in report.live_allocations(synthetic(),
+    live = {r["cache"]: r["live_bytes"] for r in live_mod.live_allocations(synthetic(),
                                                                          ("cache",)).rows}
     assert {c: r["outstanding"] for c, r in last.items() if r["outstanding"]} == live
 
 
 def test_series_top_and_order():
-    t = report.interval_series(synthetic(), ("cache",), 500, top=2)
+    t = series.interval_series(synthetic(), ("cache",), 500, top=2)
     assert [r["cache"] for r in t.rows[:2]] == ["(large kmalloc)", "kmalloc-8k"]
     assert "the top 2 of 7 keys" in t.note
 
 
 def test_series_of_a_real_capture_sums_to_the_report():
     ds = load(FIX / "ftslab-open200.dat")
-    t = report.interval_series(ds, ("cache",), report.parse_interval("5ms"), top=None)
-    plain = {r["cache"]: r for r in report.group_allocations(ds, ("cache",),
+    t = series.interval_series(ds, ("cache",), series.parse_interval("5ms"), top=None)
+    plain = {r["cache"]: r for r in grouping.group_allocations(ds, ("cache",),
                                                              _layer="slab").rows}
     for cache, r in plain.items():
         rows = [x for x in t.rows if x["cache"] == cache]
@@ -73,7 +75,7 @@ def test_series_of_a_real_capture_sums_to_the_report():
         assert sum(x["bytes_alloc"] for x in rows) == r["bytes_alloc"]
         assert sum(x["frees"] for x in rows) == r["frees"]
         assert rows[-1]["outstanding"] == sum(
-            y["live_bytes"] for y in report.live_allocations(ds, ("cache",)).rows
+            y["live_bytes"] for y in live_mod.live_allocations(ds, ("cache",)).rows
             if y["cache"] == cache)
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import ftslab
-from ftslab import spool
+from ftslab.trace import spool
 from ftslab.errors import BadInput, UsageError
-from ftslab.tracedat import read_tracedat
+from ftslab.trace.tracedat_read import read_tracedat
 
 from conftest import need_tool
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ftslab.errors import BadInput
-from ftslab.load import load
+from ftslab.trace.loader import load
 
 
 def _dead_pid() -> int:

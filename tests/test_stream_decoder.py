@@ -20,12 +20,15 @@ from types import SimpleNamespace
 import pytest
 
 import ftslab
-from ftslab import capture, stream
-from ftslab.formats import parse_format
-from ftslab.render import event_to_json, event_to_seed, event_to_text
-from ftslab.stream import _PageDecoder
-from ftslab.tracedat import read_tracedat
-from ftslab.tracefs import Instance, Tracefs
+from ftslab.session import signals
+from ftslab.kernel import tracefs as tracefs_mod
+from ftslab.session import signals
+from ftslab.session import stream
+from ftslab.trace.formats import parse_format
+from ftslab.cli.render import event_to_json, event_to_seed, event_to_text
+from ftslab.session.stream import _PageDecoder
+from ftslab.trace.tracedat_read import read_tracedat
+from ftslab.kernel.tracefs import Instance, Tracefs
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 RECORDINGS = ["ftslab-open200.dat", "tracecmd-v7-none.dat", "tracecmd-v7-zstd.dat",
@@ -85,8 +88,8 @@ def no_stop(monkeypatch) -> list:
     decoder would drain for DRAIN_S only and stop.  stream.py holds the list under its
     own name: both names get the same new list."""
     fresh: list = []
-    monkeypatch.setattr(capture, "_stop_requested", fresh)
-    monkeypatch.setattr(stream, "_stop_requested", fresh)
+    monkeypatch.setattr(signals, "stop_requested", fresh)
+    monkeypatch.setattr(signals, "stop_requested", fresh)
     return fresh
 
 
@@ -182,8 +185,8 @@ _TEXT = re.compile(r"^(?P<comm>.*)-(?P<pid>\d+) \[(?P<cpu>\d{3})\] (?P<s>\d+)\.(
 def open200(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     no_stop(mp)
-    real = stream.read_text_file
-    mp.setattr(stream, "read_text_file",
+    real = tracefs_mod.read_text_file
+    mp.setattr(tracefs_mod, "read_text_file",
                lambda p, *a, **k: (_ for _ in ()).throw(FileNotFoundError(p))
                if str(p).startswith("/proc/") else real(p, *a, **k))
     try:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ftslab.errors import FtslabError, ParseError
-from ftslab.formats import parse_format
-from ftslab.records import Event, Loss
-from ftslab.textparse import TextParser, parse_lines, parse_text
+from ftslab.trace.formats import parse_format
+from ftslab.dataset import Event, Loss
+from ftslab.trace.textparse import TextParser, parse_lines, parse_text
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "6.18"
 EVENTS = ["kmalloc", "kmem_cache_alloc", "kfree", "kmem_cache_free", "mm_page_alloc",

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import ftslab
-from ftslab import ringbuf, top
-from ftslab.formats import parse_header_event, parse_header_page
-from ftslab.records import Dataset, EventColumns
-from ftslab.top import TopFrame, TopState, _TopReader
+from ftslab.trace import pages as pages_mod
+from ftslab.session import top
+from ftslab.trace.formats import parse_header_event, parse_header_page
+from ftslab.dataset import Dataset, EventColumns
+from ftslab.session.top import TopFrame, TopState, _TopReader
 
 from test_report import synthetic
 from test_stream_decoder import replay_session, tasks_gone
@@ -90,7 +91,7 @@ def _pages(td, cpu):
 
 def _walk_count(td, cpu, pages) -> int:
     hp, he = parse_header_page(td.header_page), parse_header_event(td.header_event)
-    return int(ringbuf.walk_pages(b"".join(pages), cpu, hp, he, td.buffer_page_size).ts.size)
+    return int(pages_mod.walk_pages(b"".join(pages), cpu, hp, he, td.buffer_page_size).ts.size)
 
 
 @pytest.mark.parametrize("name, splice", [("ftslab-open200.dat", True),
@@ -127,7 +128,7 @@ def test_backlog_drops_the_oldest_pages_and_counts_their_events(tmp_path, gone_t
     (cpu,) = session.cpus  # one CPU holds this recording's pages
     # whole pages per splice (the kernel's trace_pipe_raw moves whole pages; a file
     # moves what it is asked for), and every byte waiting is over the limit
-    monkeypatch.setattr(top, "_PIPE_BYTES", td.buffer_page_size)
+    monkeypatch.setattr(top, "PIPE_BYTES", td.buffer_page_size)
     monkeypatch.setattr(top, "BACKLOG_BYTES", 0)
     pages = _pages(td, cpu)
     k = len(pages) // 2

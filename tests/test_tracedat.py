@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftslab.errors import BadInput, OutputError
-from ftslab.tracedat import FTSLAB_SECTION_ID, TraceDat, read_tracedat, write_tracedat
+from ftslab.trace.tracedat_layout import FTSLAB_SECTION_ID, TraceDat
+from ftslab.trace.tracedat_read import read_tracedat
+from ftslab.trace.tracedat_write import write_tracedat
 
 FIX = Path(__file__).parent / "fixtures" / "6.18"
 KERNEL_TESTS = os.environ.get("FTSLAB_KERNEL_TESTS") == "1"
@@ -443,15 +445,17 @@ def test_fuzz_bit_flips_of_real_file(tmp_path, which, flips, cut):
 
 def test_parallel_chunk_decompression_gives_the_same_pages(monkeypatch):
     """Large recordings decompress their chunks in two threads: same bytes as serial."""
-    import ftslab.tracedat as T
+    from ftslab.trace import tracedat_read
+    from ftslab.trace import zstd_pages
     path = FIX / "tracecmd-v7-zstd.dat"
-    monkeypatch.setattr(T, "_PARALLEL_MIN_CHUNKS", 10 ** 9)
-    serial = T.read_tracedat(path)
-    monkeypatch.setattr(T, "_PARALLEL_MIN_CHUNKS", 1)
+    # patched where the reader looks them up
+    monkeypatch.setattr(tracedat_read, "PARALLEL_MIN_CHUNKS", 10 ** 9)
+    serial = tracedat_read.read_tracedat(path)
+    monkeypatch.setattr(tracedat_read, "PARALLEL_MIN_CHUNKS", 1)
     calls = []
-    real = T._zstd_parallel
-    monkeypatch.setattr(T, "_zstd_parallel", lambda *a: calls.append(1) or real(*a))
-    parallel = T.read_tracedat(path)
+    real = zstd_pages.zstd_parallel
+    monkeypatch.setattr(tracedat_read, "zstd_parallel", lambda *a: calls.append(1) or real(*a))
+    parallel = tracedat_read.read_tracedat(path)
     assert calls, "the parallel path was not taken"
     assert serial.cpu_data.keys() == parallel.cpu_data.keys()
     for cpu in serial.cpu_data:

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from ftslab import undo
-from ftslab.undo import UndoStack, defer_signal, signals_deferred
+from ftslab.kernel import undo
+from ftslab.kernel.undo import UndoStack, defer_signal, signals_deferred
 
 
 def _fail(exc: Exception):

@@ -10,7 +10,7 @@ to $FTSLAB_VM_RESULTS (or argv[2]); analyze.py reads them.  For a throw-away gue
 import os, subprocess, sys, time, re
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from ftslab import btf as B
+from ftslab.kernel import btf
 T = "/sys/kernel/tracing"
 out = sys.argv[2] if len(sys.argv) > 2 else os.environ["FTSLAB_VM_RESULTS"]
 n = sys.argv[1]
@@ -23,8 +23,8 @@ def w(path, s, append=False):
         raise
     finally:
         os.close(fd)
-b = B.parse(open("/sys/kernel/btf/vmlinux", "rb").read())
-offs = B.kmem_cache_offsets(b)
+b = btf.parse(open("/sys/kernel/btf/vmlinux", "rb").read())
+offs = btf.kmem_cache_offsets(b)
 print("offsets", offs)
 NO = offs["name"]
 ks = open("/proc/kallsyms").read()

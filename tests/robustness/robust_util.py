@@ -155,15 +155,15 @@ def text_event_names(lines: list[str]) -> list[str | None]:
 def page_event_counts(td, cpu: int, pages: bytes) -> list[int]:
     """Events of known formats on each whole page of one CPU's raw pages, each page
     walked alone (a page's timestamps are relative to its own header)."""
-    from ftslab import ringbuf
-    from ftslab.formats import parse_header_event, parse_header_page
-    from ftslab.load import formats_of
+    from ftslab.trace import pages as pages_mod
+    from ftslab.trace.formats import parse_header_event, parse_header_page
+    from ftslab.trace.loader import formats_of
     hp, he = parse_header_page(td.header_page), parse_header_event(td.header_event)
     known = set(formats_of(td))
     ps = td.buffer_page_size
     out = []
     for i in range(len(pages) // ps):
-        walk = ringbuf.walk_pages(pages[i * ps:(i + 1) * ps], cpu, hp, he, ps)
+        walk = pages_mod.walk_pages(pages[i * ps:(i + 1) * ps], cpu, hp, he, ps)
         out.append(0 if walk.ids is None else sum(1 for e in walk.ids.tolist() if e in known))
     return out
 
@@ -173,7 +173,7 @@ def v6_page_cuts(path: Path) -> list[tuple[int, int]]:
     uncompressed v6 trace.dat: each CPU's pages lie one after the other in the file,
     and a cut keeps the whole pages before it.  Cuts at every page boundary, and one
     byte into every page."""
-    from ftslab.tracedat import read_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
     td = read_tracedat(path)
     assert td.version == 6 and td.compression is None, path
     data = path.read_bytes()

@@ -331,14 +331,15 @@ ERRNOS = [errno.EBUSY, errno.EINVAL, errno.EEXIST, errno.ENOMEM, errno.EPERM]
 
 
 def _plan():
-    from ftslab.capture import RecordOptions, Session
-    from ftslab.tracefs import Tracefs
+    from ftslab.session.options import RecordOptions
+    from ftslab.session.engine import Session
+    from ftslab.kernel.tracefs import Tracefs
     s = Session(Tracefs(TRACEFS), lambda m: None, name=f"ftslab_{os.getpid()}_fault")
     return s, s.plan(RecordOptions(buffer_kb=64, comm="nosuchcomm", min_size=64))
 
 
 def test_every_write_refused_in_turn(kernel, monkeypatch):
-    import ftslab.tracefs as tmod
+    from ftslab.kernel import tracefs as tracefs_mod
     from ftslab.errors import KernelWriteError, PermissionDenied
     _s, steps = _plan()
     n_writes = len([s for s in steps if s.kind != "verify"])
@@ -347,14 +348,14 @@ def test_every_write_refused_in_turn(kernel, monkeypatch):
         for err in ERRNOS:
             session, steps = _plan()
             fake = _FailingOs(os, k, err)
-            monkeypatch.setattr(tmod, "os", fake)
+            monkeypatch.setattr(tracefs_mod, "os", fake)
             try:
                 with pytest.raises((KernelWriteError, PermissionDenied)) as exc:
                     session.apply(steps)
             finally:
                 fake.armed = False
                 failures = session.close()
-                monkeypatch.setattr(tmod, "os", os)
+                monkeypatch.setattr(tracefs_mod, "os", os)
             assert failures == [], failures
             assert not (TRACEFS / "instances" / session.name).exists(), (k, err)
             e = exc.value

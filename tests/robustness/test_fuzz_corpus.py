@@ -147,7 +147,7 @@ def _recording_cases(src: Path) -> list[tuple[str, bytes, dict]]:
     """(what, bytes, expected outcome) of a trace.dat: whole, cut at page edges (v6:
     the whole pages before the cut; v7, whose data index follows the data: truncated,
     no event), cut inside its header and empty (refused)."""
-    from ftslab.tracedat import read_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
     td = read_tracedat(src)
     data = src.read_bytes()
     whole = sum(sum(page_event_counts(td, cpu, pages)) for cpu, pages in td.cpu_data.items())
@@ -189,7 +189,7 @@ def _spool_cases(spool: Path) -> tuple[list[tuple[str, tuple | None, int]], int]
     """([(what, (cpu, whole pages kept) or None, events)], page size): the killed
     session's spool whole, and with one CPU's pages cut half-way into a page: the
     events of the whole pages left."""
-    from ftslab.spool import read_spool
+    from ftslab.trace.spool import read_spool
     td = read_spool(spool)
     counts = {cpu: page_event_counts(td, cpu, pages) for cpu, pages in td.cpu_data.items()}
     total = sum(sum(c) for c in counts.values())

@@ -25,13 +25,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ftslab import render
+from ftslab.cli import render
 from ftslab.errors import FtslabError, UsageError
-from ftslab.formats import parse_format, parse_header_event, parse_header_page
-from ftslab.load import formats_of, load, read
-from ftslab.report import build_report
-from ftslab.tracedat import read_tracedat, write_tracedat
-from ftslab import ringbuf
+from ftslab.trace.formats import parse_format, parse_header_event, parse_header_page
+from ftslab.trace.loader import formats_of, load, read
+from ftslab.analysis.build import build_report
+from ftslab.trace.tracedat_read import read_tracedat
+from ftslab.trace.tracedat_write import write_tracedat
+from ftslab.trace import columns
+from ftslab.trace import pages as pages_mod
 
 from robust_util import figure, page_event_counts, text_event_names, v6_page_cuts
 
@@ -360,7 +362,7 @@ def test_cut_v7_recording_is_truncated_and_empty(tmp_path):
     """trace-cmd v7 writes the index of the ring-buffer data (the BUFFER option) after
     the data: a file cut inside the data is accepted as truncated, with no event, and
     says why; cut inside its header it is refused."""
-    from ftslab.tracedat import read_tracedat
+    from ftslab.trace.tracedat_read import read_tracedat
     src = FIX / "tracecmd-v7-none.dat"
     data = src.read_bytes()
     td = read_tracedat(src)
@@ -435,10 +437,10 @@ def test_fuzz_hostile_formats_decode_real_pages(decoded_source, data):
             hp = parse_header_page(_mutate_format(td.header_page, data)
                                    if data.draw(st.booleans()) else td.header_page)
             for cpu, pages in td.cpu_data.items():
-                walk = ringbuf.walk_pages(pages, cpu, hp, HE, td.buffer_page_size)
-                cols = ringbuf.decode_columns(pages, walk, fmts)
+                walk = pages_mod.walk_pages(pages, cpu, hp, HE, td.buffer_page_size)
+                cols = columns.decode_columns(pages, walk, fmts)
                 assert sum(len(c) for c in cols.values()) <= len(pages) // 4
-                for _ev in ringbuf.iter_events(pages, walk, fmts, lambda pid: "x"):
+                for _ev in columns.iter_events(pages, walk, fmts, lambda pid: "x"):
                     pass
     except FtslabError:
         pass
@@ -462,10 +464,10 @@ def test_fuzz_pages_decode(decoded_source, data):
     fmts = formats_of(td)
     try:
         with watchdog():
-            walk = ringbuf.walk_pages(bytes(buf), cpu, HP, HE, td.buffer_page_size)
-            cols = ringbuf.decode_columns(bytes(buf), walk, fmts)
+            walk = pages_mod.walk_pages(bytes(buf), cpu, HP, HE, td.buffer_page_size)
+            cols = columns.decode_columns(bytes(buf), walk, fmts)
             assert sum(len(c) for c in cols.values()) <= len(buf) // 4
-            list(ringbuf.iter_events(bytes(buf), walk, fmts, lambda pid: "x"))
+            list(columns.iter_events(bytes(buf), walk, fmts, lambda pid: "x"))
     except FtslabError:
         pass
     _count("mutated ring-buffer pages")
@@ -494,7 +496,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
 
 @pytest.fixture(scope="module")
 def spool_template(decoded_source, tmp_path_factory):
-    from ftslab import spool
+    from ftslab.trace import spool
     td = _SOURCE[0]
     d = tmp_path_factory.mktemp("spooltpl") / "run.dat.ftslab-spool-99999999"
     d.mkdir()
@@ -598,8 +600,9 @@ def _safe_value(v: str) -> None:
                                              st.sampled_from(["==", "!=", ">=", "~", "&"]),
                                              _HOSTILE))
 def test_fuzz_filters_reach_tracefs_as_one_line(fake_tracefs, comm, cache, filt):
-    from ftslab.capture import RecordOptions, Session
-    from ftslab.tracefs import Tracefs
+    from ftslab.session.options import RecordOptions
+    from ftslab.session.engine import Session
+    from ftslab.kernel.tracefs import Tracefs
     s = Session(Tracefs(fake_tracefs), lambda m: None, name="ftslab_999999")
     try:
         steps = s.plan(RecordOptions(comm=comm, cache=cache, kprobes="off",
@@ -619,17 +622,17 @@ def test_fuzz_filters_reach_tracefs_as_one_line(fake_tracefs, comm, cache, filt)
 @settings(max_examples=300, deadline=None, database=None)
 @given(sym=_HOSTILE | st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,20}", fullmatch=True))
 def test_fuzz_kprobe_symbols_make_one_definition(sym):
-    from ftslab import kprobes
+    from ftslab.kernel import kprobes as kprobes_mod
     try:
-        kprobes.validate_symbol(sym)
+        kprobes_mod.validate_symbol(sym)
     except UsageError:
         _count("kprobe symbol names")
         return
-    ctx = kprobes.ProbeContext(has_kprobe_events=True, readme="", kallsyms={sym: 1},
+    ctx = kprobes_mod.ProbeContext(has_kprobe_events=True, readme="", kallsyms={sym: 1},
                                btf_params={}, btf_offsets=None, btf_present=False,
                                machine="x86_64")
     try:
-        plan = kprobes.plan_probes(ctx, "ftslab_1", families=(), extra_symbols=(sym,))
+        plan = kprobes_mod.plan_probes(ctx, "ftslab_1", families=(), extra_symbols=(sym,))
     except UsageError:
         _count("kprobe symbol names")
         return

@@ -30,8 +30,9 @@ def _counts() -> tuple[tuple[int, int] | None, str | None]:
     problem = _kernel_problem()
     if problem:
         return None, problem  # every case then skips, or fails, in the kernel fixture
-    from ftslab.capture import RecordOptions, Session
-    from ftslab.tracefs import Tracefs
+    from ftslab.session.options import RecordOptions
+    from ftslab.session.engine import Session
+    from ftslab.kernel.tracefs import Tracefs
     try:
         s = Session(Tracefs(TRACEFS), lambda m: None, name="ftslab_0")
         steps = s.plan(RecordOptions(buffer_kb=BUF_KB, duration=float(DURATION)))

@@ -15,7 +15,7 @@ import pytest
 from robust_util import TRACEFS, env_for, figure, ftslab_argv, instances_of, run
 from conftest import as_nobody, make_fake_tracefs
 
-from ftslab.lockdown import lockdown_refusal, parse_lockdown
+from ftslab.kernel.lockdown import lockdown_refusal, parse_lockdown
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "6.18"
 
@@ -128,8 +128,8 @@ def fake_tracefs(tmp_path):
 def confidentiality(tmp_path, monkeypatch):
     f = tmp_path / "lockdown"
     f.write_text("none integrity [confidentiality]\n")
-    import ftslab.tracefs
-    monkeypatch.setattr(ftslab.tracefs, "LOCKDOWN_PATH", str(f))
+    import ftslab.kernel.tracefs
+    monkeypatch.setattr(ftslab.kernel.tracefs, "LOCKDOWN_PATH", str(f))
 
 
 class _RefusingOs:
@@ -161,7 +161,7 @@ def test_confidentiality_lockdown_is_named(root, fake_tracefs, confidentiality, 
     import ftslab.tracefs
     monkeypatch.setattr(ftslab.tracefs, "os", _RefusingOs(os, fake_tracefs))
     monkeypatch.chdir(tmp_path)
-    code = ftslab.cli.main([*argv, "--tracefs", str(fake_tracefs), "--kprobes", "off"])
+    code = ftslab.cli.entry.main([*argv, "--tracefs", str(fake_tracefs), "--kprobes", "off"])
     err = capsys.readouterr().err
     assert code == 3, err
     assert "locked down to 'confidentiality'" in err and "Traceback" not in err, err
@@ -175,7 +175,7 @@ def test_confidentiality_at_boot_leaves_tracefs_empty(root, tmp_path, confidenti
     an empty mount is explained by lockdown, not as 'not mounted' (the message for root
     is what is checked)."""
     from ftslab.errors import PermissionDenied
-    from ftslab.tracefs import Tracefs
+    from ftslab.kernel.tracefs import Tracefs
     empty = tmp_path / "tracing"
     empty.mkdir()
     with pytest.raises(PermissionDenied, match="locked down to 'confidentiality'"):
@@ -183,11 +183,11 @@ def test_confidentiality_at_boot_leaves_tracefs_empty(root, tmp_path, confidenti
 
 
 def test_no_lockdown_file_means_the_usual_messages(tmp_path, monkeypatch):
-    import ftslab.tracefs
+    import ftslab.kernel.tracefs
     from ftslab.errors import TracefsUnavailable, PermissionDenied
-    monkeypatch.setattr(ftslab.tracefs, "LOCKDOWN_PATH", str(tmp_path / "absent"))
+    monkeypatch.setattr(ftslab.kernel.tracefs, "LOCKDOWN_PATH", str(tmp_path / "absent"))
     empty = tmp_path / "tracing"
     empty.mkdir()
     with pytest.raises(TracefsUnavailable if os.geteuid() == 0 else PermissionDenied):
-        ftslab.tracefs.Tracefs.locate(str(empty))
+        ftslab.kernel.tracefs.Tracefs.locate(str(empty))
     assert instances_of(0) == []

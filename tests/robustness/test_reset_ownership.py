@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ftslab import capture, cli
-from ftslab.tracefs import Tracefs
+from ftslab.session import engine
+from ftslab.cli import entry
+from ftslab.kernel.tracefs import Tracefs
 
 DEAD_PID = 99999999  # above PID_MAX_LIMIT: no such process can exist
 
@@ -52,7 +53,7 @@ def _left(root: Path) -> list[str]:
 
 def test_reset_removes_only_dead_owners(tree, capsys):
     root, writes, alive = tree
-    assert cli.main(["reset", "--tracefs", str(root)]) == 0
+    assert entry.main(["reset", "--tracefs", str(root)]) == 0
     err = capsys.readouterr().err
     assert _left(root) == sorted([f"ftslab_{alive}", "other_tool", "ftslab_x", "ftslab_"])
     assert writes == [f"-:ftslab_{DEAD_PID}/kp_kmalloc"]
@@ -61,7 +62,7 @@ def test_reset_removes_only_dead_owners(tree, capsys):
 
 def test_reset_all_ftslab_never_touches_other_tools(tree, capsys):
     root, writes, alive = tree
-    assert cli.main(["reset", "--all-ftslab", "--tracefs", str(root)]) == 0
+    assert entry.main(["reset", "--all-ftslab", "--tracefs", str(root)]) == 0
     assert _left(root) == sorted(["other_tool", "ftslab_x", "ftslab_"])
     assert sorted(writes) == sorted([f"-:ftslab_{DEAD_PID}/kp_kmalloc",
                                      f"-:ftslab_{alive}/kp_kfree"])
@@ -70,7 +71,7 @@ def test_reset_all_ftslab_never_touches_other_tools(tree, capsys):
 def test_a_new_session_names_the_leftovers(tree):
     root, _writes, _alive = tree
     msgs: list[str] = []
-    capture.report_stale(Tracefs(root), msgs.append)
+    engine.report_stale(Tracefs(root), msgs.append)
     text = "\n".join(msgs)
     assert f"ftslab_{DEAD_PID}" in text and f"ftslab_{DEAD_PID}_2" in text
     assert "kprobe group" in text and "ftslab reset" in text
@@ -78,7 +79,7 @@ def test_a_new_session_names_the_leftovers(tree):
 
 
 def test_names_that_only_look_like_ftslabs_are_not_owned(tmp_path):
-    from ftslab.tracefs import _OWNED
+    from ftslab.kernel.tracefs import _OWNED
     for name in ("ftslab_123\n", "ftslab_12 3", "xftslab_1", "ftslab_-1", "ftslab_1/x"):
         assert not _OWNED.match(name), name
     for name in ("ftslab_1", "ftslab_4242_probe"):

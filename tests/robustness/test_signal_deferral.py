@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from ftslab import capture
-from ftslab.undo import UndoStack, signals_deferred
+from ftslab.session import signals
+from ftslab.kernel.undo import UndoStack, signals_deferred
 
 from robust_util import figure
 
@@ -20,12 +20,12 @@ from robust_util import figure
 @pytest.fixture
 def raising_handlers():
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    capture._stop_requested.clear()
-    capture.stop_signals_raise(True)
+    signals.stop_requested.clear()
+    signals.stop_signals_raise(True)
     yield
     for s, h in saved.items():
         signal.signal(s, h)
-    capture._stop_requested.clear()
+    signals.stop_requested.clear()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -36,7 +36,7 @@ def test_signal_waits_for_the_end_of_the_block_despite_other_threads(raising_han
     t.start()
     done = []
     try:
-        with pytest.raises(capture.Interrupted) as exc:
+        with pytest.raises(signals.Interrupted) as exc:
             with signals_deferred():
                 os.kill(os.getpid(), sig)  # to the process: any thread may take it
                 deadline = time.monotonic() + 0.3
@@ -57,14 +57,14 @@ def test_undo_runs_every_step_when_a_signal_arrives_during_unwind(raising_handle
     u.push("a", lambda: ran.append("a"))
     u.push("b", lambda: (os.kill(os.getpid(), signal.SIGTERM), ran.append("b")))
     u.push("c", lambda: ran.append("c"))
-    with pytest.raises(capture.Interrupted):
+    with pytest.raises(signals.Interrupted):
         u.unwind()
     assert ran == ["c", "b", "a"]
 
 
 def test_nested_blocks_release_only_at_the_outermost(raising_handlers):
     seen = []
-    with pytest.raises(capture.Interrupted):
+    with pytest.raises(signals.Interrupted):
         with signals_deferred():
             with signals_deferred():
                 os.kill(os.getpid(), signal.SIGINT)

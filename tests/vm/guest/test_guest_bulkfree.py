@@ -65,14 +65,16 @@ def _epoll_frames(an):
 
 def _epoll_counts(path, *, bulk: bool):
     """(allocations at the eventpoll sites, how many of them are live at the end)."""
-    from ftslab import load, report
-    sources = report.FREE_SOURCES
+    from ftslab.trace import loader
+    from ftslab import events
+    from ftslab.analysis import analysed
+    sources = events.FREE_SOURCES
     if not bulk:
-        report.FREE_SOURCES = tuple(s for s in sources if s.count is None)
+        events.FREE_SOURCES = tuple(s for s in sources if s.count is None)
     try:
-        an = report._Analysis(load(path))
+        an = analysed.Analysis(load(path))
     finally:
-        report.FREE_SOURCES = sources
+        events.FREE_SOURCES = sources
     frames = _epoll_frames(an)
     allocs = sum(int(m.sum()) for _, m in frames)
     live = sum(int((m & ~fr.freed).sum()) for fr, m in frames)

@@ -285,8 +285,9 @@ def test_unprobeable_symbol_is_refused_by_name(ftslab, kernel, tmp_path, which):
 def _setup_points() -> dict[str, int]:
     """Setup step indices of a `record --kprobes on -- COMMAND` session on this kernel,
     from ftslab's own plan (the pause hook counts the same steps)."""
-    from ftslab.capture import RecordOptions, Session
-    from ftslab.tracefs import Tracefs
+    from ftslab.session.options import RecordOptions
+    from ftslab.session.engine import Session
+    from ftslab.kernel.tracefs import Tracefs
     s = Session(Tracefs(TRACEFS), lambda m: None, name="ftslab_0")
     steps = s.plan(RecordOptions(kprobes="on", command=("true",)), child_pid=os.getpid())
     kinds = [st.kind for st in steps]
@@ -356,8 +357,9 @@ def test_real_plan_steps_in_order_and_undone(kernel, monkeypatch):
     the cache-name check before anything is filtered or enabled; each write really
     made; undone newest first: every enable off and the instance gone before the first
     probe is removed, and kprobe_events, events/ and instances/ as they were."""
-    from ftslab.capture import RecordOptions, Session
-    from ftslab.tracefs import Tracefs
+    from ftslab.session.options import RecordOptions
+    from ftslab.session.engine import Session
+    from ftslab.kernel.tracefs import Tracefs
     before = _tracefs_snapshot()
     log: list[tuple[str, str, bool]] = []
     real_write = Tracefs._write
@@ -454,7 +456,7 @@ def test_kprobe_stream_json_ends_on_time_beside_ls(ftslab_spawn, kernel, tmp_pat
     behind the kprobe events; -d must still end the stream within 6 s of tracing
     starting plus the drain time (DRAIN_S) and a few seconds, every line printed must be
     whole JSON, and what was not shown is counted, not dropped silently."""
-    from ftslab.stream import DRAIN_S
+    from ftslab.session.stream import DRAIN_S
     out = tmp_path / "stream.json"
     ls = None
     with open(out, "wb") as f:

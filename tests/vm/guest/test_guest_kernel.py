@@ -33,7 +33,7 @@ def test_kmalloc_family_symbols(expect):
     """Each family this kernel has is one text symbol in kallsyms and ftrace-able, and
     no family has names of two kernel generations at once (the catalogue's order would
     then decide which is probed)."""
-    from ftslab.kprobes import FAMILY
+    from ftslab.events import FAMILY
     syms = kallsyms_text_counts()
     aff = filter_functions()
     assert {"kmalloc", "kmalloc_node", "kmem_cache_alloc"} <= set(expect.symbols), \

@@ -67,7 +67,7 @@ class Facts:
 
 def read_facts() -> Facts:
     """Read every expectation from the running (guest) kernel."""
-    from ftslab.kprobes import FAMILY
+    from ftslab.events import FAMILY
     btf = BtfRaw.from_file()
     off = btf.member_offsets("kmem_cache")
     syms = kallsyms_text_counts()

@@ -1,0 +1,102 @@
+"""/proc/slabinfo as the recording stored it: parsed, and compared before and after.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ftslab.analysis.merged import merged_name, slab_aliases
+from ftslab.analysis.tables import Column, Table
+from ftslab.dataset import Dataset
+from ftslab.errors import ParseError
+
+__all__ = ["SlabInfo", "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_diff"]
+
+
+# ----------------------------------------------------------------------------------------
+# /proc/slabinfo
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlabInfo:
+    """One line of /proc/slabinfo (version 2.1)."""
+
+    name: str
+    active_objs: int
+    num_objs: int
+    objsize: int
+    """Bytes per object, including metadata and padding (the cache's ``size``)."""
+    objperslab: int
+    pagesperslab: int
+    active_slabs: int
+    num_slabs: int
+
+
+class SlabinfoSnapshot(dict):
+    """``dict[str, SlabInfo]`` plus ``malformed``: lines that could not be read."""
+
+    malformed: int = 0
+
+
+def parse_slabinfo(text: str) -> dict[str, SlabInfo]:
+    """Parse /proc/slabinfo text.  Raises ParseError if the header is not
+    ``slabinfo - version: 2.x``; a malformed cache line is skipped and counted in the
+    returned mapping's ``malformed`` attribute, never guessed."""
+    lines = text.splitlines()
+    head = lines[0].strip() if lines else ""
+    if not re.fullmatch(r"slabinfo - version: 2\.\d+", head):
+        raise ParseError(f"not /proc/slabinfo text: first line is {head[:60]!r}",
+                         "expected 'slabinfo - version: 2.1'")
+    out = SlabinfoSnapshot()
+    for line in lines[1:]:
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            # name 5 numbers ':' tunables 3 numbers ':' slabdata 3 numbers
+            if len(parts) != 16 or parts[6] != ":" or parts[11] != ":" or \
+                    parts[7] != "tunables" or parts[12] != "slabdata":
+                raise ValueError(line)
+            nums = [int(x) for x in parts[1:6]]
+            slabs = [int(x) for x in parts[13:16]]
+        except ValueError:
+            out.malformed += 1
+            continue
+        out[parts[0]] = SlabInfo(parts[0], nums[0], nums[1], nums[2], nums[3], nums[4],
+                                 slabs[0], slabs[1])
+    return out
+
+
+def slabinfo_diff(ds: Dataset) -> Table:
+    """Caches whose active or total object count changed between the /proc/slabinfo
+    snapshots taken at start and end of the recording, by |delta_bytes| (= change of
+    num_objs * objsize, bytes).  A cache present in one snapshot only counts as 0 in the
+    other.  Empty (with a note) when a snapshot is missing."""
+    cols = [Column("cache", "CACHE"), Column("objsize", "OBJSIZE", "bytes"),
+            Column("active_before", "ACTIVE BEFORE", "count"),
+            Column("active_after", "ACTIVE AFTER", "count"),
+            Column("delta_active", "DELTA ACTIVE", "count"),
+            Column("num_before", "TOTAL BEFORE", "count"),
+            Column("num_after", "TOTAL AFTER", "count"),
+            Column("delta_bytes", "DELTA BYTES", "bytes")]
+    title = "Slab caches that changed (/proc/slabinfo, start -> end)"
+    if not ds.meta.slabinfo_start or not ds.meta.slabinfo_end:
+        return Table("slabinfo_diff", title, cols, [], note="no slabinfo snapshots")
+    before = parse_slabinfo(ds.meta.slabinfo_start)
+    after = parse_slabinfo(ds.meta.slabinfo_end)
+    aliases = slab_aliases(ds.meta.extra)
+    rows = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        ab, aa = (b.active_objs if b else 0), (a.active_objs if a else 0)
+        nb, na = (b.num_objs if b else 0), (a.num_objs if a else 0)
+        if ab == aa and nb == na:
+            continue
+        size = (a or b).objsize
+        rows.append({"cache": merged_name(name, aliases), "objsize": size, "active_before": ab,
+                     "active_after": aa, "delta_active": aa - ab, "num_before": nb,
+                     "num_after": na, "delta_bytes": (na - nb) * size})
+    rows.sort(key=lambda r: (-abs(r["delta_bytes"]), -abs(r["delta_active"]), r["cache"]))
+    bad = getattr(before, "malformed", 0) + getattr(after, "malformed", 0)
+    note = f"{bad} malformed slabinfo lines skipped" if bad else ""
+    return Table("slabinfo_diff", title, cols, rows, note=note)

@@ -1,0 +1,6 @@
+"""The command line: one click command per module (record, report, stream, top, and the
+housekeeping commands), the group and ``main`` in ``main.py``.
+"""
+from ftslab.cli.entry import cli, main
+
+__all__ = ["cli", "main"]

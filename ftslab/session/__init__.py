@@ -1,0 +1,8 @@
+"""Live sessions: one engine (``engine.Session``, ``run.run_session``) sets up a private
+instance, moves its pages, and undoes it all; ``record`` writes a trace.dat, ``stream``
+prints events as they come, ``top`` keeps a live table.
+"""
+from __future__ import annotations
+
+
+

@@ -1,0 +1,381 @@
+"""Live top: allocations per second and live bytes by cache, call site or command.
+
+Setup, signals and cleanup are capture.run_session's, as for ``stream``.  The reader
+here does not decode event by event: it collects each CPU's raw pages for one interval
+and decodes them all at once with the report's columnar code (columns_mod.decode_columns,
+report._Analysis), so it keeps up with what ``record`` keeps up with.  Across intervals
+it keeps the allocations not yet freed (pointer, time, bytes, keys) as arrays and pairs
+each interval's frees with them by pointer, the way the report pairs a whole recording.
+
+What it cannot see it says: events the kernel dropped (page flags and per-CPU stats)
+are the LOST counter; frees of objects allocated before top started match nothing and
+are not counted as live anything.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ftslab.trace import columns as columns_mod
+from ftslab.trace import pages as pages_mod
+from ftslab.analysis.analysed import Analysis
+from ftslab.analysis.pairing import pair_frees
+from ftslab.dataset import Dataset, Metadata
+from ftslab.kernel.procfs import read_slab_aliases
+from ftslab.kernel.tracefs import read_text_file, Tracefs
+from ftslab.session.options import RecordOptions
+from ftslab.session.run import run_session, RunResult
+from ftslab.session.spooler import PIPE_BYTES, close_quietly, splice_pipe
+from ftslab.session.stream import live_formats, read_raw_page
+from ftslab.trace.loader import parse_cmdlines
+
+
+__all__ = ["TOP_KEYS", "TOP_EVENTS", "TopFrame", "TopState", "top"]
+
+
+TOP_KEYS = ("cache", "callsite", "comm")
+
+
+BACKLOG_BYTES = 256 << 20
+"""Most page bytes top holds waiting to be decoded (all CPUs).  When decoding falls
+behind the input for long, the oldest pages are dropped: their events are counted
+(the pages are walked, not decoded) and shown as DROPPED, never silently."""
+
+
+TOP_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc", "kmem:kfree", "kmem:kmem_cache_free")
+"""What top records: the slab allocators' tracepoints (its rows are slab rows)."""
+
+
+@dataclass
+class TopFrame:
+    """One refresh: rates over the last interval, live bytes since top started."""
+
+    elapsed: float
+    interval: float
+    events: int
+    """Events decoded since the start."""
+    rate: float
+    """Events per second over the last interval."""
+    lost: int
+    """Events the kernel dropped since the start (the reader fell behind, or -b too
+    small)."""
+    dropped: int
+    """Events top read but dropped undecoded (its decoding fell behind: BACKLOG_BYTES)."""
+    live_objects: int
+    live_bytes: int
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    """key -> rows (key label, allocs_per_s, bytes_per_s, live, live_bytes), by
+    bytes_per_s then live_bytes."""
+
+
+class TopState:
+    """The aggregation, fed one interval's Dataset at a time (pure: no I/O)."""
+
+    def __init__(self):
+        self.labels: dict[str, dict] = {k: {} for k in TOP_KEYS}
+        self.names: dict[str, list] = {k: [] for k in TOP_KEYS}
+        # outstanding allocations: pointer, alloc ts, bytes, one label id per key
+        self.ptr = np.zeros(0, np.uint64)
+        self.ts = np.zeros(0, np.uint64)
+        self.bytes = np.zeros(0, np.int64)
+        self.keys = {k: np.zeros(0, np.int64) for k in TOP_KEYS}
+        self.events = 0
+
+    def _global(self, key: str, codes: np.ndarray, labels: list) -> np.ndarray:
+        space, names = self.labels[key], self.names[key]
+        lut = np.empty(max(len(labels), 1), np.int64)
+        for i, lab in enumerate(labels):
+            g = space.get(lab)
+            if g is None:
+                g = space[lab] = len(names)
+                names.append(lab)
+            lut[i] = g
+        return lut[codes]
+
+    def feed(self, ds: Dataset, seconds: float, top: int | None = 20) -> dict[str, list[dict]]:
+        """Aggregate one interval: rates from its allocations; live from the pairing of
+        its frees with everything still outstanding."""
+        self.events += ds.events
+        an = Analysis(ds, pair=False)  # paired below, with what is still outstanding
+        frames = [fr for fr in an.frames if fr.src.layer == "slab" and fr.n]
+        new = {k: [] for k in TOP_KEYS}
+        rate = {k: [] for k in TOP_KEYS}  # group ids of this interval's allocations
+        rate_bytes = []
+        add_ptr, add_ts, add_bytes = [], [], []
+        for fr in frames:
+            ok = fr.ok
+            held = fr.matchable & ok if fr.ptr is not None else None
+            rate_bytes.append(fr.bytes_alloc[ok])
+            for k in TOP_KEYS:
+                codes, labels = an.local_key(fr, k)
+                g = self._global(k, codes, labels)
+                rate[k].append(g[ok])
+                if held is not None:
+                    new[k].append(g[held])
+            if held is not None:
+                add_ptr.append(fr.ptr[held])
+                add_ts.append(fr.ts[held])
+                add_bytes.append(fr.bytes_alloc[held])
+        frees = an.frees.get("slab", [])  # (ts, pointer keys, seq) per free event type
+        ptr = np.concatenate([self.ptr] + add_ptr)
+        ts = np.concatenate([self.ts] + add_ts)
+        nbytes = np.concatenate([self.bytes] + add_bytes)
+        keys = {k: np.concatenate([self.keys[k]] + new[k]) for k in TOP_KEYS}
+        if frees and ptr.size:
+            freed, _fidx = pair_frees(ptr, ts, np.concatenate([k for _t, k, _s in frees]),
+                                      np.concatenate([t for t, _k, _s in frees]))
+            alive = ~freed
+            ptr, ts, nbytes = ptr[alive], ts[alive], nbytes[alive]
+            keys = {k: v[alive] for k, v in keys.items()}
+        self.ptr, self.ts, self.bytes, self.keys = ptr, ts, nbytes, keys
+        out = {}
+        secs = max(seconds, 1e-6)
+        b = (np.concatenate(rate_bytes).astype(np.float64) if rate_bytes
+             else np.zeros(0))
+        for k in TOP_KEYS:
+            n = len(self.names[k])
+            if rate[k]:
+                g = np.concatenate(rate[k])
+                cnt = np.bincount(g, minlength=n)
+                byt = np.bincount(g, b, n)
+            else:
+                cnt = np.zeros(n, np.int64)
+                byt = np.zeros(n)
+            live = np.bincount(self.keys[k], minlength=n)
+            lbytes = np.bincount(self.keys[k], self.bytes.astype(np.float64), n)
+            order = np.lexsort((-live, -lbytes, -byt))
+            order = order[(byt[order] > 0) | (live[order] > 0)]
+            rows = []
+            for g in order[:top].tolist():
+                rows.append({k: self.names[k][g], "allocs_per_s": round(cnt[g] / secs, 1),
+                             "bytes_per_s": int(round(byt[g] / secs)),
+                             "live": int(live[g]), "live_bytes": int(round(lbytes[g]))})
+            out[k] = rows
+        return out
+
+
+class _TopReader:
+    """capture.run_session's reader.  The session loop calls pump(): whole pages move
+    from trace_pipe_raw into a pipe by splice (as record's spooler does) and out of it
+    in large reads.  Once per interval the pages collected go to a worker thread that
+    decodes them, feeds TopState and hands a TopFrame to ``show``; pumping goes on
+    meanwhile, so the kernel's buffer is drained while numpy decodes."""
+
+    def __init__(self, session, interval: float, show: Callable[[TopFrame], None],
+                 top: int | None, symbolize, slab_aliases: dict | None = None):
+        tracefs = session.tracefs
+        self.hp, self.he, self.page_size, self.fmts = live_formats(session)
+        self.formats = {(f.system, f.name): f for f in self.fmts.values()}
+        self.inst = session.instance
+        # with -p/--comm, the frees of the whole system come from a second instance
+        self.instances = [self.inst] + ([session.free_instance]
+                                        if session.free_instance is not None else [])
+        self.cpus = session.cpus
+        self.keys = [(k, c) for k in range(len(self.instances)) for c in self.cpus]
+        """One page source per instance and CPU: (instance index, cpu)."""
+        self.tracefs = tracefs
+        self.fds: dict[tuple[int, int], int] = {}
+        self.pipes: dict[tuple[int, int], tuple[int, int]] = {}
+        self.can_splice = hasattr(os, "splice")
+        try:
+            for k, c in self.keys:
+                self.fds[(k, c)] = self.instances[k].raw_open(c)
+                self.pipes[(k, c)] = splice_pipe()
+        except BaseException:
+            self.close()
+            raise
+        self.pages: dict[tuple[int, int], list[bytes]] = {key: [] for key in self.keys}
+        self.interval = interval
+        self.show = show
+        self.top = top
+        self.symbolize = symbolize
+        self.slab_aliases = slab_aliases or {}
+        """Merged caches (tracefs.read_slab_aliases): the cache rows name them by all
+        their names, as the report does."""
+        self.state = TopState()
+        self.start = self.last = time.monotonic()
+        self.lost = 0
+        self.comms: dict[int, str] = {0: "<idle>"}
+        self._worker: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.backlog = 0
+        self.dropped = 0
+        self.to_drop: list[tuple[int, list[bytes]]] = []
+        self._drop_lock = threading.Lock()
+
+    def _read_partial(self, cpu: int) -> int:
+        """Pages the writer is still filling (splice moves only full ones)."""
+        moved = 0
+        for key in self.keys:
+            if key[1] != cpu:
+                continue
+            while True:
+                page = read_raw_page(self.fds[key], self.page_size)
+                if page is None:
+                    break
+                moved += len(page)
+                self.pages[key].append(page.ljust(self.page_size, b"\0"))
+                self.backlog += self.page_size
+        return moved
+
+    def _drop_oldest(self) -> None:
+        """Set aside the older half of what waits on each CPU: the worker counts its
+        events (a walk, no decoding) at its next tick.  Nothing is done to them here:
+        the pump must go on moving pages, or the kernel starts losing events too."""
+        with self._drop_lock:
+            for key in self.keys:
+                pages = self.pages[key]
+                k = len(pages) // 2
+                if k:
+                    self.to_drop.append((key[1], pages[:k]))
+                    self.pages[key] = pages[k:]
+                    self.backlog -= sum(len(p) for p in pages[:k])
+
+    def _count_dropped(self) -> None:
+        with self._drop_lock:
+            todo, self.to_drop = self.to_drop, []
+        for cpu, pages in todo:
+            walk = pages_mod.walk_pages(b"".join(pages), cpu, self.hp, self.he, self.page_size)
+            self.dropped += int(walk.ts.size)
+            self.lost += walk.missed + walk.missed_unknown
+
+    def pump(self, cpu: int) -> int:
+        moved = sum(self._pump(key) for key in self.keys if key[1] == cpu)
+        if not self.can_splice:
+            moved += self._read_partial(cpu)
+        if self.backlog > BACKLOG_BYTES:
+            self._drop_oldest()
+        if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval and (
+                self._worker is None or not self._worker.is_alive()):
+            if self.error is not None:
+                raise self.error
+            for c in self.cpus:
+                self._read_partial(c)
+            now = time.monotonic()
+            batch = self.pages
+            self.pages = {key: [] for key in self.keys}
+            self.backlog = 0
+            seconds, self.last = now - self.last, now
+            self._worker = threading.Thread(target=self._tick, args=(batch, seconds, now),
+                                            daemon=True)
+            self._worker.start()
+        return moved
+
+    def _pump(self, key: tuple[int, int]) -> int:
+        """Whole pages of one instance's CPU, moved by splice."""
+        moved = 0
+        src = self.fds[key]
+        r, w = self.pipes[key]
+        while self.can_splice:
+            try:
+                n = os.splice(src, w, PIPE_BYTES, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                    self.can_splice = False
+                    break
+                raise
+            if n <= 0:
+                break
+            moved += n
+            while n:
+                b = os.read(r, n)
+                n -= len(b)
+                self.pages[key].append(b)
+                self.backlog += len(b)
+        return moved
+
+    def _cmdlines(self, pids) -> dict[int, str]:
+        for pid in pids:
+            if pid not in self.comms:
+                try:
+                    self.comms[pid] = read_text_file(f"/proc/{pid}/comm").strip() or "<...>"
+                except Exception:
+                    try:
+                        self.comms.update(parse_cmdlines(self.tracefs.read("saved_cmdlines")))
+                    except Exception:
+                        pass
+                    self.comms.setdefault(pid, "<...>")
+        return self.comms
+
+    def _tick(self, batch: dict[tuple[int, int], list[bytes]], seconds: float,
+              now: float) -> None:
+        try:
+            self._count_dropped()
+            parts = []
+            for (_k, cpu), pages in batch.items():
+                if not pages:
+                    continue
+                data = b"".join(pages)
+                walk = pages_mod.walk_pages(data, cpu, self.hp, self.he, self.page_size)
+                self.lost += walk.missed + walk.missed_unknown
+                parts.append(columns_mod.decode_columns(data, walk, self.fmts))
+            columns = columns_mod.merge_columns(parts)
+            pids = set()
+            for c in columns.values():
+                pids.update(np.unique(c.pid).tolist())
+            ds = Dataset(Metadata(source="live", cmdlines=dict(self._cmdlines(pids)),
+                                  extra={"slab_aliases": self.slab_aliases}),
+                         columns, formats=self.formats, symbolize=self.symbolize)
+            rows = self.state.feed(ds, seconds, self.top)
+            try:
+                stats_lost = sum(i.cpu_stats(c).lost for i in self.instances
+                                 for c in self.cpus)
+            except Exception:
+                stats_lost = 0
+            self.lost = max(self.lost, stats_lost)
+            self.show(TopFrame(elapsed=now - self.start, interval=seconds,
+                               events=self.state.events, rate=ds.events / max(seconds, 1e-6),
+                               lost=self.lost, dropped=self.dropped,
+                               live_objects=int(self.state.ptr.size),
+                               live_bytes=int(self.state.bytes.sum()), rows=rows))
+        except BaseException as exc:  # raised again in the session loop
+            self.error = exc
+
+    def flush(self, cpu: int) -> None:
+        while self.pump(cpu):
+            pass
+        self._read_partial(cpu)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.join()
+        if self.error is None and any(self.pages.values()):
+            # the pages collected since the last tick (a session shorter than one
+            # interval has no other): decoded and shown, never left uncounted
+            now = time.monotonic()
+            batch, self.pages, self.backlog = self.pages, {k: [] for k in self.keys}, 0
+            seconds, self.last = now - self.last, now
+            self._tick(batch, seconds, now)
+        self._count_dropped()
+        close_quietly(list(self.fds.values()) + [x for p in self.pipes.values() for x in p])
+        self.fds.clear()
+        self.pipes.clear()
+
+
+def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
+        show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None
+        ) -> tuple[RunResult, TopState | None, int, int]:
+    """Run a live session, calling ``show`` with a TopFrame every ``interval`` seconds.
+    Returns (the run, the final state, events lost, events dropped undecoded)."""
+    readers: list[_TopReader] = []
+    aliases = read_slab_aliases()  # merged caches, as they are when top starts
+
+    def make_reader(session):
+        readers.append(_TopReader(session, interval, show, rows, symbolize, aliases))
+        return readers[0]
+
+    run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})
+    if not readers:
+        return run, None, 0, 0
+    r = readers[0]
+    if r.error is not None:  # raised by the last tick, in close()
+        raise r.error
+    return run, r.state, max(r.lost, sum(s.lost for s in run.stats)), r.dropped
