@@ -65,7 +65,7 @@ def _epoll_frames(an):
 
 def _epoll_counts(path, *, bulk: bool):
     """(allocations at the eventpoll sites, how many of them are live at the end)."""
-    from ftslab.trace import loader
+    from ftslab import load
     from ftslab import events
     from ftslab.analysis import analysed
     sources = events.FREE_SOURCES
