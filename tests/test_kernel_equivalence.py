@@ -14,7 +14,7 @@ import sys
 from ftslab.trace import columns
 from ftslab.trace import pages as pages_mod
 from ftslab.trace.formats import parse_format, parse_header_event, parse_header_page
-from ftslab.kernel.kallsyms import Symbolizer
+from ftslab.trace.kallsyms import Symbolizer
 from ftslab.trace.textparse import parse_lines
 from ftslab.kernel.tracefs import Tracefs, read_text_file
 from ftslab.kernel.procfs import online_cpus

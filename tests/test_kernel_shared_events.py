@@ -20,7 +20,7 @@ import pytest
 from conftest import TRACEFS, popen_ftslab, run_ftslab
 import toplevel
 from toplevel import write_file
-from ftslab.session.engine import SHARED_EVENT_COST, enabled_elsewhere_message
+from ftslab.kernel.elsewhere import SHARED_EVENT_COST, enabled_elsewhere_message
 from ftslab.kernel.tracefs import EnabledElsewhere, Tracefs, enable_state_has_probe
 
 KMEM = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc", "kfree", "kmem_cache_free",

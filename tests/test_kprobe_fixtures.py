@@ -18,7 +18,7 @@ import pytest
 from ftslab.trace import columns
 from ftslab.trace import pages
 from ftslab.trace.formats import parse_format, parse_header_event, parse_header_page
-from ftslab.kernel.kallsyms import Symbolizer
+from ftslab.trace.kallsyms import Symbolizer
 from ftslab.kernel.kprobes import ProbeContext, cache_names_in_trace, check_cache_names, parse_function_list, parse_kallsyms_text, plan_probes
 from ftslab.trace.textparse import parse_lines
 from ftslab.kernel.tracefs import Tracefs

@@ -23,7 +23,8 @@ from ftslab.session.engine import Session
 from ftslab.session.dryrun import describe_probe_plan
 from ftslab.errors import KernelWriteError, ProbeVerifyFailed, Unsupported, UsageError
 from ftslab.events import FAMILY
-from ftslab.kernel.kprobes import KNOWN_PROTOTYPES, ProbeContext, cache_names_in_trace, check_cache_names, parse_kallsyms_text, parse_kprobe_events, plan_probes, roles_from_params, validate_symbol
+from ftslab.kernel.kprobes import KNOWN_PROTOTYPES, ProbeContext, cache_names_in_trace, check_cache_names, parse_kallsyms_text, plan_probes, roles_from_params, validate_symbol
+from ftslab.kernel.tracefs import parse_kprobe_events
 from ftslab.kernel.tracefs import Tracefs
 from conftest import make_fake_tracefs
 from kernel_oracle import (VMLINUX, BtfRaw, expected_fetch_args, family_symbols,

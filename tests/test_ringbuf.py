@@ -164,7 +164,7 @@ def test_pid_zero_is_idle():
 
 
 def test_module_symbols_carry_their_module_like_pS():
-    from ftslab.kernel.kallsyms import Symbolizer
+    from ftslab.trace.kallsyms import Symbolizer
     s = Symbolizer("ffffffff81000000 T a\nffffffff81000100 T b\n"
                    "ffffffffc0000000 t modfn\t[mymod]\nffffffffc0000040 t modg\t[mymod]\n")
     assert s(0xffffffffc0000010) == "modfn+0x10 [mymod]"

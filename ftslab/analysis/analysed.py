@@ -19,6 +19,8 @@ from ftslab.errors import FtslabError, UsageError
 from ftslab.events import alloc_source, FAMILY, free_source, function_of_event, is_probe_event
 from ftslab.progress import NO_PROGRESS, Progress
 
+__all__ = ["time_span"]
+
 
 class Analysis:
     """Everything derived once per Dataset: frames, free matching, key codes.
@@ -343,3 +345,14 @@ class Rows:
     def held(self) -> np.ndarray:
         """Rows of successful allocations that free matching can pair."""
         return np.flatnonzero(self._cat("ok") & self._cat("matchable"))
+
+
+def time_span(ds: Dataset) -> tuple[int, int] | None:
+    """(first, last) timestamp of all events, None without events."""
+    lo = hi = None
+    for c in ds.columns.values():
+        if len(c):
+            ts = as_u64(c.ts)
+            lo = int(ts.min()) if lo is None else min(lo, int(ts.min()))
+            hi = int(ts.max()) if hi is None else max(hi, int(ts.max()))
+    return None if lo is None else (lo, hi)

@@ -48,7 +48,8 @@ from ftslab.analysis.grouping import check_by, check_sort, select, without_pairi
 from ftslab.analysis.live import loss_note, live_allocations
 from ftslab.analysis.series import interval_series
 from ftslab.analysis.slabinfo import slabinfo_diff
-from ftslab.analysis.summary import layers, time_span, collect_warnings, default_source, summary
+from ftslab.analysis.summary import layers, collect_warnings, default_source, summary
+from ftslab.analysis.analysed import time_span
 from ftslab.analysis.tables import Report, Table
 from ftslab.dataset import Dataset
 from ftslab.errors import UsageError

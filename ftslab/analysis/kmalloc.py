@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftslab.analysis.tables import LARGE_KMALLOC
-
-__all__ = ["kmalloc_size_class"]
+__all__ = ["kmalloc_size_class", "LARGE_KMALLOC"]
 
 
 def kmalloc_size_class(bytes_alloc: int, page_size: int = 4096) -> str:
@@ -47,3 +45,6 @@ def kmalloc_round_up_array(sizes: np.ndarray, page_size: int = 4096) -> np.ndarr
     large = np.left_shift(np.int64(page_size), order)
     out = np.where(sizes > 2 * page_size, large, small)
     return np.where(sizes == 0, 0, out)
+
+
+LARGE_KMALLOC = "(large kmalloc)"

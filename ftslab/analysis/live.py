@@ -9,7 +9,8 @@ import numpy as np
 
 from ftslab.analysis.analysed import analysis_of
 from ftslab.analysis.grouping import check_by, group_by_keys, label_ranks, rows_of, select
-from ftslab.analysis.summary import time_span, NS_CLOCKS
+from ftslab.analysis.summary import NS_CLOCKS
+from ftslab.analysis.analysed import time_span
 from ftslab.analysis.tables import KEY_COLUMNS, Column, Table
 from ftslab.dataset import Dataset
 from ftslab.events import free_source

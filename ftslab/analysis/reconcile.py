@@ -59,8 +59,9 @@ import numpy as np
 from ftslab.analysis.grouping import group_allocations
 from ftslab.analysis.kmalloc import kmalloc_size_class
 from ftslab.analysis.pairing import pair_frees
-from ftslab.analysis.slabinfo import parse_slabinfo
-from ftslab.analysis.tables import Column, LARGE_KMALLOC, Table, UNKNOWN_CACHE, ZERO_SIZE
+from ftslab.trace.slabinfo import parse_slabinfo
+from ftslab.analysis.tables import Column, Table, UNKNOWN_CACHE, ZERO_SIZE
+from ftslab.analysis.kmalloc import LARGE_KMALLOC
 from ftslab.dataset import Dataset
 
 

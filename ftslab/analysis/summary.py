@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from ftslab.analysis.analysed import Analysis, analysis_of
-from ftslab.analysis.frames import as_u64, NO_STACK
+from ftslab.analysis.frames import NO_STACK
 from ftslab.analysis.grouping import select
 from ftslab.analysis.tables import UNKNOWN_CACHE
 from ftslab.dataset import Dataset
 from ftslab.events import event_label, free_source
+from ftslab.analysis.analysed import time_span
 
 __all__ = ["warnings_of", "summary", "loss_warning", "default_source"]
-
-
-def time_span(ds: Dataset) -> tuple[int, int] | None:
-    """(first, last) timestamp of all events, None without events."""
-    lo = hi = None
-    for c in ds.columns.values():
-        if len(c):
-            ts = as_u64(c.ts)
-            lo = int(ts.min()) if lo is None else min(lo, int(ts.min()))
-            hi = int(ts.max()) if hi is None else max(hi, int(ts.max()))
-    return None if lo is None else (lo, hi)
 
 
 # ----------------------------------------------------------------------------------------

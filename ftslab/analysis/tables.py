@@ -27,9 +27,6 @@ UNKNOWN_COMM = "<...>"
 UNKNOWN_CACHE = "?"
 
 
-LARGE_KMALLOC = "(large kmalloc)"
-
-
 ZERO_SIZE = "(kmalloc(0): ZERO_SIZE_PTR)"
 
 

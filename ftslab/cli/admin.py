@@ -83,7 +83,8 @@ def probes(dry_run, cache_name_offset, kprobe_families, kprobe_symbols, tracefs_
 def reset(all_ftslab, tracefs_path):
     """Remove tracefs instances and kprobe events left by ftslab sessions that died
     (e.g. SIGKILL).  Only those of dead owners, unless --all-ftslab."""
-    from ftslab.kernel.tracefs import Instance, pid_alive
+    from ftslab.kernel.tracefs import Instance
+    from ftslab.pids import pid_alive
     tfs = tracefs(tracefs_path)
     removed = 0
     failed: list[FtslabError] = []
@@ -153,7 +154,7 @@ def _reset_spools() -> None:
 
 
 def _alive(pid: int) -> bool:
-    from ftslab.kernel.tracefs import pid_alive
+    from ftslab.pids import pid_alive
     return pid_alive(pid)
 
 

@@ -89,7 +89,7 @@ def record_options(events, duration, pids, comm, min_size, cache, filters, buffe
     import math
     from ftslab.events import DEFAULT_EVENTS
     from ftslab.session.options import RecordOptions
-    from ftslab.kernel.tracefs import pid_alive
+    from ftslab.pids import pid_alive
     if duration is not None and not math.isfinite(duration):
         raise UsageError(f"-d {duration}: give a number of seconds")
     for pid in pids:

@@ -24,7 +24,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     from ftslab.session import engine
     from ftslab.session import signals
     from ftslab.cli import render
-    from ftslab.kernel.kallsyms import Symbolizer
+    from ftslab.trace.kallsyms import Symbolizer
     from ftslab.session.stream import DRAIN_S, stream as run_stream
     from ftslab.kernel.tracefs import read_text_file
     opts = record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,

@@ -41,7 +41,7 @@ def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_
     """Live view of the slab allocators: per cache, call site or command, the
     allocations and bytes per second and the live (not yet freed) objects and bytes
     since top started, with the lost-events counter.  Whole system unless -p/--comm."""
-    from ftslab.kernel.kallsyms import Symbolizer
+    from ftslab.trace.kallsyms import Symbolizer
     from ftslab.session.top import top as run_top
     from ftslab.kernel.tracefs import read_text_file
     from ftslab.session.top import TOP_EVENTS

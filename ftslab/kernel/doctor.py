@@ -52,7 +52,7 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
         except FtslabError:
             d["tracepoints"][f"kmem:{name}"] = None
     # another buffer with these events enabled makes every one of them cost more
-    from ftslab.session.engine import enabled_elsewhere_message
+    from ftslab.kernel.elsewhere import enabled_elsewhere_message
     present = [("kmem", n) for n in KMEM_TRACEPOINTS if d["tracepoints"][f"kmem:{n}"]]
     found = tfs.events_enabled_elsewhere(present)
     d["enabled_elsewhere"] = [{"event": f.event, "instance": f.instance, "state": f.state,

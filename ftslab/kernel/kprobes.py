@@ -41,12 +41,7 @@ from ftslab.errors import UsageError
 from ftslab.events import BULK_FREE_PREFIX, bulk_free_slot_fields, BULK_FREE_SLOTS, BULK_FREE_SYMBOL, event_name, FAMILY, FamilyMember
 
 
-__all__ = [
-    "KNOWN_PROTOTYPES", "ProbeContext", "Offsets", "Probe", "ProbePlan", "plan_probes",
-    "roles_from_params", "parse_kallsyms_text", "arg_style", "check_cache_names",
-    "parse_kprobe_events", "DEFAULT_NAME_OFFSET", "btf_args_supported", "validate_symbol",
-    "cache_names_in_trace", "parse_function_list"
-]
+__all__ = ["KNOWN_PROTOTYPES", "ProbeContext", "Offsets", "Probe", "ProbePlan", "plan_probes", "roles_from_params", "parse_kallsyms_text", "arg_style", "check_cache_names", "DEFAULT_NAME_OFFSET", "btf_args_supported", "validate_symbol", "cache_names_in_trace", "parse_function_list"]
 
 
 _BULK_FIRST = 32
@@ -461,19 +456,6 @@ def check_cache_names(names, known: set[str]) -> tuple[int, list[str]]:
         if n not in known and n not in bad:
             bad.append(n)
     return checked, bad
-
-
-_KPROBE_LINE = re.compile(r"^([pr])\d*:([^/\s]+)/(\S+)\s+(\S+)")
-
-
-def parse_kprobe_events(text: str) -> list[tuple[str, str, str]]:
-    """(group, event, probed symbol) of each line of kprobe_events."""
-    out = []
-    for line in text.splitlines():
-        m = _KPROBE_LINE.match(line.strip())
-        if m:
-            out.append((m.group(2), m.group(3), m.group(4)))
-    return out
 
 
 _TRACE_NAME = re.compile(r'\bname=(?:"([^"\n]*)"|(\S+))')

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftslab.errors import FtslabError, KernelWriteError, PermissionDenied, TracefsUnavailable, UsageError
+from ftslab.pids import pid_alive
+from ftslab.trace.cpustats import CpuStats
+from ftslab.trace.cpustats import parse_cpu_stats
 
 
-__all__ = ["read_lockdown", 
-    "Tracefs", "Instance", "CpuStats", "EnabledElsewhere", "INSTANCE_PREFIX",
-    "read_text_file", "pid_alive", "parse_cpu_stats"
-]
+__all__ = ["read_lockdown", "Tracefs", "Instance", "EnabledElsewhere", "INSTANCE_PREFIX", "read_text_file", "parse_kprobe_events"]
 
 
 #: Every instance ftslab creates is called ``ftslab_<owner pid>[_<n>]``.
@@ -33,10 +33,6 @@ INSTANCE_PREFIX = "ftslab_"
 
 
 _OWNED = re.compile(r"^ftslab_(\d+)(?:_\w+)?\Z")  # not "$": it allows a final "\n"
-
-
-#: PID_MAX_LIMIT (include/linux/threads.h, 64-bit): no pid is larger.
-_PID_MAX_LIMIT = 4 * 1024 * 1024
 
 
 _CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -94,37 +90,6 @@ def read_text_file(path: str | os.PathLike, limit: int | None = None) -> str:
         os.close(fd)
 
 
-def pid_alive(pid: int) -> bool:
-    if not 0 < pid <= _PID_MAX_LIMIT:  # kill(0) is our group; a name can say anything
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass(frozen=True)
-class CpuStats:
-    """A per_cpu/cpuN/stats snapshot (event counts)."""
-
-    cpu: int
-    entries: int
-    overrun: int
-    """Events overwritten before they were read (overwrite mode)."""
-    commit_overrun: int
-    dropped: int
-    """Events dropped because the buffer was full (overwrite off)."""
-    read: int
-    text: str
-
-    @property
-    def lost(self) -> int:
-        return self.overrun + self.commit_overrun + self.dropped
-
-
 @dataclass(frozen=True)
 class EnabledElsewhere:
     """An event that another buffer of this tracefs has enabled too (a second probe on
@@ -151,21 +116,6 @@ def enable_state_has_probe(text: str) -> bool:
     costs every event the same as ``1``."""
     t = text.strip()
     return t == "1" or t.endswith("*")
-
-
-def parse_cpu_stats(cpu: int, text: str) -> CpuStats:
-    vals: dict[str, int] = {}
-    for line in text.splitlines():
-        key, sep, val = line.partition(":")
-        if not sep:
-            continue
-        val = val.strip()
-        if val.isdigit():
-            vals[key.strip()] = int(val)
-    return CpuStats(cpu=cpu, entries=vals.get("entries", 0), overrun=vals.get("overrun", 0),
-                    commit_overrun=vals.get("commit overrun", 0),
-                    dropped=vals.get("dropped events", 0), read=vals.get("read events", 0),
-                    text=text)
 
 
 class Tracefs:
@@ -235,7 +185,6 @@ class Tracefs:
     # -- kprobe events (global: one kprobe_events file for every instance) ----------
     def kprobe_events(self) -> list[tuple[str, str, str]]:
         """(group, event, symbol) of every kprobe defined, by anyone."""
-        from ftslab.kernel.kprobes import parse_kprobe_events
         if not self.has_kprobes():
             return []
         return parse_kprobe_events(self.read("kprobe_events"))
@@ -543,3 +492,16 @@ class Instance:
             return os.open(path, flags)
         except OSError as exc:
             raise TracefsUnavailable(f"cannot open {path}: {exc.strerror}") from None
+
+
+_KPROBE_LINE = re.compile(r"^([pr])\d*:([^/\s]+)/(\S+)\s+(\S+)")
+
+
+def parse_kprobe_events(text: str) -> list[tuple[str, str, str]]:
+    """(group, event, probed symbol) of each line of kprobe_events."""
+    out = []
+    for line in text.splitlines():
+        m = _KPROBE_LINE.match(line.strip())
+        if m:
+            out.append((m.group(2), m.group(3), m.group(4)))
+    return out

@@ -11,10 +11,6 @@ from ftslab.session.options import RecordOptions
 __all__ = ["print_dry_run"]
 
 
-def fmt_rate(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
-
-
 def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[str], None],
                   reader: str) -> None:
     """Print every tracefs write a session would make, without making any."""

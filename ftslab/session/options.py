@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ftslab.errors import UsageError
 from ftslab.events import DEFAULT_EVENTS
-from ftslab.kernel.tracefs import CpuStats
+from ftslab.trace.cpustats import CpuStats
 
 __all__ = ["RecordOptions", "Step", "parse_event_spec", "RecordResult"]
 

@@ -17,7 +17,8 @@ from ftslab.version import __version__
 from ftslab.errors import FtslabError, OutputError, TracefsUnavailable
 from ftslab.events import FREES_BUFFER
 from ftslab.kernel.procfs import read_slab_aliases
-from ftslab.kernel.tracefs import CpuStats, read_text_file, Tracefs
+from ftslab.kernel.tracefs import read_text_file, Tracefs
+from ftslab.trace.cpustats import CpuStats
 from ftslab.kernel.undo import STOP_SIGNALS
 from ftslab.session.engine import cleanup_error, INSTANCE_REMOVED, Session, TRACEFS_UNMOUNTED
 from ftslab.session.options import RecordOptions, RecordResult

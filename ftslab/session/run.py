@@ -12,14 +12,15 @@ from typing import Callable
 from ftslab import testhook
 from ftslab.errors import FtslabError, OutputError, Stopped, UsageError
 from ftslab.events import FREES_BUFFER
-from ftslab.kernel.tracefs import CpuStats, pid_alive, read_text_file, Tracefs
+from ftslab.kernel.tracefs import read_text_file, Tracefs
+from ftslab.trace.cpustats import CpuStats
+from ftslab.pids import pid_alive
 from ftslab.kernel.undo import signals_deferred, STOP_SIGNALS
-from ftslab.session.dryrun import fmt_rate
 from ftslab.session.engine import INSTANCE_REMOVED, report_stale, Session, TRACEFS_UNMOUNTED
 from ftslab.session.options import RecordOptions
 from ftslab.session.signals import flag_on_signal, stop_requested, Interrupted, stop_signals_raise
 
-__all__ = ["run_session", "RunResult"]
+__all__ = ["run_session", "RunResult", "fmt_rate"]
 
 
 @dataclass
@@ -354,7 +355,7 @@ def _start_slab_counters(meta: dict, session: Session) -> None:
 def _end_slab_counters(meta: dict) -> None:
     """The SLUB parameters of the caches (reconcile.py bounds the per-CPU slack with
     them) and /proc/allocinfo at the end.  Read with tracing off."""
-    from ftslab.analysis.slabinfo import parse_slabinfo
+    from ftslab.trace.slabinfo import parse_slabinfo
     from ftslab.kernel.slabsample import read_allocinfo, read_slab_params
     try:
         names = list(parse_slabinfo(meta.get("slabinfo_end") or meta["slabinfo_start"]))
@@ -371,3 +372,7 @@ def _read_slabinfo() -> str:
         return read_text_file("/proc/slabinfo")
     except (OSError, FtslabError):
         return ""
+
+
+def fmt_rate(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"

@@ -18,14 +18,12 @@ from ftslab.kernel.tracefs import read_text_file, Tracefs
 from ftslab.session.options import RecordOptions
 from ftslab.session.run import run_session, RunResult
 from ftslab.session.signals import stop_requested
-from ftslab.trace.formats import parse_format, parse_header_event, parse_header_page
 from ftslab.trace.loader import parse_cmdlines
+from ftslab.session.livepages import live_formats
+from ftslab.session.livepages import read_raw_page
 
 
-__all__ = [
-    "stream", "StreamResult", "SinkClosed", "PUMP_SLICE_S", "DRAIN_S", "live_formats",
-    "read_raw_page"
-]
+__all__ = ["stream", "StreamResult", "SinkClosed", "PUMP_SLICE_S", "DRAIN_S"]
 
 
 PUMP_SLICE_S = 0.2
@@ -39,29 +37,6 @@ that fell behind would otherwise keep printing for as long as the backlog lasts 
 for a full 8 MiB buffer under emulation); what is left is counted and said, never
 silently dropped.  When the COMMAND (or every -p process) ended instead, the backlog is
 that command's events, which the user asked for: it is printed whole."""
-
-
-def live_formats(session) -> tuple:
-    """(header_page, header_event, page size, formats by event id) of a live session:
-    what decoding its raw pages needs."""
-    tracefs = session.tracefs
-    hp = parse_header_page(tracefs.read("events/header_page"))
-    he = parse_header_event(tracefs.read("events/header_event"))
-    fmts = {}
-    for (system, _name), text in session.formats.items():
-        f = parse_format(text, system)
-        fmts[f.id] = f
-    return hp, he, hp.data_offset + hp.data_size, fmts
-
-
-def read_raw_page(fd: int, page_size: int) -> bytes | None:
-    """One page (or the part the writer has filled) from a non-blocking trace_pipe_raw;
-    None when there is nothing to read now."""
-    try:
-        page = os.read(fd, page_size)
-    except BlockingIOError:
-        return None
-    return page or None
 
 
 class SinkClosed(Exception):

@@ -32,7 +32,7 @@ from ftslab.kernel.tracefs import read_text_file, Tracefs
 from ftslab.session.options import RecordOptions
 from ftslab.session.run import run_session, RunResult
 from ftslab.session.spooler import PIPE_BYTES, close_quietly, splice_pipe
-from ftslab.session.stream import live_formats, read_raw_page
+from ftslab.session.livepages import live_formats, read_raw_page
 from ftslab.trace.loader import parse_cmdlines
 
 

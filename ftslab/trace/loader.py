@@ -20,7 +20,7 @@ from ftslab.trace import pages as pages_mod
 from ftslab.trace import stackrefs
 from ftslab.dataset import Dataset, Event, Loss, Metadata
 from ftslab.errors import BadInput, ParseError
-from ftslab.kernel.kallsyms import Symbolizer
+from ftslab.trace.kallsyms import Symbolizer
 from ftslab.progress import NO_PROGRESS, Progress
 from ftslab.trace.formats import EventFormat, parse_format, parse_header_event, parse_header_page
 
@@ -148,7 +148,7 @@ def _meta_from(td, walks) -> Metadata:
         else "stats_lost"
     stats_lost = {int(k): int(v) for k, v in (ft.get(key) or {}).items()}
     if not stats_lost and td.cpustats:
-        from ftslab.kernel.tracefs import parse_cpu_stats
+        from ftslab.trace.cpustats import parse_cpu_stats
         stats_lost = {cpu: parse_cpu_stats(cpu, text).lost for cpu, text in td.cpustats.items()}
     lost = []
     for cpu, _data, walk in walks:

@@ -106,7 +106,7 @@ def spool_has_pages(path: str | os.PathLike) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    from ftslab.kernel.tracefs import pid_alive
+    from ftslab.pids import pid_alive
     return pid_alive(pid)
 
 
