@@ -16,6 +16,13 @@ from pathlib import Path
 
 import pytest
 
+# Tests mirror the package's folders; the few helpers one test module takes from another
+# (fixtures, fakes, replayed sessions) are found by module name, whatever folder holds them.
+_TESTS = Path(__file__).resolve().parent
+for _d in ("kernel", "trace", "session", "analysis", "cli", "robustness"):
+    if str(_TESTS / _d) not in sys.path:
+        sys.path.insert(1, str(_TESTS / _d))
+
 from toplevel import expand_toplevel_buffer, restore_toplevel, toplevel_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
