@@ -17,7 +17,7 @@ from ftslab.version import __version__
 from ftslab.errors import FtslabError, OutputError, TracefsUnavailable
 from ftslab.events import FREES_BUFFER
 from ftslab.kernel.procfs import read_slab_aliases
-from ftslab.kernel.tracefs import read_text_file, Tracefs
+from ftslab.kernel.tracefs import Tracefs
 from ftslab.trace.cpustats import CpuStats
 from ftslab.kernel.undo import STOP_SIGNALS
 from ftslab.session.engine import cleanup_error, INSTANCE_REMOVED, Session, TRACEFS_UNMOUNTED
@@ -25,6 +25,7 @@ from ftslab.session.options import RecordOptions, RecordResult
 from ftslab.session.run import run_session
 from ftslab.session.signals import stop_requested, stop_signals_raise
 from ftslab.session.spooler import Spooler, Spoolers
+from ftslab.kernel.procfs import read_kallsyms
 
 __all__ = ["record"]
 
@@ -192,7 +193,7 @@ def _describe_spool(tracefs: Tracefs, session: Session, spool_dir: Path, output:
         "trace_clock": meta.get("trace_clock", ""),
         "uname": f"{u.sysname} {u.nodename} {u.release} {u.version} {u.machine}",
         "meta": {k: v for k, v in meta.items() if k not in ("slabinfo_start", "slabinfo_end")},
-    }, _read_kallsyms(), warn)
+    }, read_kallsyms(), warn)
 
 
 def _formats_by_system(session: Session) -> dict[str, list[str]]:
@@ -224,7 +225,7 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
         page_size=os.sysconf("SC_PAGE_SIZE"), compression="zstd",
         header_page=header_page_text, header_event=header_event_text,
         ftrace_formats=ftrace_formats, event_formats=event_formats,
-        kallsyms=_read_kallsyms(), printk_formats=opt("printk_formats"),
+        kallsyms=read_kallsyms(), printk_formats=opt("printk_formats"),
         cmdlines=opt("saved_cmdlines"), cpus=max(session.cpus) + 1,
         cpu_data={}, buffer_page_size=spooler.page_size, buffer_name="",
         trace_clock=meta.get("trace_clock", ""),
@@ -258,9 +259,3 @@ def _write_recording(tracefs: Tracefs, session: Session, out_path: Path, spooler
                                "away") from None
     return n
 
-
-def _read_kallsyms() -> str:
-    try:
-        return read_text_file("/proc/kallsyms")
-    except (OSError, FtslabError):
-        return ""

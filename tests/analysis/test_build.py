@@ -1,4 +1,4 @@
-"""ftslab.report: aggregations over hand-built Datasets (numbers checked by hand) and over
+"""ftslab.analysis.build: aggregations over hand-built Datasets (numbers checked by hand) and over
 real 6.18 captures (text trace, /proc/slabinfo snapshots)."""
 from __future__ import annotations
 

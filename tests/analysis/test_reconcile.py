@@ -1,4 +1,4 @@
-"""ftslab.reconcile: LIVE against /proc/slabinfo, on real 6.18 captures.
+"""ftslab.analysis.reconcile: LIVE against /proc/slabinfo, on real 6.18 captures.
 
 The fixtures are /proc/slabinfo read just before and just after one process opened 2,000
 eventfds on Linux 6.18 (each: one struct file from ``filp``, one eventfd_ctx from

@@ -1,4 +1,4 @@
-"""ftslab.render: text, JSON and CSV from the same Table objects; per-event line formats."""
+"""ftslab.cli.render: text, JSON and CSV from the same Table objects; per-event line formats."""
 from __future__ import annotations
 
 import csv

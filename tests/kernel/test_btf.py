@@ -1,4 +1,4 @@
-"""ftslab.btf: the BTF reader, on hand-built blobs and on the running kernel's vmlinux BTF.
+"""ftslab.kernel.btf: the BTF reader, on hand-built blobs and on the running kernel's vmlinux BTF.
 
 Synthetic blobs are built here with struct.pack (no BTF blob is committed).  The kernel
 tests read /sys/kernel/btf/vmlinux and compare with what bpftool and pahole read there

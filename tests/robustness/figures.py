@@ -1,4 +1,4 @@
-"""Sum up what the robustness suite logged, for the README's RELIABILITY figures.
+"""Sum up what the robustness suite logged, for the RELIABILITY figures of docs/reliability.md.
 
     FTSLAB_KERNEL_TESTS=1 FTSLAB_ROBUSTNESS_FIGURES=/tmp/fig.jsonl \\
         python3 -m pytest -q tests/robustness

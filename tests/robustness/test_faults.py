@@ -298,7 +298,7 @@ def test_filter_the_kernel_refuses(kernel, tmp_path, event, text, cmd):
 # -- every kernel write refused in turn, injected (in-process, real kernel) --------------------
 
 class _FailingOs:
-    """ftslab.tracefs's ``os``, with the Nth write (or mkdir) failing with ``err``.
+    """ftslab.kernel.tracefs's ``os``, with the Nth write (or mkdir) failing with ``err``.
 
     Kept beside the real refusals above: the kernel cannot be made to refuse each
     setup step with each errno (ENOMEM needs memory pressure, EBUSY a racing tracer),

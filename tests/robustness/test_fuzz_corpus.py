@@ -33,8 +33,8 @@ from pathlib import Path
 limit = int(sys.argv[3]) << 30
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from ftslab.errors import FtslabError
-from ftslab.load import load, read
-from ftslab.report import build_report
+from ftslab.trace.loader import load, read
+from ftslab.analysis.build import build_report
 from ftslab import render
 
 class Hang(BaseException):

@@ -133,7 +133,7 @@ def confidentiality(tmp_path, monkeypatch):
 
 
 class _RefusingOs:
-    """os for ftslab.tracefs where opening anything under ``root`` fails with EPERM, as
+    """os for ftslab.kernel.tracefs where opening anything under ``root`` fails with EPERM, as
     the kernel's tracing_check_open_get_tr() does under lockdown=confidentiality."""
 
     def __init__(self, real, root: Path):
@@ -158,8 +158,8 @@ def test_confidentiality_lockdown_is_named(root, fake_tracefs, confidentiality, 
                                           capsys, tmp_path, argv):
     # root: the message for root is what is checked
     import ftslab.cli
-    import ftslab.tracefs
-    monkeypatch.setattr(ftslab.tracefs, "os", _RefusingOs(os, fake_tracefs))
+    import ftslab.kernel.tracefs
+    monkeypatch.setattr(ftslab.kernel.tracefs, "os", _RefusingOs(os, fake_tracefs))
     monkeypatch.chdir(tmp_path)
     code = ftslab.cli.entry.main([*argv, "--tracefs", str(fake_tracefs), "--kprobes", "off"])
     err = capsys.readouterr().err

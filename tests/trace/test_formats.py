@@ -1,4 +1,4 @@
-"""ftslab.formats: the grammar of tracefs format files, on real 6.18 files and edge cases."""
+"""ftslab.trace.formats: the grammar of tracefs format files, on real 6.18 files and edge cases."""
 from __future__ import annotations
 
 from pathlib import Path

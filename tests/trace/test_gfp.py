@@ -1,4 +1,4 @@
-"""ftslab.gfp: flag tables from real 6.18 print fmts, and the kernel's printing of them."""
+"""ftslab.trace.gfp: flag tables from real 6.18 print fmts, and the kernel's printing of them."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""ftslab.textparse: real 6.18 text captures, line variants, and fuzzing."""
+"""ftslab.trace.textparse: real 6.18 text captures, line variants, and fuzzing."""
 from __future__ import annotations
 
 from pathlib import Path

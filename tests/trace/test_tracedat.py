@@ -1,4 +1,4 @@
-"""Tests of ftslab.tracedat against real trace-cmd 3.1.6 files captured on 6.18.
+"""Tests of ftslab.trace.tracedat_read/_write against real trace-cmd 3.1.6 files captured on 6.18.
 
 Tests that run /usr/bin/trace-cmd (read-only: ``trace-cmd report``) or read live tracefs skip
 when those are missing, unless FTSLAB_KERNEL_TESTS=1 turns the skip into a failure.

@@ -40,13 +40,13 @@ GUEST_SUITE = "tests/vm/guest"
 #: without kprobes, the fallback branch).  That file starts ftslab a dozen times
 #: (~25 s each under TCG): in one guest only.  After the guest suite, whose session
 #: fixture settles the 6.1 top-level buffer display first.
-HOST_TESTS = ("tests/test_kprobes.py::test_host_kernel_plan_from_its_own_kallsyms_and_btf",
-              *(f"tests/test_btf.py::{t}" for t in (
+HOST_TESTS = ("tests/kernel/test_kprobes.py::test_host_kernel_plan_from_its_own_kallsyms_and_btf",
+              *(f"tests/kernel/test_btf.py::{t}" for t in (
                   "test_real_prefix_is_valid", "test_kmem_cache_offsets_on_this_kernel",
                   "test_kmem_cache_matches_pahole_and_bpftool", "test_bitfields_match_bpftool",
                   "test_kmalloc_family_params",
                   "test_every_type_spelled_and_byte_swapped_copy_reads_the_same")))
-HOST_TESTS_ONE_GUEST = {"6.1": ("tests/test_kernel_kprobes_host.py",)}
+HOST_TESTS_ONE_GUEST = {"6.1": ("tests/kernel/test_kprobes_host.py",)}
 
 
 def _guest_command(kernel: str) -> str:
