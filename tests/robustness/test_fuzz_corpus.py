@@ -35,7 +35,7 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from ftslab.errors import FtslabError
 from ftslab.trace.loader import load, read
 from ftslab.analysis.build import build_report
-from ftslab import render
+from ftslab.cli import render
 
 class Hang(BaseException):
     pass
