@@ -9,7 +9,7 @@ code below.  Nothing else in the package may print to the user or call sys.exit.
 The package is also a library, so a message speaks of the parameters of the call, not of
 command-line flags: it names a parameter in backquotes (`by`, `interval_ns`) before any
 value it quotes, and lists it in ``params``; the CLI says the flag that sets it there
-instead (cli.FLAG_OF, applied where it catches the error).
+instead (cli/entry.FLAG_OF, applied where it catches the error).
 """
 from __future__ import annotations
 

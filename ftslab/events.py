@@ -164,7 +164,7 @@ BULK_FREE_SYMBOL = "kmem_cache_free_bulk"
 
 
 #: Event name prefix of the bulk free probes: ``kpf_<symbol>[_<first slot>]``.  Not
-#: ``kp_``: report.py takes ``kp_*`` events for allocations.
+#: ``kp_``: the analysis takes ``kp_*`` events for allocations (ALLOC_SOURCES).
 BULK_FREE_PREFIX = "kpf_"
 
 

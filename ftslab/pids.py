@@ -1,5 +1,7 @@
 """Which processes are alive: the owner pid in the name of an instance, a probe group or a
 spool, checked before anything of theirs is called stale.
+
+It only asks the kernel whether a pid exists (signal 0): it signals no one.
 """
 from __future__ import annotations
 import os

@@ -1,5 +1,10 @@
 """One dataset, analysed once: its frames, its pairing and its labels, kept per dataset
 and reused by every table built from it.
+
+``analysis_of`` keeps the ``Analysis`` beside its ``Dataset`` (dropped with it), since
+build_report asks for many tables and pairing frees is the expensive part.  Pure: it
+reads no file and prints nothing; the tables themselves are built in grouping.py,
+live.py, series.py and stacks.py.
 """
 from __future__ import annotations
 

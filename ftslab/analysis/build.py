@@ -1,15 +1,20 @@
-"""Aggregations over a decoded recording: who allocates, how much, and what is wasted.
+"""The whole report of a decoded recording (``build_report``): which tables, in which order.
 
-Role: turn a ``records.Dataset`` into ``Table`` objects (plain rows of dicts) that
-``render.py`` prints as text, JSON or CSV.  This module is pure: it opens no file, touches
-no kernel interface and prints nothing.  It never invents a value: a field an event does
-not carry is reported as unknown (``"?"``) or not applicable (``None``), never guessed.
+Role: choose and assemble the tables of a report (the default set, ``by``, ``live``,
+``interval_ns``, the histogram, the check against /proc/slabinfo) from the modules that
+compute them (grouping.py, live.py, series.py, slabinfo.py, reconcile.py, summary.py),
+over the one ``analysed.Analysis`` of a ``dataset.Dataset``; cli/render.py prints the
+``Report`` as text, JSON or CSV.  This module computes no aggregate itself: it picks the
+tables, their layers and event source, and adds their notes.  Like all of analysis/ it
+is pure: it opens no file, touches no kernel interface and prints nothing, and it never
+invents a value: a field an event does not carry is reported as unknown (``"?"``) or
+not applicable (``None``), never guessed.
 
 Speed: every per-event step is a numpy operation.  Python loops run only over *distinct*
 values (call sites, pids, caches, gfp words, groups), so a 10 M event recording reports
 in a few seconds.
 
-What the numbers mean
+What the numbers of a report mean
 - **Layers.** ``kmem:kmalloc`` / ``kmem:kmem_cache_alloc`` are slab-layer events;
   ``kmem:mm_page_alloc`` is the page layer *below* it: the pages backing new slabs and
   large kmallocs appear there too.  Slab and page bytes therefore overlap; a table that
@@ -36,7 +41,8 @@ What the numbers mean
 - Byte sums are exact up to 2**53 bytes (8 PiB) per group (float64 accumulation).
 
 Extending to new event sources (kprobes): add an ``AllocSource`` / ``FreeSource`` to
-``ALLOC_SOURCES`` / ``FREE_SOURCES`` saying which field holds what; nothing else changes.
+``ALLOC_SOURCES`` / ``FREE_SOURCES`` (events.py) saying which field holds what; nothing
+else changes.
 """
 from __future__ import annotations
 

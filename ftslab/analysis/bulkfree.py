@@ -1,10 +1,10 @@
 """Bulk free events: one kprobe event on kmem_cache_free_bulk() frees ``cnt`` objects.
 
-kprobes.py plans the probes: each event carries ``cnt`` (how many objects the call
+kernel/kprobes.py plans the probes: each event carries ``cnt`` (how many objects the call
 frees) and pointer slots ``p<i>``, the i-th entry of the freed array, for the slots that
 probe covers.  Slots at or past ``cnt`` hold whatever followed the array in memory and
 free nothing.  This module turns such events into one (time, pointer) free per named
-object, so that report.py pairs them with allocations like any kfree.
+object, so that the analysis (analysed.py) pairs them with allocations like any kfree.
 
 Pure: columns in, arrays out.  It reads no file and knows no event name.
 """

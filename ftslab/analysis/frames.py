@@ -1,5 +1,9 @@
 """Allocation and free frames: the columns of a dataset laid out per layer, with labels
 factorized and pointers made comparable.
+
+Pure: numpy over a dataset's columns.  It groups nothing and pairs nothing (grouping.py
+and pairing.py do), and it never invents a label: what an event does not name keeps the
+unknown labels of tables.py.
 """
 from __future__ import annotations
 
@@ -218,7 +222,7 @@ class Frame:
         return self._free_ts
 
     def drop_nested(self, mask: np.ndarray) -> None:
-        """Events that are the inner half of one allocation (see _Analysis): neither
+        """Events that are the inner half of one allocation (see analysed.Analysis): neither
         an allocation nor a failure of their own."""
         self.nested = mask
         self.ok = self.ok & ~mask

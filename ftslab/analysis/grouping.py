@@ -1,5 +1,8 @@
 """Tables grouped by keys (comm, cache, call site, ...): allocations, waste, page orders,
 size histograms and fragmentation.
+
+Pure: rows out of an ``analysed.Analysis``, with no I/O and no printing; which of these
+tables a report holds is build.py's choice, how they look cli/render.py's.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
 """kmalloc's size classes: which cache a kmalloc of n bytes comes from.
+
+Pure arithmetic on the kernel's size-class rules (mm/slab_common.c): the running
+kernel's caches are not read here, and the cg-/rcl-/dma- variants of a class, which an
+event cannot tell apart, are one class.
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """LIVE: what a recording's tasks allocated and nothing has freed, by group, with the
 horizon before which lost events make it unsure.
+
+Pure: a table out of the pairing of analysed.py; no I/O.  A LIVE count is never
+corrected by a guess: where events were lost, the table's note says so instead.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ SLUB merges caches of one object size and compatible flags into one cache, and t
 tracepoints and /proc/slabinfo then name it by one of its names only (the first one
 created): on Linux 6.18 ``UNIX`` and ``UNIX-STREAM`` are merged into ``signal_cache``, so
 unix sockets are counted as ``signal_cache``.  A recording stores the merges it found in
-/sys/kernel/slab (tracefs.read_slab_aliases) as its metadata ``slab_aliases``; here a
+/sys/kernel/slab (kernel/procfs.read_slab_aliases) as its metadata ``slab_aliases``; here a
 cache is given all its names, the one its events carry first, then the others sorted:
 ``signal_cache|UNIX|UNIX-STREAM``.
 
@@ -59,7 +59,7 @@ def names_of(label: str) -> list[str]:
 
 
 def note_merged(table, key: str = "cache") -> None:
-    """Append MERGED_NOTE to a report.Table's note when one of its ``key`` cells names a
+    """Append MERGED_NOTE to a tables.Table's note when one of its ``key`` cells names a
     merged cache, so that the reader is told what ``A|B`` means where it is shown."""
     if any(isinstance(r.get(key), str) and SEP in r[key] for r in table.rows):
         if MERGED_NOTE not in table.note:

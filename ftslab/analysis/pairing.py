@@ -1,5 +1,9 @@
 """Pairing allocations with their frees: by pointer, in time order, on two threads where
 the data is large.
+
+Pure numpy over pointer keys and timestamps: it knows no event, no cache and no file.
+The threads only split sorts and scatters whose writes are disjoint, so the result does
+not depend on them.
 """
 from __future__ import annotations
 
@@ -101,7 +105,7 @@ def compress_into(mask: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
 
 def _time_ranks(keys: np.ndarray, ts: np.ndarray):
     """Pack each event's (pointer, rank in time) into ``keys`` (overwritten: it is
-    _pair_owned's own), so that one plain sort orders the events by pointer, then
+    pair_owned's own), so that one plain sort orders the events by pointer, then
     time: returns (the events in time order, the rank bits), or (None, 0) with
     ``keys`` as it was when the pointers span too many bits (then a lexsort does it).
     Events come in a few runs sorted by time (per CPU, per type): their time order is
@@ -152,7 +156,7 @@ def _sort_in_two_threads(a: np.ndarray) -> None:
 
 
 def _pair_lexsorted(keys, ts, na, freed, ridx) -> None:
-    """_pair_owned for pointers that do not pack into one word with their time rank."""
+    """pair_owned for pointers that do not pack into one word with their time rank."""
     kind = np.ones(keys.shape[0], np.uint8)
     kind[:na] = 0
     if int(ts.max()) < 1 << 62:

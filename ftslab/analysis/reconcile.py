@@ -1,9 +1,9 @@
 """LIVE checked against the kernel's own counters: traced allocations and frees per slab
 cache, against the change of the cache's active objects in /proc/slabinfo.
 
-Role: pure functions over a ``records.Dataset`` (its events, the /proc/slabinfo texts
+Role: pure functions over a ``dataset.Dataset`` (its events, the /proc/slabinfo texts
 taken at start and end, the per-second samples and the SLUB parameters that
-``slabsample.py`` stored at record time).  No file, no kernel interface, no printing.
+``kernel/slabsample.py`` stored at record time).  No file, no kernel interface, no printing.
 
 The rule, per cache C (kmalloc size classes sum the kernel's kmalloc-, kmalloc-cg-,
 kmalloc-rcl-, kmalloc-rnd-NN- and dma-kmalloc- caches of that size, which the events
@@ -97,7 +97,7 @@ def slab_slack(objs_per_slab: int, cpu_partial: int, sheaf_capacity: int, cpus: 
 
 
 def free_scope(ds: Dataset) -> str:
-    """Whose frees the recording holds, in report.frees_scope's words: ``"system"``
+    """Whose frees the recording holds, in summary.frees_scope's words: ``"system"``
     (every task and context: a whole-system recording, or frees recorded system-wide
     beside a task-limited one), ``"filtered"`` (only the traced tasks' own, or filtered),
     ``"none"`` (no free event recorded) or ``"unknown"`` (not recorded by ftslab).
@@ -466,7 +466,7 @@ def kernel_active_series(ds: Dataset) -> tuple[np.ndarray, dict[str, np.ndarray]
 
 
 def add_kernel_series(table: Table, ds: Dataset, lo: int, interval_ns: int) -> Table:
-    """Add to an interval series by cache (report.interval_series) the traced
+    """Add to an interval series by cache (series.interval_series) the traced
     ``outstanding_objs`` (allocations minus their frees so far) and the kernel's
     ``kernel_delta_active`` (the cache's active objects at the last sample at or before
     the interval's end, minus those at the first sample), both in objects: the two

@@ -1,4 +1,7 @@
 """Time series: allocations, frees and outstanding bytes per interval.
+
+Pure: a ``Table`` with one row per interval and key; drawing it is cli/plot.py's, the
+kernel's own series beside it (/proc/slabinfo samples) reconcile.py's.
 """
 from __future__ import annotations
 

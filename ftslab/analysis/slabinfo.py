@@ -1,4 +1,7 @@
 """/proc/slabinfo as the recording stored it: parsed, and compared before and after.
+
+Pure: the texts come from the recording's metadata (parsed by trace/slabinfo.py); the
+running kernel's /proc/slabinfo is never read here (kernel/slabsample.py does that).
 """
 from __future__ import annotations
 

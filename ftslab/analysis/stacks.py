@@ -1,4 +1,8 @@
 """Kernel stacks folded for flame graphs.
+
+Pure: one ``(comm;outermost;...;innermost, weight)`` pair per distinct comm and stack,
+from the stacks a recording stored (trace/stackrefs.py); drawing the graph is left to
+flame-graph tools.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
 """The summary of a recording and its warnings: events, losses, where the frees came from.
+
+Pure: a plain dict and warning lines from a ``Dataset`` and its analysis; printing them
+(to stderr) is the CLI's.
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The tables every report is made of (``Column``, ``Table``, ``Report``), the keys they
 group by, and the labels used for what the kernel did not name.
+
+Plain data: a ``Table`` holds rows of dicts and its columns' units; it computes nothing
+and formats nothing (cli/render.py formats it as text, JSON or CSV).
 """
 from __future__ import annotations
 

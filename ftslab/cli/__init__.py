@@ -1,5 +1,5 @@
 """The command line: one click command per module (record, report, stream, top, and the
-housekeeping commands), the group and ``main`` in ``main.py``.
+housekeeping commands in admin.py), the group and ``main`` in ``entry.py``.
 """
 from ftslab.cli.entry import cli, main
 

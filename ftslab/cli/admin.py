@@ -1,5 +1,10 @@
 """Housekeeping commands: ``doctor`` (what this kernel allows), ``probes`` (the kprobe
 plan), ``reset`` (what a killed ftslab left), ``recover`` (a recording from its spool).
+
+The facts and plans come from kernel/doctor.py, kernel/kprobes.py, session/dryrun.py and
+trace/spool.py.  ``reset`` removes only ftslab's own instances and kprobe groups (named
+for their owner's pid: a dead one's, or with ``--all`` a running one's too), never another
+tool's state, and names the spools that hold data instead of deleting them.
 """
 from __future__ import annotations
 

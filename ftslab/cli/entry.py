@@ -1,7 +1,11 @@
-"""The ftslab command line: options, option logic, then one call into the engine.
+"""The ftslab command group (``cli``) and ``main``: the commands of cli/ joined into one
+group, and the one place errors are caught.
 
-Errors are caught in exactly one place (``main``) and mapped to the exit codes of
-errors.py.  Data goes to stdout; progress, warnings and the summary go to stderr.
+Each command's options, option logic and call into the library live in its own module
+(record.py, report.py, stream.py, top.py, admin.py; shared session options in
+options.py).  Errors are caught in exactly one place (``main``) and mapped to the exit
+codes of errors.py, with each parameter a message names given as its flag (``FLAG_OF``).
+Data goes to stdout; progress, warnings and the summary go to stderr (ui.py).
 """
 from __future__ import annotations
 

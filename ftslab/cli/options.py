@@ -1,5 +1,8 @@
 """Options shared by the commands that run a session (record, stream, top), and their
 translation into ``RecordOptions``.
+
+Click options and their checks, and where tracefs is mounted (``tracefs``): nothing here
+writes to the kernel.
 """
 from __future__ import annotations
 

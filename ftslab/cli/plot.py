@@ -1,4 +1,4 @@
-"""Presentation: a time series table (report.interval_series) as a PNG, with matplotlib.
+"""Presentation: a time series table (series.interval_series) as a PNG, with matplotlib.
 
 matplotlib is an optional extra (``pip install 'ftslab[plot]'``): nothing else in ftslab
 needs it, and it is imported only here, only when a plot is asked for.  Pure in the

@@ -1,4 +1,6 @@
 """``ftslab record``: a recording of a command or of the whole system into a trace.dat.
+
+Options and their logic only: the session is session/record.py's.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Presentation: the same ``report.Table`` objects as text, JSON or CSV, and one-line
+"""Presentation: the same ``tables.Table`` objects as text, JSON or CSV, and one-line
 formatters for ``ftslab stream``.
 
 Role: formatting only.  Nothing here computes an aggregate, opens a file or prints:

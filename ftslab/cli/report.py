@@ -1,4 +1,8 @@
 """``ftslab report``: the tables, flame-graph stacks, series and plots of recordings.
+
+Options, loading (trace/loader.py) and output: the tables are analysis/'s, their text,
+JSON and CSV render.py's, the PNG plot.py's.  Of the running kernel it reads only the kmem
+event formats, for a text trace, and it writes nothing to it.
 """
 from __future__ import annotations
 

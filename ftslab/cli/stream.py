@@ -1,4 +1,7 @@
 """``ftslab stream``: events as they come, one line or one JSON object each, for pipelines.
+
+Options and output only: the session is session/stream.py's, the line formats render.py's
+(the kallsyms it symbolizes with is read here).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
 """``ftslab top``: the live table of who allocates and who holds, redrawn each interval.
+
+Options and drawing only: the session and its numbers are session/top.py's (the kallsyms
+it symbolizes with is read here).
 """
 from __future__ import annotations
 

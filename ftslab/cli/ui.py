@@ -1,5 +1,8 @@
 """What the command line shows on stderr while it works: one-line errors, the status line of a
 session, the progress line of a long report.
+
+Everything here writes to stderr only (``quiet_stdout`` only points a closed pipe's stdout
+at /dev/null); data (tables, events) goes to stdout elsewhere.
 """
 from __future__ import annotations
 

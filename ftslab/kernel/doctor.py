@@ -1,7 +1,8 @@
 """``ftslab doctor``: what this kernel offers and what ftslab will use.
 
-``diagnose`` gathers the facts (through tracefs.py, the only module doing kernel I/O)
-into one plain dict, which ``render_text`` prints for people and the CLI dumps as JSON.
+``diagnose`` gathers the facts (through tracefs.py and procfs.py; this module itself only
+tries whether two /proc files open, in ``slab_counters``) into one plain dict, which
+``render_text`` prints for people and the CLI dumps as JSON.  It writes nothing to tracefs.
 ``ok`` is True when a recording can work; ``problems`` says why not.
 """
 from __future__ import annotations

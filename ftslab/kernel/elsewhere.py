@@ -1,4 +1,7 @@
 """Events that another tracer has enabled too: what that costs every event, in words.
+
+Pure: the facts come in as ``tracefs.EnabledElsewhere`` (read by
+``Tracefs.events_enabled_elsewhere``); nothing here touches the other tracer's events.
 """
 from __future__ import annotations
 from ftslab.kernel.tracefs import EnabledElsewhere

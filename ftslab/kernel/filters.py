@@ -120,7 +120,7 @@ def comm_filter(comm: str) -> FilterExpr:
 
 def cache_filter(cache: str, aliases: Mapping[str, Sequence[str]] | None = None) -> str:
     """The filter of ``--cache NAME``: the event's ``name`` is NAME or, when SLUB merged
-    NAME's cache with others (``aliases``: tracefs.read_slab_aliases), any of the merged
+    NAME's cache with others (``aliases``: procfs.read_slab_aliases), any of the merged
     cache's names, since the events carry one of them only (the first one created):
     ``--cache UNIX`` on 6.18 must match events that say ``signal_cache``."""
     string_literal(cache, "cache")  # the user's value is refused as typed, if at all

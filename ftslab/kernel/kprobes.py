@@ -1,7 +1,7 @@
 """Kprobe events on the kmalloc family, kmem_cache_alloc and the page allocator.
 
 Pure: this module decides *which* probes to write and *what* they say, from facts
-about the running kernel that tracefs.py reads (``ProbeContext``).  It opens no file.
+about the running kernel that procfs.py reads (``ProbeContext``).  It opens no file.
 
 How a probe is chosen (``plan_probes``), per family member (``FAMILY``):
 
@@ -165,7 +165,7 @@ class Offsets:
 
 @dataclass
 class ProbeContext:
-    """Facts about the running kernel, read by tracefs.py (``read_probe_context``)."""
+    """Facts about the running kernel, read by procfs.py (``read_probe_context``)."""
 
     has_kprobe_events: bool
     readme: str

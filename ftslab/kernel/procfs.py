@@ -1,5 +1,10 @@
-"""Readers of /proc and /sys outside tracefs: kallsyms, lockdown, the slab caches and their
-merges, the online CPUs, and the probe context a kprobe plan needs.
+"""Readers of /proc and /sys outside tracefs: kallsyms, the slab caches and their merges,
+the online CPUs, and the probe context a kprobe plan needs (kallsyms, BTF, the kprobe
+blacklist, with tracefs's README and available_filter_functions read through Tracefs).
+
+Read only: nothing here writes to the kernel (``provoke_allocations`` only makes this
+process allocate).  Lockdown is read by tracefs.read_lockdown, the slab counters of a
+recording by slabsample.py; what is read is parsed by kprobes.py and btf.py.
 """
 from __future__ import annotations
 
@@ -92,7 +97,7 @@ _BTF_CACHE: dict = {}
 
 def provoke_allocations() -> None:
     """Make this process allocate from a few slab caches (a file, a pipe, a socket):
-    the kprobe check (capture.Session) needs some kmem_cache_alloc calls to look at."""
+    the kprobe check (engine.Session) needs some kmem_cache_alloc calls to look at."""
     import socket
     for _ in range(3):
         fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
@@ -110,7 +115,7 @@ def provoke_allocations() -> None:
 def read_probe_context(tracefs: "Tracefs", symbols=None):
     """What kprobes.plan_probes needs to know about the running kernel: kprobe_events,
     the README, kallsyms, and from BTF the kmem_cache offsets and the prototypes of
-    ``symbols`` (default: every candidate of kprobes.FAMILY)."""
+    ``symbols`` (default: every candidate of events.FAMILY)."""
     from ftslab.kernel import btf as btfmod
     from ftslab.events import FAMILY
     from ftslab.kernel.kprobes import ProbeContext, parse_function_list, parse_kallsyms_text

@@ -1,7 +1,7 @@
 """Reading the kernel's own slab counters while recording: /proc/slabinfo sampled each
 second, the SLUB parameters that bound its per-CPU slack, and /proc/allocinfo.
 
-Role: the kernel I/O behind ``reconcile.py`` (which is pure).  It reads procfs/sysfs
+Role: the kernel I/O behind ``analysis/reconcile.py`` (which is pure).  It reads procfs/sysfs
 files and returns plain, JSON-ready values for the recording's metadata; it never
 writes to the kernel and never touches tracefs (the trace clock comes in as text read
 by the caller from the instance's ``per_cpu/cpuN/stats``).
@@ -58,7 +58,7 @@ def read_allocinfo() -> str:
 
 def _active_counts(text: str) -> dict[str, int]:
     """name -> active_objs of /proc/slabinfo text (lines that do not read are left out:
-    the full parser, report.parse_slabinfo, counts them for the start/end snapshots)."""
+    the full parser, trace/slabinfo.parse_slabinfo, counts them for the start/end snapshots)."""
     out = {}
     for line in text.splitlines()[2:]:
         parts = line.split(None, 2)

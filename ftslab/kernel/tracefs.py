@@ -1,4 +1,10 @@
-"""All kernel I/O of ftslab: the one module that opens tracefs, /proc and /sys files.
+"""tracefs and its instances: the one module that opens tracefs files.
+
+Also here: ``read_text_file``, the reader of whole (pseudo) files that the other kernel
+readers (procfs.py, slabsample.py) and the sessions use for /proc and /sys, so that a
+refusal is explained by lockdown in one place, and ``read_lockdown`` (``LOCKDOWN_PATH``).
+What the files hold is mostly parsed elsewhere (trace/formats.py, trace/cpustats.py,
+kprobes.py, lockdown.py); only kprobe_events lines and error_log entries are read here.
 
 Objects are named for what they are, verbs say the effect on the kernel (after
 libtracefs): ``Tracefs.instance_create`` writes, ``Instance.destroy`` removes,
@@ -7,7 +13,7 @@ libtracefs): ``Tracefs.instance_create`` writes, ``Instance.destroy`` removes,
 write itself, and is turned into a KernelWriteError carrying what was written, where,
 and the kernel's last ``error_log`` entry.
 
-This module never decides policy (which events, which filters): capture.py does.
+This module never decides policy (which events, which filters): session/engine.py does.
 It never touches the top-level buffer's settings: only instances it is handed.
 """
 from __future__ import annotations

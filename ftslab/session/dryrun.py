@@ -1,4 +1,7 @@
 """``--dry-run``: the exact tracefs writes a session would make, and its probe plan, in words.
+
+It prints the plan of ``engine.Session.plan`` and never applies it: nothing is written
+to tracefs.
 """
 from __future__ import annotations
 

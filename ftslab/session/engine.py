@@ -1,14 +1,15 @@
-"""Recording sessions: set up a private instance, copy its ring buffer out, undo it all.
+"""A session's kernel state (``Session``): plan the private instance, its events, filters
+and kprobes, apply the plan, undo it all.
 
 The session plans every tracefs write first (``plan``: pure, printable by --dry-run),
-then applies them one by one, pushing each undo right after its write succeeds.  The
-capture itself moves whole ring-buffer pages with ``os.splice`` from
-per_cpu/cpuN/trace_pipe_raw into per-CPU spool files (no decoding, no copy through
-Python: this is what keeps it lossless at ~1 M events/s on 2 CPUs), then the spool
-files become a trace.dat (tracedat.py).
+then applies them one by one, pushing each undo right after its write succeeds; with
+kprobes it checks the first cache names they capture before a recording starts.  Also
+here: the error a failed cleanup ends with, and the warning about stale instances and
+probe groups of dead sessions.
 
-Signals: SIGINT/SIGTERM/SIGHUP/SIGPIPE end a recording cleanly (what was captured is
-kept); during setup they unwind what was done.  Kernel I/O goes through tracefs.py only.
+This module moves no pages and decodes nothing: the session loop, stop signals and
+teardown are run.py's, the page copying spooler.py's, the trace.dat record.py's.  Kernel
+I/O goes through tracefs.py and procfs.py (and /proc/PID/task for a command's threads).
 """
 from __future__ import annotations
 

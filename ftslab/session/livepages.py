@@ -1,5 +1,8 @@
 """Reading a live instance's pages: the formats that decode them and one raw page at a time.
 Shared by stream and top.
+
+It reads the header files through the session's ``Tracefs`` and pages from the raw fds it
+is handed; it writes nothing to the kernel.
 """
 from __future__ import annotations
 from ftslab.trace.formats import parse_format

@@ -1,5 +1,8 @@
 """What a session is asked to do (``RecordOptions``), its planned tracefs writes
 (``Step``), and what a recording returns (``RecordResult``).
+
+Plain data and the parsing of event specs: no I/O.  The CLI fills ``RecordOptions``
+(cli/options.py); ``engine.Session`` turns them into steps.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ class RecordOptions:
     cache_name_offset: int | None = None
     """offsetof(struct kmem_cache, name) given by the user (default: from BTF)."""
     kprobe_families: tuple[str, ...] | None = None
-    """Family members to probe (kprobes.FAMILY names); None: the default set."""
+    """Family members to probe (events.FAMILY names); None: the default set."""
     kprobe_symbols: tuple[str, ...] = ()
     """Extra functions to probe as they are."""
     bulk_frees: bool = True

@@ -1,5 +1,9 @@
 """``record``: a session whose pages go to spool files and end as a trace.dat, with the
 settle window for late frees, the slab counters and the kallsyms it needs.
+
+Setup, the session loop and teardown are run.run_session's, the page copying
+spooler.py's, the spool's files trace/spool.py's and the trace.dat bytes
+trace/tracedat_write.py's.  No event is decoded while recording.
 """
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """One session from start to end: set up, run the capture loop, undo; shared by record,
 stream and top.
+
+Also here: the recorded command (``_GatedChild``: forked, held before exec until tracing is on)
+and the slab counters a recording stores.  The reader of the pages is the caller's
+(record, stream or top); the plan and its undo are engine.Session's.  Kernel I/O goes
+through tracefs.py (``read_text_file`` for /proc/slabinfo) and slabsample.py.
 """
 from __future__ import annotations
 

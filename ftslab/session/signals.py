@@ -1,5 +1,9 @@
 """How a session stops: the stop signals, the flag they set, and the exception they raise
 where setup must unwind.
+
+SIGINT/SIGTERM/SIGHUP/SIGPIPE end a recording cleanly (what was captured is kept);
+during setup they unwind what was done.  Which signals they are is kernel/undo.py's
+(``STOP_SIGNALS``), which also holds them off around a write and the push of its undo.
 """
 from __future__ import annotations
 

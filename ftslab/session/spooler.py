@@ -1,5 +1,9 @@
 """Moving ring-buffer pages out of the kernel: ``os.splice`` from each CPU's
-trace_pipe_raw into spool files, one thread per CPU, with no decoding on the way.
+trace_pipe_raw into spool files, one thread per CPU, with no decoding on the way (no
+copy through Python: this is what keeps a recording lossless at ~1 M events/s on 2 CPUs).
+
+It opens only the instance's trace_pipe_raw files (through ``Instance.raw_open``) and its
+own spool files; what the spool holds besides the pages is trace/spool.py's.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ PIPE_BYTES = 1 << 20
 
 
 def splice_pipe() -> tuple[int, int]:
-    """A non-blocking pipe of _PIPE_BYTES to splice trace_pipe_raw pages through."""
+    """A non-blocking pipe of PIPE_BYTES to splice trace_pipe_raw pages through."""
     r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)

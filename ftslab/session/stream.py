@@ -3,7 +3,7 @@
 Reads each CPU's trace_pipe_raw page by page (read(), not splice: the page must be
 decoded here anyway) and passes ``Event`` objects to a sink in per-page batches.  Cross-
 CPU order is by page, not strictly by timestamp (as with trace_pipe_raw readers
-generally).  Setup, signals and cleanup are capture.run_session's.
+generally).  Setup, signals and cleanup are run.run_session's.
 """
 from __future__ import annotations
 

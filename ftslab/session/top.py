@@ -1,9 +1,9 @@
 """Live top: allocations per second and live bytes by cache, call site or command.
 
-Setup, signals and cleanup are capture.run_session's, as for ``stream``.  The reader
+Setup, signals and cleanup are run.run_session's, as for ``stream``.  The reader
 here does not decode event by event: it collects each CPU's raw pages for one interval
-and decodes them all at once with the report's columnar code (columns_mod.decode_columns,
-report._Analysis), so it keeps up with what ``record`` keeps up with.  Across intervals
+and decodes them all at once with the report's columnar code (columns.decode_columns,
+analysed.Analysis), so it keeps up with what ``record`` keeps up with.  Across intervals
 it keeps the allocations not yet freed (pointer, time, bytes, keys) as arrays and pairs
 each interval's frees with them by pointer, the way the report pairs a whole recording.
 
@@ -161,7 +161,7 @@ class TopState:
 
 
 class _TopReader:
-    """capture.run_session's reader.  The session loop calls pump(): whole pages move
+    """run.run_session's reader.  The session loop calls pump(): whole pages move
     from trace_pipe_raw into a pipe by splice (as record's spooler does) and out of it
     in large reads.  Once per interval the pages collected go to a worker thread that
     decodes them, feeds TopState and hands a TopFrame to ``show``; pumping goes on
@@ -196,7 +196,7 @@ class _TopReader:
         self.top = top
         self.symbolize = symbolize
         self.slab_aliases = slab_aliases or {}
-        """Merged caches (tracefs.read_slab_aliases): the cache rows name them by all
+        """Merged caches (procfs.read_slab_aliases): the cache rows name them by all
         their names, as the report does."""
         self.state = TopState()
         self.start = self.last = time.monotonic()

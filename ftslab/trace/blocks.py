@@ -1,5 +1,8 @@
 """Decoding a CPU's pages block by block (``decode_blocks``), on this process and a forked
 helper at once, into growing columns (``ColumnSink``).
+
+Pure over the pages it is given (bytes or ``zstd_pages.CompressedPages``): the helper is
+decode_helper.py's, and the results never depend on it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def decode_blocks(cpus: Sequence[tuple[int, object]], hp: HeaderPage,
     """walk_pages + decode_columns of the CPUs ``cpus`` ((cpu, its pages), in order), a
     block of pages at a time, decoding only the fields ``fields(system, name)`` names
     into ``sink``; returns each CPU's walk counters and loss spans (no per-event
-    arrays).  A CPU's pages are bytes, or a tracedat.CompressedPages (``len()``,
+    arrays).  A CPU's pages are bytes, or a zstd_pages.CompressedPages (``len()``,
     ``read(start, end)``, ``whole()``: decompressed a block at a time).  Nothing per
     event outlives its block but the columns, and each block's gathers stay within 8 MiB
     of pages (cache hits, not misses).  A CPU with kernel stacks (event ``stack_id``)
@@ -37,7 +40,7 @@ def decode_blocks(cpus: Sequence[tuple[int, object]], hp: HeaderPage,
     before it only).  ``each_block(cpu, pages)`` is told the pages of a CPU done so far
     after each block.
 
-    ``share``: decode blocks in a forked child process too (see forked.py), the
+    ``share``: decode blocks in a forked child process too (see decode_helper.py), the
     columns still added in block order; None: when there are blocks enough and a
     second CPU to run it on.  The walk holds the GIL, so threads would not help."""
     psize = page_size_of(hp, he, page_size, little_endian)

@@ -196,14 +196,14 @@ class _Rows:
     def __init__(self, offs: np.ndarray):
         self.offs = offs
         self.last = int(offs.max()) if offs.size else 0
-        # whole-CPU decodes go a slice at a time (_gather_int): this is for blocks
+        # whole-CPU decodes go a slice at a time (gather_int): this is for blocks
         self.words = (offs >> 2 if 0 < offs.size <= _CHUNK and not (offs & 3).any()
                       else None)
 
 
 def _gather_field(v: "Views", rows: _Rows, delta: int, size: int, signed: bool
                   ) -> np.ndarray:
-    """_gather_int(v, rows.offs + delta, size, signed), with one or two word gathers
+    """gather_int(v, rows.offs + delta, size, signed), with one or two word gathers
     when the field lies on word boundaries (most do)."""
     if (rows.words is None or size not in (4, 8) or delta % 4
             or rows.last + delta + size > v.u32.size * 4):

@@ -1,5 +1,7 @@
 """Per-CPU ring-buffer statistics (per_cpu/cpuN/stats): parsed from their text, as a
 session reads them and as a trace.dat stores them.
+
+Pure: text in, ``CpuStats`` out; reading the stats files is ``Instance.cpu_stats``'s.
 """
 from __future__ import annotations
 from dataclasses import dataclass

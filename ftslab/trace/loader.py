@@ -1,8 +1,11 @@
-"""Turn a recording on disk (trace.dat v6/v7, or a text trace) into records.
+"""Turn a recording on disk (trace.dat v6/v7, the spool of a session that died, or a text
+trace) into records.
 
 ``load(path)`` gives a columnar ``Dataset`` for reports; ``read(path)`` yields typed
-``Event`` objects in time order for scripts.  The only I/O here is reading the input
-file the user named.
+``Event`` objects in time order for scripts.  The formats are read by tracedat_read.py,
+spool.py and textparse.py, the pages decoded by blocks.py, columns.py and stackrefs.py;
+here they are put together, with the metadata and the frees buffer.  The only I/O here
+is reading the input the user named; it never touches the running kernel.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Decode ftrace ring-buffer pages (what per_cpu/cpuN/trace_pipe_raw gives) into events.
+"""Walk ftrace ring-buffer pages (what per_cpu/cpuN/trace_pipe_raw gives): where each data
+event is, its timestamp and type (``PageWalk``), and where the kernel lost events.
 
 The page and event-header layouts come from ``events/header_page`` and
-``events/header_event`` (formats.HeaderPage / HeaderEvent); each event's fields from its
-``format`` file (formats.EventFormat).  Pure functions over bytes: no file is opened here.
-
-Two outputs from one walk over the pages:
-- ``decode_columns``: numpy columns per event type (fast; reports use it);
-- ``iter_events``: ``records.Event`` objects in time order (API and ``stream``).
+``events/header_event`` (formats.HeaderPage / HeaderEvent).  Pure functions over bytes:
+no file is opened here.  Event fields are not decoded here: the walk feeds
+``columns.decode_columns`` (numpy columns per event type) and ``columns.iter_events``
+(``dataset.Event`` objects); blocks.py walks a CPU's pages block by block and
+stackrefs.py pairs stack entries with their events.
 
 Layout facts used (kernel/trace/ring_buffer.c, stable since 2.6.3x; 5.10 made
 TIME_STAMP absolute; kernel commits not identified):

@@ -1,4 +1,7 @@
 """/proc/slabinfo text, as a recording stores it: parsed into one row per cache.
+
+Pure: never reads /proc (kernel/slabsample.py does); a line that does not read is
+counted, never guessed.
 """
 from __future__ import annotations
 from dataclasses import dataclass

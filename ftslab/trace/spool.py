@@ -1,7 +1,7 @@
 """The spool directory of a recording, and what is left of it when a session dies.
 
 While ``record`` runs, each CPU's ring-buffer pages go to ``OUT.ftslab-spool-PID/cpuN.raw``
-(capture.py).  Before tracing starts, the same directory receives everything needed to
+(session/spooler.py).  Before tracing starts, the same directory receives everything needed to
 decode those pages without the kernel that wrote them: ``spool.json`` (header_page,
 header_event, the event formats, trace clock, CPUs, ftslab's metadata) and
 ``kallsyms.zst``.  A session killed by SIGKILL, a crash or a power cut therefore leaves
@@ -12,8 +12,8 @@ A registry (one symlink per session, named for its pid, in ``/run/ftslab`` or
 ``$FTSLAB_RUN_DIR``) lets ``ftslab reset`` name the spools of dead sessions wherever
 they are; a new session also names those next to its own output.
 
-File I/O here is on spool and registry paths only, never on tracefs: capture.py hands
-in what it read from the kernel.  Reading accepts any bytes: a damaged spool raises
+File I/O here is on spool and registry paths only, never on tracefs: session/record.py
+hands in what it read from the kernel.  Reading accepts any bytes: a damaged spool raises
 BadInput, nothing else.
 """
 from __future__ import annotations

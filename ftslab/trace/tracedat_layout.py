@@ -1,5 +1,8 @@
 """The trace.dat v7 layout, as trace-cmd's own writer and reader use it: the magic, the
 option ids, the section ids and their parsers, and the parsed file (``TraceDat``).
+
+Shared by tracedat_read.py and tracedat_write.py.  No file I/O: the parsers take bytes
+and raise ``Bad``/``Eof`` on anything malformed, which the reader turns into ``BadInput``.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Read and write trace-cmd ``trace.dat`` files (format versions 6 and 7).
+"""Read trace-cmd ``trace.dat`` files (format versions 6 and 7) into a ``TraceDat``.
 
 The layout follows trace-cmd's own documentation, trace-cmd.dat.v6(5) and
 trace-cmd.dat.v7(5); where the documentation is silent, the behaviour of trace-cmd 3.1.6
@@ -11,12 +11,15 @@ can be read, whole ring-buffer pages only, with ``truncated=True``.  Sizes read 
 file never decide an allocation on their own: every read is bounded by the file size, and
 decompression by a budget proportional to it.
 
-The writer produces a v7 file (zstd, zlib or uncompressed) that trace-cmd reads silently.
+The writer is tracedat_write.py, the layout both share (ids, section parsers, ``TraceDat``)
+tracedat_layout.py, and the on-demand decompression of page chunks zstd_pages.py.
 ftslab's own metadata lives in a section of its own between the file header and the first
-section trace-cmd knows about; trace-cmd walks past it by its size (see ``_SEC_FTSLAB``).
+section trace-cmd knows about; trace-cmd walks past it by its size (see
+``tracedat_layout.SEC_FTSLAB``).
 
 This module does file I/O only on the paths it is given: it never touches tracefs, and it
-neither decodes events nor interprets format files (ringbuf.py and formats.py do).
+neither decodes events nor interprets format files (pages.py, columns.py and formats.py
+do).
 """
 from __future__ import annotations
 

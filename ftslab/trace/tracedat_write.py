@@ -1,5 +1,10 @@
 """Writing trace.dat v7: the options, the flyrecord sections of each buffer, and the
 compressed page chunks.  The bytes are trace-cmd's format: ``trace-cmd report`` reads them.
+
+The file is zstd-, zlib-compressed or uncompressed; ftslab's metadata goes in its own
+section (``SEC_FTSLAB``), which trace-cmd walks past silently.  File I/O only on the paths
+it is given (the output and the per-CPU page files it copies): never tracefs, and no
+event is decoded on the way.
 """
 from __future__ import annotations
 

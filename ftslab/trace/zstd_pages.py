@@ -1,5 +1,8 @@
 """Compressed page chunks of a trace.dat: decompressed on demand, in parallel where there
 are many, into memory that is faulted in ahead.
+
+It works only on the trace.dat buffer it is handed.  A chunk must decompress to exactly
+the size the file announces: one that does not is ``BadInput``, never a short page.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ PARALLEL_MIN_CHUNKS = 256
 
 
 def zstd_chunk(d, data, usize: int) -> bytes:
-    """One zstd frame that must decompress to exactly ``usize`` (<= _ZSTD_PIECE) bytes;
+    """One zstd frame that must decompress to exactly ``usize`` (<= ZSTD_PIECE) bytes;
     ValueError saying what is wrong otherwise."""
     try:
         out = d.decompress(data, max_output_size=usize)
@@ -118,7 +121,7 @@ def unzeroed(n: int) -> bytearray:
 
 def _populate_fn(buf: bytearray) -> Callable[[int, int], None]:
     """populate(start, end): fault in buf[start:end] at once, without the GIL
-    (heap.populate), else by zeroing it with numpy (which lets the GIL go too).
+    (prefault.populate), else by zeroing it with numpy (which lets the GIL go too).
     Faulting it in chunk by chunk, under the GIL of a slice assignment, serialises the
     two decompression threads."""
     import numpy as np
