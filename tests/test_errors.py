@@ -18,7 +18,7 @@ import pytest
 import ftslab
 from ftslab.cli import admin
 from ftslab.cli import entry
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.engine import Session
 from ftslab.cli.entry import main
 from ftslab.errors import KernelWriteError, Unsupported, UsageError
@@ -66,7 +66,7 @@ def _fake(tmp_path, kernel_stack: bool = False) -> Path:
 
 def _plan(root: Path, **opts) -> None:
     Session(Tracefs(root), lambda m: None, name="ftslab_999999").plan(
-        RecordOptions(**opts), child_pid=4194305)
+        SessionOptions(**opts), child_pid=4194305)
 
 
 def _library_cases(open200, kprobe_ds, tmp_path):
@@ -187,7 +187,7 @@ def test_a_refused_step_names_the_parameter_its_hint_is_about(tmp_path, monkeypa
 
     monkeypatch.setattr(Tracefs, "_write", write)
     s = Session(Tracefs(root), lambda m: None, name="ftslab_999999")
-    steps = s.plan(RecordOptions(kprobes="off", **opts), child_pid=4194305)
+    steps = s.plan(SessionOptions(kprobes="off", **opts), child_pid=4194305)
     with pytest.raises(KernelWriteError) as ei:
         s.apply(steps)
     s.close()

@@ -1,5 +1,5 @@
 """Options shared by the commands that run a session (record, stream, top), and their
-translation into ``RecordOptions``.
+translation into ``SessionOptions``.
 
 Click options and their checks, and where tracefs is mounted (``tracefs``): nothing here
 writes to the kernel.
@@ -86,12 +86,12 @@ frees_option = click.option(
 """record's and top's --frees."""
 
 
-def record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+def session_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                     system_wide, command, output=None, kprobes="auto", cache_name_offset=None,
                     kprobe_families=(), kprobe_symbols=()):
     import math
     from ftslab.events import DEFAULT_EVENTS
-    from ftslab.session.options import RecordOptions
+    from ftslab.session.options import SessionOptions
     from ftslab.pids import pid_alive
     if duration is not None and not math.isfinite(duration):
         raise UsageError(f"-d {duration}: give a number of seconds")
@@ -111,7 +111,7 @@ def record_options(events, duration, pids, comm, min_size, cache, filters, buffe
                              cache_name_offset is not None):
         raise UsageError("--kprobe-symbol/--kprobe-family/--cache-name-offset need kprobes: "
                          "not with --kprobes off")
-    return RecordOptions(events=tuple(events) or DEFAULT_EVENTS, duration=duration,
+    return SessionOptions(events=tuple(events) or DEFAULT_EVENTS, duration=duration,
                          output=Path(output or "ftslab.dat"), pids=tuple(pids), comm=comm,
                          buffer_kb=buffer_kb, command=tuple(command),
                          system_wide=system_wide, filters=tuple(filters), min_size=min_size,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from ftslab.cli.options import capture_options, DEFAULT_SETTLE, frees_option, record_options, tracefs
+from ftslab.cli.options import capture_options, DEFAULT_SETTLE, frees_option, session_options, tracefs
 from ftslab.cli.ui import err, Status
 
 
@@ -38,7 +38,7 @@ def record(output, events, duration, pids, comm, min_size, cache, filters, buffe
     """
     from ftslab.session import dryrun
     from ftslab.session import record
-    opts = record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+    opts = session_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                            system_wide, command, output, kprobes, cache_name_offset,
                            kprobe_families, kprobe_symbols)
     opts.stacks = stacks

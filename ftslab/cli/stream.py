@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ftslab.cli.options import capture_options, record_options, tracefs
+from ftslab.cli.options import capture_options, session_options, tracefs
 from ftslab.cli.ui import err, quiet_stdout
 from ftslab.errors import FtslabError, OutputError
 
@@ -30,7 +30,7 @@ def stream(fmt, events, duration, pids, comm, min_size, cache, filters, buffer_k
     from ftslab.trace.kallsyms import Symbolizer
     from ftslab.session.stream import DRAIN_S, stream as run_stream
     from ftslab.kernel.tracefs import read_text_file
-    opts = record_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
+    opts = session_options(events, duration, pids, comm, min_size, cache, filters, buffer_kb,
                            system_wide, command, None, kprobes, cache_name_offset,
                            kprobe_families, kprobe_symbols)
     opts.status = False

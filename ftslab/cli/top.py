@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ftslab.cli.options import frees_option, record_options, tracefs
+from ftslab.cli.options import frees_option, session_options, tracefs
 from ftslab.cli.ui import err
 from ftslab.errors import FtslabError
 
@@ -48,7 +48,7 @@ def top(by, interval, rows, batch, duration, pids, comm, cache, filters, buffer_
     from ftslab.session.top import top as run_top
     from ftslab.kernel.tracefs import read_text_file
     from ftslab.session.top import TOP_EVENTS
-    opts = record_options(TOP_EVENTS, duration, pids, comm, None, cache, filters, buffer_kb,
+    opts = session_options(TOP_EVENTS, duration, pids, comm, None, cache, filters, buffer_kb,
                            False, (), None, "off")
     opts.status = False
     opts.system_frees = frees == "all"

@@ -9,12 +9,12 @@ from typing import Callable
 
 from ftslab.kernel.tracefs import Tracefs
 from ftslab.session.engine import report_stale, Session
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 
 __all__ = ["print_dry_run"]
 
 
-def print_dry_run(tracefs: Tracefs, opts: RecordOptions, warn, out: Callable[[str], None],
+def print_dry_run(tracefs: Tracefs, opts: SessionOptions, warn, out: Callable[[str], None],
                   reader: str) -> None:
     """Print every tracefs write a session would make, without making any."""
     report_stale(tracefs, warn)

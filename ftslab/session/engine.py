@@ -24,7 +24,7 @@ from ftslab.kernel.filters import COMMON as _COMMON_FILTER_FIELDS, cache_filter,
 from ftslab.kernel.procfs import online_cpus, read_slab_aliases
 from ftslab.kernel.tracefs import EnabledElsewhere, Instance, INSTANCE_PREFIX, Tracefs
 from ftslab.kernel.undo import signals_deferred, UndoStack
-from ftslab.session.options import parse_event_spec, RecordOptions, Step
+from ftslab.session.options import parse_event_spec, SessionOptions, Step
 from ftslab.kernel.elsewhere import enabled_elsewhere_message
 
 
@@ -70,7 +70,7 @@ class Session:
         """``system:event`` of the events whose kernel stacks are recorded (--stacks)."""
         self._probes_planned = False
 
-    def plan_kprobes(self, opts: RecordOptions):
+    def plan_kprobes(self, opts: SessionOptions):
         """Decide the kprobe events (once per session): None when there are none."""
         if self._probes_planned:
             return self.probe_plan
@@ -134,7 +134,7 @@ class Session:
             out.append((sysname, name))
         return out
 
-    def plan(self, opts: RecordOptions, child_pid: int | None = None) -> list[Step]:
+    def plan(self, opts: SessionOptions, child_pid: int | None = None) -> list[Step]:
         from ftslab.trace.formats import parse_format
         events = self.resolve_events(opts.events if opts.kprobes != "only" else ())
         inst = f"instances/{self.name}"
@@ -313,7 +313,7 @@ class Session:
     def free_instance_name(self) -> str:
         return f"{self.name}_{FREES_BUFFER}"
 
-    def _free_steps(self, opts: RecordOptions, events, parsed, pids, user_filters,
+    def _free_steps(self, opts: SessionOptions, events, parsed, pids, user_filters,
                     aliases) -> list[Step]:
         """Where the free events go.  A recording limited to tasks (``pids``, ``comm``,
         a filter that applies to a free event) would see only the frees those tasks
@@ -356,7 +356,7 @@ class Session:
         return out
 
     def _stack_steps(self, inst: str, events, probes, steps: list[Step],
-                     opts: RecordOptions) -> list[Step]:
+                     opts: SessionOptions) -> list[Step]:
         """A ``stacktrace`` trigger on each allocation event.  It is given a condition
         (the event's own filter, or one always true) on purpose: a trigger without one
         runs before the event is filtered (by set_event_pid too) and writes its stack

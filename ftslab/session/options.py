@@ -1,7 +1,7 @@
-"""What a session is asked to do (``RecordOptions``), its planned tracefs writes
+"""What a session is asked to do (``SessionOptions``), its planned tracefs writes
 (``Step``), and what a recording returns (``RecordResult``).
 
-Plain data and the parsing of event specs: no I/O.  The CLI fills ``RecordOptions``
+Plain data and the parsing of event specs: no I/O.  The CLI fills ``SessionOptions``
 (cli/options.py); ``engine.Session`` turns them into steps.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ftslab.errors import UsageError
 from ftslab.events import DEFAULT_EVENTS
 from ftslab.trace.cpustats import CpuStats
 
-__all__ = ["RecordOptions", "Step", "parse_event_spec", "RecordResult"]
+__all__ = ["SessionOptions", "Step", "parse_event_spec", "RecordResult"]
 
 
 def parse_event_spec(spec: str) -> tuple[str, str]:
@@ -26,7 +26,7 @@ def parse_event_spec(spec: str) -> tuple[str, str]:
 
 
 @dataclass
-class RecordOptions:
+class SessionOptions:
     events: tuple[str, ...] = DEFAULT_EVENTS
     duration: float | None = None
     output: Path = Path("ftslab.dat")

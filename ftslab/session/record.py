@@ -25,7 +25,7 @@ from ftslab.kernel.tracefs import Tracefs
 from ftslab.trace.cpustats import CpuStats
 from ftslab.kernel.undo import STOP_SIGNALS
 from ftslab.session.engine import cleanup_error, INSTANCE_REMOVED, Session, TRACEFS_UNMOUNTED
-from ftslab.session.options import RecordOptions, RecordResult
+from ftslab.session.options import SessionOptions, RecordResult
 from ftslab.session.run import run_session
 from ftslab.session.signals import stop_requested, stop_signals_raise
 from ftslab.session.spooler import Spooler, Spoolers
@@ -34,7 +34,7 @@ from ftslab.kernel.procfs import read_kallsyms
 __all__ = ["record"]
 
 
-def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
+def record(tracefs: Tracefs, opts: SessionOptions, warn: Callable[[str], None],
            status: Callable[[str, bool], None]) -> RecordResult | None:
     """Run one recording into ``opts.output``.  Returns None if nothing was started."""
     # From the first step to the last, a stop signal is only noted: run_session acts on
@@ -51,7 +51,7 @@ def record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
             signal.signal(sig, handler)
 
 
-def _record(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
+def _record(tracefs: Tracefs, opts: SessionOptions, warn: Callable[[str], None],
             status: Callable[[str, bool], None]) -> RecordResult | None:
     from ftslab.trace import spool
     from ftslab.trace.formats import parse_header_page

@@ -22,7 +22,7 @@ from ftslab.trace.cpustats import CpuStats
 from ftslab.pids import pid_alive
 from ftslab.kernel.undo import signals_deferred, STOP_SIGNALS
 from ftslab.session.engine import INSTANCE_REMOVED, report_stale, Session, TRACEFS_UNMOUNTED
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.signals import flag_on_signal, stop_requested, Interrupted, stop_signals_raise
 
 __all__ = ["run_session", "RunResult", "fmt_rate"]
@@ -38,7 +38,7 @@ class RunResult:
     started: bool
 
 
-def run_session(tracefs: Tracefs, opts: RecordOptions, warn: Callable[[str], None],
+def run_session(tracefs: Tracefs, opts: SessionOptions, warn: Callable[[str], None],
                 status: Callable[[str, bool], None], make_reader, meta: dict) -> RunResult:
     """Set up the instance, run the command if any, pump ``make_reader(instance, cpus)``
     until the end condition, then stop tracing, flush the reader and undo everything."""
@@ -303,7 +303,7 @@ def _settle(reader, session: Session, seconds: float,
     return round(time.monotonic() - t0, 3)
 
 
-def _capture_loop(spooler, session: Session, opts: RecordOptions,
+def _capture_loop(spooler, session: Session, opts: SessionOptions,
                   child: "_GatedChild | None", t_start: float,
                   status: Callable[[str, bool], None], sampler=None) -> str | None:
     deadline = t_start + opts.duration if opts.duration else None

@@ -15,7 +15,7 @@ from ftslab.trace import columns
 from ftslab.trace import pages
 from ftslab.dataset import Event
 from ftslab.kernel.tracefs import read_text_file, Tracefs
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.run import run_session, RunResult
 from ftslab.session.signals import stop_requested
 from ftslab.trace.loader import parse_cmdlines
@@ -148,7 +148,7 @@ class StreamResult(NamedTuple):
     """Pages and records that could not be decoded (counted, never shown as events)."""
 
 
-def stream(tracefs: Tracefs, opts: RecordOptions, warn, status, sink: Callable[[Event], None]
+def stream(tracefs: Tracefs, opts: SessionOptions, warn, status, sink: Callable[[Event], None]
            ) -> StreamResult:
     """Run a live session, passing each decoded event to ``sink``."""
     decoders: list[_PageDecoder] = []

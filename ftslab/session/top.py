@@ -29,7 +29,7 @@ from ftslab.analysis.pairing import pair_frees
 from ftslab.dataset import Dataset, Metadata
 from ftslab.kernel.procfs import read_slab_aliases
 from ftslab.kernel.tracefs import read_text_file, Tracefs
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.run import run_session, RunResult
 from ftslab.session.spooler import PIPE_BYTES, close_quietly, splice_pipe
 from ftslab.session.livepages import live_formats, read_raw_page
@@ -360,7 +360,7 @@ class _TopReader:
         self.pipes.clear()
 
 
-def top(tracefs: Tracefs, opts: RecordOptions, warn, interval: float,
+def top(tracefs: Tracefs, opts: SessionOptions, warn, interval: float,
         show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None
         ) -> tuple[RunResult, TopState | None, int, int]:
     """Run a live session, calling ``show`` with a TopFrame every ``interval`` seconds.

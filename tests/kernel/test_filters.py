@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftslab.events import DEFAULT_EVENTS
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.engine import Session
 from ftslab.errors import UsageError
 from ftslab.kernel.filters import TASK_COMM_LEN, comm_filter, parse_filter, string_literal
@@ -175,7 +175,7 @@ def _plan(tmp_path, monkeypatch, **opts):
     monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **k: writes.append(a))
     warnings: list[str] = []
     session = Session(Tracefs(root), warnings.append, name="ftslab_999999")
-    steps = session.plan(RecordOptions(kprobes="off", **opts))
+    steps = session.plan(SessionOptions(kprobes="off", **opts))
     assert not writes  # planning writes nothing
     return {s.path.split("/")[-2]: s.value for s in steps if s.path.endswith("/filter")}, \
         warnings

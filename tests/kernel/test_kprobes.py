@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.engine import Session
 from ftslab.session.dryrun import describe_probe_plan
 from ftslab.errors import KernelWriteError, ProbeVerifyFailed, Unsupported, UsageError
@@ -267,7 +267,7 @@ def _session(root, monkeypatch, fail_at=None, names=("filp", "kmalloc-64"), **op
                         lambda: {"filp", "kmalloc-64", "vma"})
     warnings: list[str] = []
     s = Session(Tracefs(root), warnings.append, name="ftslab_999999")
-    steps = s.plan(RecordOptions(kprobes="on", **opts), child_pid=4194305)
+    steps = s.plan(SessionOptions(kprobes="on", **opts), child_pid=4194305)
     return k, s, steps, warnings
 
 
@@ -351,7 +351,7 @@ def test_kprobes_on_without_kprobe_events(fake_kprobe_tracefs, monkeypatch):
         _session(fake_kprobe_tracefs, monkeypatch)
     warnings: list[str] = []
     s = Session(Tracefs(fake_kprobe_tracefs), warnings.append, name="ftslab_999999")
-    steps = s.plan(RecordOptions(kprobes="auto"), child_pid=1)
+    steps = s.plan(SessionOptions(kprobes="auto"), child_pid=1)
     assert not any(st.kind for st in steps)
     assert len([w for w in warnings if "no kprobes" in w]) == 1
 
@@ -395,7 +395,7 @@ def test_kprobes_only_enables_no_tracepoint(fake_kprobe_tracefs, monkeypatch):
     k = _Kernel(fake_kprobe_tracefs)
     monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **kw: k(self, *a, **kw))
     s = Session(Tracefs(fake_kprobe_tracefs), lambda m: None, name="ftslab_999999")
-    steps = s.plan(RecordOptions(kprobes="only", cache="filp"), child_pid=1)
+    steps = s.plan(SessionOptions(kprobes="only", cache="filp"), child_pid=1)
     enabled = [st.path for st in steps if st.path.endswith("/enable")]
     assert enabled and all("/events/ftslab_999999/kp_" in p for p in enabled)
     assert s.formats == {}  # no tracepoint formats: only the probes' once created
@@ -455,9 +455,9 @@ def test_filters_reach_probes_or_are_refused(fake_kprobe_tracefs, monkeypatch):
     monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **kw: k(self, *a, **kw))
     s = Session(Tracefs(fake_kprobe_tracefs), lambda m: None, name="ftslab_999999")
     with pytest.raises(UsageError, match="none of the recorded events"):
-        s.plan(RecordOptions(kprobes="only", filters=("bytes_req > 100",)), child_pid=1)
+        s.plan(SessionOptions(kprobes="only", filters=("bytes_req > 100",)), child_pid=1)
     s = Session(Tracefs(fake_kprobe_tracefs), lambda m: None, name="ftslab_999999")
-    steps = s.plan(RecordOptions(kprobes="only", filters=("size > 100",)), child_pid=1)
+    steps = s.plan(SessionOptions(kprobes="only", filters=("size > 100",)), child_pid=1)
     f = {st.path.split("/")[-2] for st in steps if st.path.endswith("/filter")}
     assert "kp___kmalloc" in f and "kp_kmem_cache_alloc" not in f
 

@@ -331,11 +331,11 @@ ERRNOS = [errno.EBUSY, errno.EINVAL, errno.EEXIST, errno.ENOMEM, errno.EPERM]
 
 
 def _plan():
-    from ftslab.session.options import RecordOptions
+    from ftslab.session.options import SessionOptions
     from ftslab.session.engine import Session
     from ftslab.kernel.tracefs import Tracefs
     s = Session(Tracefs(TRACEFS), lambda m: None, name=f"ftslab_{os.getpid()}_fault")
-    return s, s.plan(RecordOptions(buffer_kb=64, comm="nosuchcomm", min_size=64))
+    return s, s.plan(SessionOptions(buffer_kb=64, comm="nosuchcomm", min_size=64))
 
 
 def test_every_write_refused_in_turn(kernel, monkeypatch):

@@ -600,12 +600,12 @@ def _safe_value(v: str) -> None:
                                              st.sampled_from(["==", "!=", ">=", "~", "&"]),
                                              _HOSTILE))
 def test_fuzz_filters_reach_tracefs_as_one_line(fake_tracefs, comm, cache, filt):
-    from ftslab.session.options import RecordOptions
+    from ftslab.session.options import SessionOptions
     from ftslab.session.engine import Session
     from ftslab.kernel.tracefs import Tracefs
     s = Session(Tracefs(fake_tracefs), lambda m: None, name="ftslab_999999")
     try:
-        steps = s.plan(RecordOptions(comm=comm, cache=cache, kprobes="off",
+        steps = s.plan(SessionOptions(comm=comm, cache=cache, kprobes="off",
                                      filters=(filt,) if filt is not None else ()))
     except UsageError:
         _count("--comm/--cache/--filter values")

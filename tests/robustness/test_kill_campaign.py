@@ -30,12 +30,12 @@ def _counts() -> tuple[tuple[int, int] | None, str | None]:
     problem = _kernel_problem()
     if problem:
         return None, problem  # every case then skips, or fails, in the kernel fixture
-    from ftslab.session.options import RecordOptions
+    from ftslab.session.options import SessionOptions
     from ftslab.session.engine import Session
     from ftslab.kernel.tracefs import Tracefs
     try:
         s = Session(Tracefs(TRACEFS), lambda m: None, name="ftslab_0")
-        steps = s.plan(RecordOptions(buffer_kb=BUF_KB, duration=float(DURATION)))
+        steps = s.plan(SessionOptions(buffer_kb=BUF_KB, duration=float(DURATION)))
     except Exception as exc:  # noqa: BLE001 -- reported by the one case below
         return None, f"Session.plan() failed on this kernel: {exc!r}"
     undo = sum(1 for st in steps if st.kind != "verify"

@@ -16,7 +16,7 @@ from ftslab import errors
 from ftslab.session import engine
 from ftslab.session import run
 from ftslab.session import signals
-from ftslab.session.options import RecordOptions
+from ftslab.session.options import SessionOptions
 from ftslab.session.engine import Session
 from ftslab.errors import KernelWriteError, TracefsUnavailable, UsageError, PermissionDenied
 from ftslab.kernel.tracefs import Tracefs
@@ -54,7 +54,7 @@ def _setup(fake_tracefs, monkeypatch, fail_at, **opts):
     tfs = Tracefs(fake_tracefs)
     warnings: list[str] = []
     session = Session(tfs, warnings.append, name="ftslab_999999")
-    steps = session.plan(RecordOptions(**opts), child_pid=4194305)
+    steps = session.plan(SessionOptions(**opts), child_pid=4194305)
     return rec, session, steps, warnings
 
 
@@ -142,7 +142,7 @@ def test_interrupt_during_setup_unwinds(fake_tracefs, monkeypatch):
 def test_unknown_event_is_a_usage_error(fake_tracefs):
     session = Session(Tracefs(fake_tracefs), lambda m: None, name="ftslab_999999")
     with pytest.raises(UsageError, match="no such event kmem:nope"):
-        session.plan(RecordOptions(events=("kmem:nope",)))
+        session.plan(SessionOptions(events=("kmem:nope",)))
 
 
 def test_tracefs_not_mounted(tmp_path):
@@ -189,10 +189,10 @@ def test_whole_system_session_excludes_itself(fake_tracefs, monkeypatch):
     rec = _Recorder(None)
     monkeypatch.setattr(Tracefs, "_write", lambda self, *a, **k: rec(self, *a, **k))
     session = Session(Tracefs(fake_tracefs), lambda m: None, name="ftslab_999999")
-    steps = session.plan(RecordOptions())
+    steps = session.plan(SessionOptions())
     st = [s for s in steps if s.path.endswith("set_event_notrace_pid")]
     assert st and st[0].value == str(os.getpid())
-    steps = session.plan(RecordOptions(), child_pid=4194305)  # a command: no need
+    steps = session.plan(SessionOptions(), child_pid=4194305)  # a command: no need
     assert not [s for s in steps if s.path.endswith("set_event_notrace_pid")]
 
 
@@ -211,7 +211,7 @@ def test_signal_during_setup_is_reported_not_silent(fake_tracefs, monkeypatch):
     monkeypatch.setattr(Tracefs, "_write", refusing)
     try:
         with pytest.raises(errors.Stopped) as exc:
-            run.run_session(Tracefs(fake_tracefs), RecordOptions(), lambda m: None,
+            run.run_session(Tracefs(fake_tracefs), SessionOptions(), lambda m: None,
                                 lambda t, f: None, lambda s: None, {})
     finally:
         signals.stop_requested.clear()  # the stop is this test's, not the next one's

@@ -285,11 +285,11 @@ def test_unprobeable_symbol_is_refused_by_name(ftslab, kernel, tmp_path, which):
 def _setup_points() -> dict[str, int]:
     """Setup step indices of a `record --kprobes on -- COMMAND` session on this kernel,
     from ftslab's own plan (the pause hook counts the same steps)."""
-    from ftslab.session.options import RecordOptions
+    from ftslab.session.options import SessionOptions
     from ftslab.session.engine import Session
     from ftslab.kernel.tracefs import Tracefs
     s = Session(Tracefs(TRACEFS), lambda m: None, name="ftslab_0")
-    steps = s.plan(RecordOptions(kprobes="on", command=("true",)), child_pid=os.getpid())
+    steps = s.plan(SessionOptions(kprobes="on", command=("true",)), child_pid=os.getpid())
     kinds = [st.kind for st in steps]
     kprobe = [i for i, k in enumerate(kinds) if k == "kprobe"]
     mkdir = next(i for i, st in enumerate(steps) if not st.kind and st.value is None)
@@ -357,7 +357,7 @@ def test_real_plan_steps_in_order_and_undone(kernel, monkeypatch):
     the cache-name check before anything is filtered or enabled; each write really
     made; undone newest first: every enable off and the instance gone before the first
     probe is removed, and kprobe_events, events/ and instances/ as they were."""
-    from ftslab.session.options import RecordOptions
+    from ftslab.session.options import SessionOptions
     from ftslab.session.engine import Session
     from ftslab.kernel.tracefs import Tracefs
     before = _tracefs_snapshot()
@@ -370,7 +370,7 @@ def test_real_plan_steps_in_order_and_undone(kernel, monkeypatch):
     monkeypatch.setattr(Tracefs, "_write", spy)
     said: list[str] = []
     s = Session(Tracefs(TRACEFS), said.append)
-    steps = s.plan(RecordOptions(kprobes="on"), child_pid=os.getpid())
+    steps = s.plan(SessionOptions(kprobes="on"), child_pid=os.getpid())
     kinds = [st.kind or ("mkdir" if st.value is None else "write") for st in steps]
     probes = [i for i, k in enumerate(kinds) if k == "kprobe"]
     pid_step = next(i for i, st in enumerate(steps) if st.path.endswith("/set_event_pid"))
