@@ -357,7 +357,7 @@ def _with_short_records(tmp_path, pages) -> tuple[Path, list]:
     from ftslab.trace.loader import formats_of
     from ftslab.trace.tracedat_read import read_tracedat
     from ftslab.trace.tracedat_write import write_tracedat
-    from test_pages import cut_records_short
+    from test_columns import cut_records_short
     td = read_tracedat(OPEN200)
     cpu = max(td.cpu_data, key=lambda c: len(td.cpu_data[c]))
     n_pages = len(td.cpu_data[cpu]) // td.buffer_page_size
