@@ -79,8 +79,8 @@ class Analysis:
             self._match_frees([f for f in self.frames if f.src.layer == layer],
                               frees.get(layer, []))
         self._global: dict[str, dict] = {}
-        self._rows: dict[tuple, "Rows"] = {}
-        self._groups: dict[tuple, tuple] = {}
+        self.rows_cache: dict[tuple, "Rows"] = {}
+        self.groups_cache: dict[tuple, tuple] = {}
 
     def _nested_calls(self, fr: Frame) -> None:
         """One allocation, two events: on 6.10+ kernels __do_kmalloc_node() calls the
@@ -150,12 +150,12 @@ class Analysis:
 
     def local_key(self, frame: Frame, key: str) -> tuple[np.ndarray, list]:
         """(codes, labels) of ``key`` for one frame; labels are distinct."""
-        got = frame._keys.get(key)
+        got = frame.labels_by_key.get(key)
         if got is None:
             got = self._compute_key(frame, key)
             if key == "cache" and self.aliases:  # a merged cache: by all its names
                 got = merge_labels(got[0], [merged_name(x, self.aliases) for x in got[1]])
-            frame._keys[key] = got
+            frame.labels_by_key[key] = got
         return got
 
     def _compute_key(self, fr: Frame, key: str) -> tuple[np.ndarray, list]:

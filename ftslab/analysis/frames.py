@@ -199,7 +199,7 @@ class Frame:
         self._free_ts: np.ndarray | None = None
         self._free_of: tuple | None = None  # what free_ts is computed from, until asked
         self.nested = np.zeros(n, dtype=bool)
-        self._keys: dict[str, tuple[np.ndarray, list]] = {}
+        self.labels_by_key: dict[str, tuple[np.ndarray, list]] = {}
 
     def const(self, label) -> tuple[np.ndarray, list]:
         return np.zeros(self.n, np.int64), [label]

@@ -67,9 +67,9 @@ def check_sort(sort: str) -> None:
 
 def rows_of(an: Analysis, frames: list[Frame]) -> Rows:
     key = tuple(id(fr) for fr in frames)
-    got = an._rows.get(key)
+    got = an.rows_cache.get(key)
     if got is None:
-        got = an._rows[key] = Rows(frames)
+        got = an.rows_cache[key] = Rows(frames)
     return got
 
 
@@ -95,9 +95,9 @@ def group_by_keys(an: Analysis, frames: list[Frame], by: tuple[str, ...]):
     (the default report groups by cache and by call site twice: allocations, then
     waste); callers only read what it returns."""
     key = (tuple(id(fr) for fr in frames), tuple(by))
-    got = an._groups.get(key)
+    got = an.groups_cache.get(key)
     if got is None:
-        got = an._groups[key] = _group_rows(an, frames, tuple(by))
+        got = an.groups_cache[key] = _group_rows(an, frames, tuple(by))
     return got
 
 
