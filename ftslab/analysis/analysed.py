@@ -109,7 +109,7 @@ class Analysis:
         """Mark each allocation whose next event on the same pointer is a free."""
         frames = [f for f in frames if f.ptr is not None]
         for f in frames:
-            f._free_of = (None, None)  # matched: free_ts all 0 unless paired below
+            f.free_times_from(None, None)  # matched: free_ts all 0 unless paired below
         if not frames or not frees:
             return
         # text input orders events by line (finer than its microsecond timestamps):
@@ -143,7 +143,7 @@ class Analysis:
         for f in frames:
             m = int(f.matchable.sum())
             f.freed[f.matchable] = freed[start:start + m]
-            f._free_of = (ridx[start:start + m], times)
+            f.free_times_from(ridx[start:start + m], times)
             start += m
 
     # -- keys ---------------------------------------------------------------------------

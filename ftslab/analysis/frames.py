@@ -204,6 +204,12 @@ class Frame:
     def const(self, label) -> tuple[np.ndarray, list]:
         return np.zeros(self.n, np.int64), [label]
 
+    def free_times_from(self, ridx: np.ndarray | None, times) -> None:
+        """Where ``free_ts`` comes from, computed when first asked: ``ridx``, for each
+        matchable allocation, the index of its free in ``times`` (-1: not freed); both
+        None: matched, and no free times to give (all 0)."""
+        self._free_of = (ridx, times)
+
     @property
     def free_ts(self) -> np.ndarray | None:
         """uint64 timestamp of the free of each freed allocation (0 where not freed);
