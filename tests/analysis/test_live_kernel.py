@@ -13,39 +13,17 @@ from pathlib import Path
 
 from conftest import run_ftslab
 from test_record_stacks import eventfd_frames
+from workloads import EVENTFD_HOLDER
 
 N = 300
-# fork: the child makes the eventfds and outlives the recording (the COMMAND, the parent,
-# exits as soon as the child says it is done, which ends the recording)
-LEAKER = r"""
-import os, sys, time
-n, close, pidfile = int(sys.argv[1]), sys.argv[2] == "close", sys.argv[3]
-r, w = os.pipe()
-if os.fork() == 0:
-    os.close(r)
-    null = os.open(os.devnull, os.O_RDWR)  # let go of ftslab's pipes: its caller waits
-    for fd in (0, 1, 2):                   # for them to close
-        os.dup2(null, fd)
-    fds = [os.eventfd(0) for _ in range(n)]
-    if close:
-        for fd in fds:
-            os.close(fd)
-    with open(pidfile, "w") as f:
-        f.write(str(os.getpid()))
-    os.write(w, b"x")
-    time.sleep(120)
-    os._exit(0)
-os.close(w)
-os.read(r, 1)
-"""
 
 
 def _record(tmp_path, mode):
     out = tmp_path / f"{mode}.dat"
     pidfile = tmp_path / f"{mode}.pid"
     try:
-        cp = run_ftslab("record", "-o", out, "--", sys.executable, "-c", LEAKER, str(N), mode,
-                        str(pidfile), check=True)
+        cp = run_ftslab("record", "-o", out, "--", sys.executable, "-c", EVENTFD_HOLDER,
+                        str(N), "0", mode, str(pidfile), check=True)
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -18,33 +18,12 @@ import signal
 import sys
 
 from conftest import run_ftslab
+from workloads import EVENTFD_HOLDER
 
 from ftslab.analysis import reconcile
 
 N = 1500
 PAUSE_S = 1.5  # the sampler reads /proc/slabinfo each second: samples before and after
-# the child opens N eventfds between two pauses and keeps them past the end; the parent
-# (the COMMAND) exits once the child says it is done
-HOLDER = r"""
-import os, sys, time
-n, pause, pidfile = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-r, w = os.pipe()
-time.sleep(pause)
-if os.fork() == 0:
-    os.close(r)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    fds = [os.eventfd(0) for _ in range(n)]
-    with open(pidfile, "w") as f:
-        f.write(str(os.getpid()))
-    os.write(w, b"x")
-    time.sleep(120)
-    os._exit(0)
-os.close(w)
-os.read(r, 1)
-time.sleep(pause)
-"""
 THREADS = ("import threading\n"
            "ts = [threading.Thread(target=lambda: None) for _ in range(1000)]\n"
            "for t in ts: t.start()\n"
@@ -64,8 +43,8 @@ def _slack(meta_params, cache):
 def test_whole_system_eventfds_agree_with_slabinfo_and_its_samples(kernel, tmp_path):
     out, pidfile = tmp_path / "efd.dat", tmp_path / "efd.pid"
     try:
-        cp = run_ftslab("record", "-a", "-o", out, "--", sys.executable, "-c", HOLDER,
-                        str(N), str(PAUSE_S), str(pidfile), check=True)
+        cp = run_ftslab("record", "-a", "-o", out, "--", sys.executable, "-c", EVENTFD_HOLDER,
+                        str(N), str(PAUSE_S), "keep", str(pidfile), check=True)
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
