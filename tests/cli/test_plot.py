@@ -1,4 +1,4 @@
-"""`report --plot` (ftslab/plot.py): the --interval series of a real recording
+"""`report --plot` (ftslab/cli/plot.py): the --interval series of a real recording
 (tests/fixtures/6.18/ftslab-open200.dat) drawn into a PNG with matplotlib's Agg
 backend.  The series is checked against the events themselves (decoded one by one by
 ftslab.read), the drawn lines against the series, and the PNG read back.  No root."""

@@ -1,4 +1,4 @@
-"""Filter expressions (ftslab/filters.py): what a user types is parsed, checked against the
+"""Filter expressions (ftslab/kernel/filters.py): what a user types is parsed, checked against the
 events' own fields and written back in one canonical form, or refused with a message
 that says where.  The fields come from the real 6.18 format files (tests/fixtures/6.18);
 the last tests run the filters through Session.plan on a fake tracefs made of those

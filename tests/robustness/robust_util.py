@@ -1,5 +1,5 @@
 """Helpers of the robustness suite: run ftslab as a separate process, hold it at a
-named point (ftslab/_testhook.py), look for what it left, and log figures.
+named point (ftslab/testhook.py), look for what it left, and log figures.
 
 Figures: when FTSLAB_ROBUSTNESS_FIGURES names a file, every test appends JSON lines to
 it (runs killed by signal and phase, leftovers found, fuzz cases, faults injected);

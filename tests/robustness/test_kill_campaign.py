@@ -3,7 +3,7 @@ while flushing, before each undo step of teardown and during the final write, fo
 `record` and `stream`; then random delays; then SIGKILL at every point (what cannot
 clean up is found and removed by `reset`, and what was captured is read from the spool).
 
-Each run holds ftslab at a named point (FTSLAB_TEST_PAUSE, ftslab/_testhook.py) and
+Each run holds ftslab at a named point (FTSLAB_TEST_PAUSE, ftslab/testhook.py) and
 signals it there.  After every run: no instance or probe of that process remains, no
 event is left enabled, the top-level buffer is unchanged (the ``kernel`` fixture), and
 the recording written so far is readable.

@@ -1,4 +1,4 @@
-"""stream's page decoder (ftslab/stream.py _PageDecoder) on real ring-buffer pages.
+"""stream's page decoder (ftslab/session/stream.py _PageDecoder) on real ring-buffer pages.
 
 The pages are those of real recordings (tests/fixtures/6.18: ftslab's own and
 trace-cmd's trace.dat files, which keep each CPU's trace_pipe_raw pages as the kernel

@@ -1,4 +1,4 @@
-"""The spool a `record` session leaves when it dies (ftslab/spool.py), built from a real
+"""The spool a `record` session leaves when it dies (ftslab/trace/spool.py), built from a real
 recording: its formats, headers, kallsyms and raw pages (tests/fixtures/6.18/
 ftslab-open200.dat) laid out as capture.py lays them out (spool.describe, then
 cpuN.raw).  Read back, recovered into a trace.dat, cut mid-page, damaged; the registry

@@ -309,7 +309,7 @@ KILLS = [("instance made", signal.SIGTERM), ("one probe defined", signal.SIGINT)
 @pytest.mark.parametrize("point,sig", KILLS, ids=[f"{p.replace(' ', '_')}-{s.name}"
                                                     for p, s in KILLS])
 def test_signal_during_kprobe_setup_cleans_up(ftslab_spawn, kernel, tmp_path, point, sig):
-    """Held at a setup step (ftslab/_testhook.py) and signalled there: exit 128+N if
+    """Held at a setup step (ftslab/testhook.py) and signalled there: exit 128+N if
     recording had not started (the command never runs), 0 with the data kept if it had
     (the command is stopped with the recording: whether it got to run first is a race);
     either way no probe, event group or instance of it is left."""
