@@ -16,6 +16,7 @@ import click
 from ftslab.cli.options import tracefs
 from ftslab.cli.ui import err
 from ftslab.errors import FtslabError
+from ftslab.pids import pid_alive
 
 
 @click.command()
@@ -89,7 +90,6 @@ def reset(all_ftslab, tracefs_path):
     """Remove tracefs instances and kprobe events left by ftslab sessions that died
     (e.g. SIGKILL).  Only those of dead owners, unless --all-ftslab."""
     from ftslab.kernel.tracefs import Instance
-    from ftslab.pids import pid_alive
     tfs = tracefs(tracefs_path)
     removed = 0
     failed: list[FtslabError] = []
@@ -143,7 +143,7 @@ def _reset_spools() -> None:
     try:
         for name in os.listdir("."):
             pid = spool.spool_owner(name)
-            if pid is not None and Path(name).is_dir() and not _alive(pid):
+            if pid is not None and Path(name).is_dir() and not pid_alive(pid):
                 found.setdefault(Path(name).resolve(), pid)
     except OSError:
         pass
@@ -156,11 +156,6 @@ def _reset_spools() -> None:
             shutil.rmtree(path, ignore_errors=True)
             spool.registry_remove(pid)
             err(f"removed {path} (session {pid} died before capturing anything)")
-
-
-def _alive(pid: int) -> bool:
-    from ftslab.pids import pid_alive
-    return pid_alive(pid)
 
 
 @click.command(epilog="Example:\n\n\b\n  ftslab recover run.dat.ftslab-spool-4242   # writes run.dat")

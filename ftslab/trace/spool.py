@@ -29,6 +29,7 @@ from typing import Callable
 import zstandard
 
 from ftslab.errors import BadInput, OutputError, UsageError
+from ftslab.pids import pid_alive
 
 
 __all__ = [
@@ -103,11 +104,6 @@ def spool_has_pages(path: str | os.PathLike) -> bool:
         except OSError:
             pass
     return False
-
-
-def _alive(pid: int) -> bool:
-    from ftslab.pids import pid_alive
-    return pid_alive(pid)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -253,7 +249,7 @@ def _spool_state(path: Path, info: dict) -> tuple[dict[int, int], list[str]]:
 def _detail(path: Path, info: dict, notes: list[str]) -> str:
     pid = info.get("pid") if type(info.get("pid")) is int else spool_owner(path)
     who = f"ftslab session {pid}" if pid else "an ftslab session"
-    if pid and _alive(pid):
+    if pid and pid_alive(pid):
         head = (f"read from the spool of {who}, which is still running: a snapshot, "
                 "the recording goes on")
     else:
@@ -334,7 +330,7 @@ def recover(spool: str | os.PathLike, output: str | os.PathLike | None = None
         raise BadInput(f"{spool} is not a spool directory")
     info = _load_info(spool)
     pid = info.get("pid") if type(info.get("pid")) is int else spool_owner(spool)
-    if pid and pid != os.getpid() and _alive(pid):
+    if pid and pid != os.getpid() and pid_alive(pid):
         raise UsageError(f"{spool} belongs to ftslab session {pid}, which is still running",
                          hint=f"stop it (kill -INT {pid}) and it writes its recording "
                               "itself; `ftslab report` can read the spool meanwhile")
@@ -412,7 +408,7 @@ def spools_next_to(output: str | os.PathLike) -> list[tuple[Path, int, bool]]:
         if m and m.group("base") == output.name:
             pid = int(m.group("pid"))
             if (parent / name).is_dir():
-                out.append((parent / name, pid, _alive(pid)))
+                out.append((parent / name, pid, pid_alive(pid)))
     return out
 
 
@@ -453,7 +449,7 @@ def registry_orphans() -> list[tuple[int, Path]]:
         if not name.isdigit():
             continue
         pid = int(name)
-        if _alive(pid):
+        if pid_alive(pid):
             continue
         try:
             target = Path(os.readlink(d / name))
