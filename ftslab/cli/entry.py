@@ -74,8 +74,9 @@ from ftslab.cli.record import record  # noqa: E402
 from ftslab.cli.report import report  # noqa: E402
 from ftslab.cli.stream import stream  # noqa: E402
 from ftslab.cli.top import top  # noqa: E402
+from ftslab.cli.serve import serve  # noqa: E402
 from ftslab.cli.admin import doctor, probes, reset, recover  # noqa: E402
-for _command in (record, report, stream, top, doctor, probes, reset, recover):
+for _command in (record, report, stream, top, serve, doctor, probes, reset, recover):
     cli.add_command(_command)
 
 

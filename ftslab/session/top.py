@@ -36,7 +36,7 @@ from ftslab.session.livepages import live_formats, read_raw_page
 from ftslab.trace.loader import parse_cmdlines
 
 
-__all__ = ["TOP_KEYS", "TOP_EVENTS", "TopFrame", "TopState", "top"]
+__all__ = ["TOP_KEYS", "TOP_EVENTS", "TopFrame", "TopState", "LiveReader", "run_live", "top"]
 
 
 TOP_KEYS = ("cache", "callsite", "comm")
@@ -97,6 +97,10 @@ class TopState:
                 names.append(lab)
             lut[i] = g
         return lut[codes]
+
+    def live_totals(self) -> tuple[int, int]:
+        """(live objects, live bytes)."""
+        return int(self.ptr.size), int(self.bytes.sum())
 
     def feed(self, ds: Dataset, seconds: float, top: int | None = 20) -> dict[str, list[dict]]:
         """Aggregate one interval: rates from its allocations; live from the pairing of
@@ -160,15 +164,16 @@ class TopState:
         return out
 
 
-class _TopReader:
-    """run.run_session's reader.  The session loop calls pump(): whole pages move
+class LiveReader:
+    """run.run_session's reader (for top, and for serve with its own ``state``).  The session loop calls pump(): whole pages move
     from trace_pipe_raw into a pipe by splice (as record's spooler does) and out of it
     in large reads.  Once per interval the pages collected go to a worker thread that
     decodes them, feeds TopState and hands a TopFrame to ``show``; pumping goes on
     meanwhile, so the kernel's buffer is drained while numpy decodes."""
 
     def __init__(self, session, interval: float, show: Callable[[TopFrame], None],
-                 top: int | None, symbolize, slab_aliases: dict | None = None):
+                 top: int | None, symbolize, slab_aliases: dict | None = None,
+                 state=None):
         tracefs = session.tracefs
         self.hp, self.he, self.page_size, self.fmts = live_formats(session)
         self.formats = {(f.system, f.name): f for f in self.fmts.values()}
@@ -198,7 +203,9 @@ class _TopReader:
         self.slab_aliases = slab_aliases or {}
         """Merged caches (procfs.read_slab_aliases): the cache rows name them by all
         their names, as the report does."""
-        self.state = TopState()
+        self.state = state if state is not None else TopState()
+        """What each interval's Dataset is fed to: ``feed(ds, seconds, top)`` returns
+        the rows of the TopFrame."""
         self.start = self.last = time.monotonic()
         self.lost = 0
         self.comms: dict[int, str] = {0: "<idle>"}
@@ -293,6 +300,10 @@ class _TopReader:
         return moved
 
     def _cmdlines(self, pids) -> dict[int, str]:
+        """The comm of each pid, read afresh each interval (a pid is reused by another
+        program; a cache kept for the whole session would name it wrongly and grow
+        with every pid the machine ever ran)."""
+        self.comms = {0: "<idle>"}
         for pid in pids:
             if pid not in self.comms:
                 try:
@@ -334,8 +345,8 @@ class _TopReader:
             self.show(TopFrame(elapsed=now - self.start, interval=seconds,
                                events=self.state.events, rate=ds.events / max(seconds, 1e-6),
                                lost=self.lost, dropped=self.dropped,
-                               live_objects=int(self.state.ptr.size),
-                               live_bytes=int(self.state.bytes.sum()), rows=rows))
+                               live_objects=self.state.live_totals()[0],
+                               live_bytes=self.state.live_totals()[1], rows=rows))
         except BaseException as exc:  # raised again in the session loop
             self.error = exc
 
@@ -360,22 +371,36 @@ class _TopReader:
         self.pipes.clear()
 
 
+def run_live(tracefs: Tracefs, opts: SessionOptions, warn, interval: float,
+             show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None,
+             state=None, slab_aliases: dict | None = None) -> tuple[RunResult, "LiveReader | None"]:
+    """Run a live session whose pages are decoded once per ``interval`` and fed to
+    ``state`` (a TopState unless given), calling ``show`` with a TopFrame each time.
+    Returns the run and its reader (None when setup failed before it was made)."""
+    readers: list[LiveReader] = []
+
+    def make_reader(session):
+        readers.append(LiveReader(session, interval, show, rows, symbolize,
+                                  slab_aliases, state))
+        return readers[0]
+
+    run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})
+    if not readers:
+        return run, None
+    r = readers[0]
+    if r.error is not None:  # raised by the last tick, in close()
+        raise r.error
+    return run, r
+
+
 def top(tracefs: Tracefs, opts: SessionOptions, warn, interval: float,
         show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None
         ) -> tuple[RunResult, TopState | None, int, int]:
     """Run a live session, calling ``show`` with a TopFrame every ``interval`` seconds.
     Returns (the run, the final state, events lost, events dropped undecoded)."""
-    readers: list[_TopReader] = []
     aliases = read_slab_aliases()  # merged caches, as they are when top starts
-
-    def make_reader(session):
-        readers.append(_TopReader(session, interval, show, rows, symbolize, aliases))
-        return readers[0]
-
-    run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})
-    if not readers:
+    run, r = run_live(tracefs, opts, warn, interval, show, rows, symbolize,
+                      slab_aliases=aliases)
+    if r is None:
         return run, None, 0, 0
-    r = readers[0]
-    if r.error is not None:  # raised by the last tick, in close()
-        raise r.error
     return run, r.state, max(r.lost, sum(s.lost for s in run.stats)), r.dropped

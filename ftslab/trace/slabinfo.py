@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ftslab.errors import ParseError
 import re
 
-__all__ = ["SlabInfo", "SlabinfoSnapshot", "parse_slabinfo"]
+__all__ = ["SlabInfo", "SlabinfoSnapshot", "parse_slabinfo", "slabinfo_rows"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -36,16 +36,17 @@ class SlabinfoSnapshot(dict):
     malformed: int = 0
 
 
-def parse_slabinfo(text: str) -> dict[str, SlabInfo]:
-    """Parse /proc/slabinfo text.  Raises ParseError if the header is not
-    ``slabinfo - version: 2.x``; a malformed cache line is skipped and counted in the
-    returned mapping's ``malformed`` attribute, never guessed."""
+def slabinfo_rows(text: str) -> tuple[list[SlabInfo], int]:
+    """Every cache line of /proc/slabinfo text, duplicate names included (two caches
+    may carry one name: the kernel does not forbid it), and the number of malformed
+    lines.  Raises ParseError if the header is not ``slabinfo - version: 2.x``."""
     lines = text.splitlines()
     head = lines[0].strip() if lines else ""
     if not re.fullmatch(r"slabinfo - version: 2\.\d+", head):
         raise ParseError(f"not /proc/slabinfo text: first line is {head[:60]!r}",
                          "expected 'slabinfo - version: 2.1'")
-    out = SlabinfoSnapshot()
+    rows: list[SlabInfo] = []
+    malformed = 0
     for line in lines[1:]:
         if not line.strip() or line.startswith("#"):
             continue
@@ -58,8 +59,21 @@ def parse_slabinfo(text: str) -> dict[str, SlabInfo]:
             nums = [int(x) for x in parts[1:6]]
             slabs = [int(x) for x in parts[13:16]]
         except ValueError:
-            out.malformed += 1
+            malformed += 1
             continue
-        out[parts[0]] = SlabInfo(parts[0], nums[0], nums[1], nums[2], nums[3], nums[4],
-                                 slabs[0], slabs[1])
+        rows.append(SlabInfo(parts[0], nums[0], nums[1], nums[2], nums[3], nums[4],
+                             slabs[0], slabs[1]))
+    return rows, malformed
+
+
+def parse_slabinfo(text: str) -> dict[str, SlabInfo]:
+    """Parse /proc/slabinfo text into one row per name (of two caches with one name,
+    the later line; ``slabinfo_rows`` keeps both).  Raises ParseError if the header is
+    not ``slabinfo - version: 2.x``; a malformed cache line is skipped and counted in
+    the returned mapping's ``malformed`` attribute, never guessed."""
+    rows, malformed = slabinfo_rows(text)
+    out = SlabinfoSnapshot()
+    out.malformed = malformed
+    for r in rows:
+        out[r.name] = r
     return out

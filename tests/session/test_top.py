@@ -1,6 +1,6 @@
 """`ftslab top` without root: TopState, the live aggregation fed interval by interval
 (pure), on the hand-built Dataset of test_report cut in two at a known time; and
-_TopReader, the reader run_session pumps, on the real pages of 6.18 recordings (its
+LiveReader, the reader run_session pumps, on the real pages of 6.18 recordings (its
 splice and read paths, the ticks, and the backlog drop)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ftslab.trace import pages as pages_mod
 from ftslab.session import top
 from ftslab.trace.formats import parse_header_event, parse_header_page
 from ftslab.dataset import Dataset, EventColumns
-from ftslab.session.top import TopFrame, TopState, _TopReader
+from ftslab.session.top import TopFrame, TopState, LiveReader
 
 from test_build import synthetic
 from test_stream import replay_session, tasks_gone
@@ -53,7 +53,7 @@ def test_live_carries_across_intervals():
 
 
 # ------------------------------------------------------------------ the reader, on real pages
-# _TopReader as run_session makes it, over a tracefs tree holding a real recording's
+# LiveReader as run_session makes it, over a tracefs tree holding a real recording's
 # pages (test_stream_decoder.replay_session): trace_pipe_raw is a regular file there,
 # which splice moves into the reader's pipe and read() reads, as from the kernel's.
 
@@ -68,7 +68,7 @@ def gone_tasks(monkeypatch):
 
 def _run_reader(session, splice=True, interval=0.0):
     frames: list[TopFrame] = []
-    r = _TopReader(session, interval, frames.append, None, None)  # 0: tick every pump
+    r = LiveReader(session, interval, frames.append, None, None)  # 0: tick every pump
     try:
         r.can_splice = r.can_splice and splice
         for c in session.cpus:
