@@ -411,10 +411,11 @@ class ServeState:
         self.intervals += 1
         lossy_now = lost > self.lost or dropped > self.dropped
         self.lost, self.dropped = max(self.lost, lost), max(self.dropped, dropped)
-        if self._window_start is None:
-            self._window_start = now
+        first = self._window_start is None
+        if first:
+            self._window_start = now  # the first interval is the first window's baseline
         self._window_lost += int(lossy_now)
-        if self.table is not None and now - self._window_start >= self.leak_window:
+        if self.table is not None and (first or now - self._window_start >= self.leak_window):
             for k in KEYS:
                 self.leak[k].step(self.table.by(k), self._window_lost > 0)
             self._window_start, self._window_lost = now, 0
