@@ -173,7 +173,7 @@ class LiveReader:
 
     def __init__(self, session, interval: float, show: Callable[[TopFrame], None],
                  top: int | None, symbolize, slab_aliases: dict | None = None,
-                 state=None):
+                 state=None, tick_bytes: int | None = None):
         tracefs = session.tracefs
         self.hp, self.he, self.page_size, self.fmts = live_formats(session)
         self.formats = {(f.system, f.name): f for f in self.fmts.values()}
@@ -197,6 +197,10 @@ class LiveReader:
             raise
         self.pages: dict[tuple[int, int], list[bytes]] = {key: [] for key in self.keys}
         self.interval = interval
+        self.tick_bytes = tick_bytes
+        """Decode as soon as this many page bytes wait (and the worker is free), before
+        the interval is up: the memory one decoding takes is then bounded whatever the
+        event rate (None: once per interval, as top)."""
         self.show = show
         self.top = top
         self.symbolize = symbolize
@@ -258,7 +262,9 @@ class LiveReader:
             moved += self._read_partial(cpu)
         if self.backlog > BACKLOG_BYTES:
             self._drop_oldest()
-        if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval and (
+        due = time.monotonic() - self.last >= self.interval or (
+            self.tick_bytes is not None and self.backlog >= self.tick_bytes)
+        if cpu == self.cpus[-1] and due and (
                 self._worker is None or not self._worker.is_alive()):
             if self.error is not None:
                 raise self.error
@@ -304,16 +310,21 @@ class LiveReader:
         program; a cache kept for the whole session would name it wrongly and grow
         with every pid the machine ever ran)."""
         self.comms = {0: "<idle>"}
+        saved = None
         for pid in pids:
-            if pid not in self.comms:
+            if pid in self.comms:
+                continue
+            try:
+                self.comms[pid] = read_text_file(f"/proc/{pid}/comm").strip() or "<...>"
+                continue
+            except Exception:
+                pass
+            if saved is None:  # the task has exited: the kernel's saved comms, read once
                 try:
-                    self.comms[pid] = read_text_file(f"/proc/{pid}/comm").strip() or "<...>"
+                    saved = parse_cmdlines(self.tracefs.read("saved_cmdlines"))
                 except Exception:
-                    try:
-                        self.comms.update(parse_cmdlines(self.tracefs.read("saved_cmdlines")))
-                    except Exception:
-                        pass
-                    self.comms.setdefault(pid, "<...>")
+                    saved = {}
+            self.comms[pid] = saved.get(pid, "<...>")
         return self.comms
 
     def _tick(self, batch: dict[tuple[int, int], list[bytes]], seconds: float,
@@ -373,7 +384,8 @@ class LiveReader:
 
 def run_live(tracefs: Tracefs, opts: SessionOptions, warn, interval: float,
              show: Callable[[TopFrame], None], rows: int | None = 20, symbolize=None,
-             state=None, slab_aliases: dict | None = None) -> tuple[RunResult, "LiveReader | None"]:
+             state=None, slab_aliases: dict | None = None, tick_bytes: int | None = None
+             ) -> tuple[RunResult, "LiveReader | None"]:
     """Run a live session whose pages are decoded once per ``interval`` and fed to
     ``state`` (a TopState unless given), calling ``show`` with a TopFrame each time.
     Returns the run and its reader (None when setup failed before it was made)."""
@@ -381,7 +393,7 @@ def run_live(tracefs: Tracefs, opts: SessionOptions, warn, interval: float,
 
     def make_reader(session):
         readers.append(LiveReader(session, interval, show, rows, symbolize,
-                                  slab_aliases, state))
+                                  slab_aliases, state, tick_bytes))
         return readers[0]
 
     run = run_session(tracefs, opts, warn, lambda text, final: None, make_reader, {})
