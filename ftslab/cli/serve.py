@@ -186,7 +186,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 @click.option("--textfile", "textfile", metavar="DIR",
               type=click.Path(file_okay=False, dir_okay=True),
               help=f"Also write DIR/{TEXTFILE_NAME} each interval (atomically: a new file "
-                   "renamed over the old), for node_exporter's textfile collector.")
+                   "renamed over the old), for node_exporter's textfile collector; "
+                   "removed when serve stops.")
 @click.option("-n", "--interval", type=click.FloatRange(min=0.2), default=5.0,
               show_default=True, metavar="SECONDS", help="Update the figures every SECONDS.")
 @click.option("--top", "limit", type=click.IntRange(min=1), default=20, show_default=True,
@@ -297,6 +298,17 @@ def serve(listen, textfile, interval, limit, include, exclude, live, live_max, l
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
+        if path is not None:
+            # figures nobody updates must not be scraped as current: the file goes with
+            # the exporter (after a SIGKILL it stays: ftslab_last_update_timestamp_seconds
+            # then tells how old it is)
+            with lock:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    err(f"warning: could not remove {path}: {exc.strerror}")
     run = res.run
     err(f"serve ran {run.duration:.1f}s" + (f", stopped by {run.interrupted_by}"
                                             if run.interrupted_by else "")
