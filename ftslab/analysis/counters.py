@@ -10,9 +10,10 @@ Bounds (an exporter runs for months):
 
 * **Series.**  Each label (cache, call site, command) has at most ``limit`` series of its
   own; everything else is summed into ``OTHER``.  A counter series never goes backwards:
-  a label that has its own series keeps it while it stays among the busiest; when a
-  busier newcomer takes its place, what it had counted moves into ``OTHER`` (which only
-  grows), and the newcomer's series starts from zero (Prometheus sees a new series).  The
+  a label that has its own series keeps it while it stays among the busiest (bytes over
+  the last minutes); when a label twice as busy takes its place, what it had counted
+  moves into ``OTHER`` (which only grows), and the newcomer's series starts from zero
+  (Prometheus sees a new series).  The
   sum over a family's series is always every allocation counted.  Labels that
   ``--include``/``--exclude`` leave out never get a series of their own: they count in
   ``OTHER``.
@@ -69,60 +70,72 @@ class LabelFilter:
 
 class CounterFamily:
     """Monotonic (allocations, bytes) counters per label, at most ``limit`` labels with
-    a series of their own and the rest summed in OTHER (see the module docstring)."""
+    a series of their own and the rest summed in OTHER (see the module docstring).
 
-    DECAY = 0.7
-    """Weight of the past in a series' recent activity (per interval)."""
+    Which labels have a series: the busiest by bytes over the last minutes (an
+    exponentially decayed sum, time constant TAU seconds), kept for series and for a
+    bounded set of candidates.  A candidate takes the place of the least busy series
+    only when it has been TAKEOVER times busier: a burst does not churn the series."""
+
+    TAU = 300.0
+    """Seconds over which activity is remembered (decay time constant)."""
     TAKEOVER = 2.0
-    """A newcomer replaces the least busy series only when it counted this many times
-    more bytes in the interval than that series' recent activity: no churn between
-    two labels of similar size."""
+    CANDIDATES = 8
+    """Candidates remembered per series slot (the rest are forgotten, least busy first)."""
 
     def __init__(self, limit: int, keep: LabelFilter | None = None):
         self.limit = limit
         self.keep = keep or LabelFilter()
-        self.series: dict[str, list] = {}
-        """label -> [allocations, bytes, recent activity (decayed bytes per interval)]"""
+        self.series: dict[str, list[int]] = {}
+        """label -> [allocations, bytes] since the series began"""
+        self.score: dict[str, float] = {}
+        """label -> recent bytes (decayed), for series and candidates"""
         self.other = [0, 0]
         self.other_labels = 0
-        """Distinct labels counted in OTHER in the last interval."""
+        """Distinct labels counted in OTHER in the last add()."""
 
-    def add(self, increments: Mapping[str, tuple[int, int]]) -> None:
-        """One interval: ``label -> (allocations, bytes)`` counted in it."""
-        for s in self.series.values():
-            s[2] *= self.DECAY
-        newcomers = []
+    def add(self, increments: Mapping[str, tuple[int, int]], seconds: float = 1.0) -> None:
+        """``label -> (allocations, bytes)`` counted over the last ``seconds``."""
+        import math
+        decay = math.exp(-max(seconds, 0.0) / self.TAU)
+        for lab in self.score:
+            self.score[lab] *= decay
+        for label, (_n, b) in increments.items():
+            if label in self.series or (self.keep(label) and label != OTHER):
+                self.score[label] = self.score.get(label, 0.0) + int(b)
+        self._choose()
+        folded = 0
         for label, (n, b) in increments.items():
             s = self.series.get(label)
             if s is not None:
                 s[0] += int(n)
                 s[1] += int(b)
-                s[2] += int(b)
-            elif self.keep(label) and label != OTHER:
-                newcomers.append((int(b), int(n), label))
             else:
+                folded += 1
                 self.other[0] += int(n)
                 self.other[1] += int(b)
-        newcomers.sort(reverse=True)
-        folded = sum(1 for lab in increments if lab not in self.series)
-        weakest = None
-        for b, n, label in newcomers:
+        self.other_labels = folded
+        cap = self.CANDIDATES * self.limit
+        if len(self.score) > len(self.series) + cap:
+            cands = sorted((v, k) for k, v in self.score.items() if k not in self.series)
+            for _v, k in cands[:len(cands) - cap]:
+                del self.score[k]
+
+    def _choose(self) -> None:
+        cands = sorted(((v, k) for k, v in self.score.items()
+                        if k not in self.series and v > 0), reverse=True)
+        for v, k in cands:
             if len(self.series) < self.limit:
-                self.series[label] = [n, b, float(b)]
-                folded -= 1
+                self.series[k] = [0, 0]
                 continue
-            if weakest is None:
-                weakest = sorted(self.series, key=lambda k: self.series[k][2])
-            if weakest and b > self.TAKEOVER * self.series[weakest[0]][2] and b > 0:
-                out = self.series.pop(weakest.pop(0))
+            weakest = min(self.series, key=lambda x: self.score.get(x, 0.0))
+            if v > self.TAKEOVER * self.score.get(weakest, 0.0):
+                out = self.series.pop(weakest)
                 self.other[0] += out[0]
                 self.other[1] += out[1]
-                self.series[label] = [n, b, float(b)]
-                folded -= 1
+                self.series[k] = [0, 0]
             else:
-                self.other[0] += n
-                self.other[1] += b
-        self.other_labels = max(folded, 0)
+                break  # the candidates come busiest first: no other one would
 
     def rows(self) -> list[tuple[str, int, int]]:
         """(label, allocations, bytes): the series, then OTHER once anything is in it."""
@@ -361,7 +374,7 @@ class ServeState:
                 tss.append(fr.ts[held])
                 nbytes.append(fr.bytes_alloc[held])
         for k in KEYS:
-            self.add_allocs(k, {lab: (n, b) for lab, (n, b) in inc[k].items()})
+            self.add_allocs(k, {lab: (n, b) for lab, (n, b) in inc[k].items()}, seconds)
         self.add_pages({o: (n, b) for o, (n, b) in pages.items()})
         if self.table is not None:
             keys = {}
@@ -381,8 +394,10 @@ class ServeState:
                               cat(nbytes, np.int64), keys, fp, ft)
         return {}
 
-    def add_allocs(self, key: str, increments: Mapping[str, tuple[int, int]]) -> None:
-        self.families[key].add(increments)
+    def add_allocs(self, key: str, increments: Mapping[str, tuple[int, int]],
+                   seconds: float = 1.0) -> None:
+        """What ``key``'s labels allocated over the last ``seconds``."""
+        self.families[key].add(increments, seconds)
 
     def add_pages(self, increments: Mapping[int, tuple[int, int]]) -> None:
         for order, (n, b) in increments.items():

@@ -116,18 +116,19 @@ class _HistReader:
         self.lost = 0
 
     def _tick(self) -> None:
+        now = time.monotonic()
+        seconds, self.last = now - self.last, now
         delta = self.source.read()
         for key, inc in delta.by.items():
             if key == "order":
                 self.state.add_pages(inc)
             else:
-                self.state.add_allocs(key, inc)
+                self.state.add_allocs(key, inc, seconds)
         self.dropped += delta.dropped
         self.end(delta.hits, self.lost, self.dropped)
 
     def pump(self, cpu: int) -> int:
         if cpu == self.cpus[-1] and time.monotonic() - self.last >= self.interval:
-            self.last = time.monotonic()
             self._tick()
         return 0
 

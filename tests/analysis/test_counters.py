@@ -32,8 +32,7 @@ def test_family_limit_and_other():
 def test_family_newcomer_takes_over_and_counts_move_to_other():
     fam = CounterFamily(limit=1)
     fam.add({"old": (1, 10)})
-    for _ in range(5):        # old goes quiet: its recent activity decays
-        fam.add({})
+    fam.add({}, seconds=10 * CounterFamily.TAU)   # old has gone quiet for long
     fam.add({"new": (2, 1000)})
     rows = {lab: (n, b) for lab, n, b in fam.rows()}
     assert rows == {"new": (2, 1000), OTHER: (1, 10)}   # old's count kept, in OTHER
@@ -44,6 +43,29 @@ def test_family_no_churn_between_equals():
     fam.add({"a": (1, 100)})
     fam.add({"a": (1, 100), "b": (1, 120)})   # not TAKEOVER times busier: stays in OTHER
     assert [lab for lab, _n, _b in fam.rows()] == ["a", OTHER]
+
+
+def test_family_burst_does_not_evict_a_steady_series():
+    """A label busy all along keeps its series through another's one-tick burst smaller
+    than what it did over the last minutes; a sustained busier label does take over."""
+    fam = CounterFamily(limit=1)
+    for _ in range(60):
+        fam.add({"steady": (10, 1000)})
+    fam.add({"steady": (10, 1000), "burst": (50, 20_000)})
+    assert [lab for lab, _n, _b in fam.rows()] == ["steady", OTHER]
+    for _ in range(200):
+        fam.add({"steady": (10, 1000), "burst": (50, 20_000)})
+    assert [lab for lab, _n, _b in fam.rows()][0] == "burst"
+    assert fam.total() == (60 * 10 + 201 * 60, 60 * 1000 + 201 * 21_000)
+
+
+def test_family_candidates_are_bounded():
+    fam = CounterFamily(limit=2)
+    for i in range(5000):
+        fam.add({f"comm{i}": (1, 1 + i % 7)})
+    assert len(fam.series) == 2
+    assert len(fam.score) <= 2 + CounterFamily.CANDIDATES * 2
+    assert fam.total()[0] == 5000
 
 
 def test_family_filter_folds_into_other():
