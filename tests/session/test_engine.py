@@ -191,7 +191,12 @@ def test_whole_system_session_excludes_itself(fake_tracefs, monkeypatch):
     session = Session(Tracefs(fake_tracefs), lambda m: None, name="ftslab_999999")
     steps = session.plan(SessionOptions())
     st = [s for s in steps if s.path.endswith("set_event_notrace_pid")]
-    assert st and st[0].value == str(os.getpid())
+    assert st and st[0].value.split()[0] == str(os.getpid())
+    # the kernel matches threads: all of this process's, and the ones started later
+    assert set(st[0].value.split()) == set(os.listdir("/proc/self/task"))
+    fork = [s for s in steps if s.path.endswith("options/event-fork")]
+    assert fork and (fork[0].value, fork[0].undo_value) == ("1", "0")
+    assert steps.index(fork[0]) < steps.index(st[0])
     steps = session.plan(SessionOptions(), child_pid=4194305)  # a command: no need
     assert not [s for s in steps if s.path.endswith("set_event_notrace_pid")]
 
