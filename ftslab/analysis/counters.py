@@ -304,6 +304,9 @@ class Snapshot:
     """figure -> where it comes from (``events``, ``hist``, ``/proc/slabinfo``, ``off``)."""
     slabinfo: list[tuple[str, int, int, int]] = field(default_factory=list)
     """(cache, active objects, objects, object size), duplicate names summed."""
+    merged: list[tuple[str, str]] = field(default_factory=list)
+    """(cache, all its names joined by ","): the shown caches SLUB merged with others
+    (the kernel names a merged cache by one of its names only)."""
 
 
 class ServeState:
@@ -327,6 +330,8 @@ class ServeState:
         self.intervals = 0
         self.sources: dict[str, str] = {}
         self.slabinfo: list[tuple[str, int, int, int]] = []
+        self.aliases: dict[str, list[str]] = {}
+        """Merged caches: each name -> all names (kernel/procfs.read_slab_aliases)."""
 
     # -- input ---------------------------------------------------------------------
     def feed(self, ds, seconds: float = 0.0, top=None) -> dict:
@@ -481,6 +486,9 @@ class ServeState:
             snap.live_bytes = int(t.bytes.sum())
             snap.live_evicted = t.evicted
             snap.live_unseen_frees = t.unseen_frees
+        shown = shown_caches | {lab for lab, _n, _b in snap.allocs["cache"]}
+        snap.merged = sorted((c, ",".join(self.aliases[c])) for c in shown
+                             if c in self.aliases)
         if self.slabinfo:
             # the kernel's own counts: the busiest caches, and every cache the event
             # figures show, so that the two can be put side by side

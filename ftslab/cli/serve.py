@@ -153,6 +153,14 @@ class SnapshotCollector:
             c = CounterMetricFamily(name, help_)
             c.add_metric([], value)
             yield c
+        if s.merged:
+            mi = InfoMetricFamily("ftslab_cache_merged", "A cache SLUB merged with others: "
+                                  "the events and /proc/slabinfo name it by one name only; "
+                                  "names lists all of them (/sys/kernel/slab links)",
+                                  labels=["cache"])
+            for cache, names in s.merged:
+                mi.add_metric([cache], {"names": names})
+            yield mi
         if s.slabinfo:
             ga = GaugeMetricFamily("ftslab_slabinfo_active_objects", "The kernel's own count "
                                    "of active objects per cache (/proc/slabinfo active_objs; "

@@ -23,6 +23,7 @@ from typing import Callable
 
 from ftslab.analysis.counters import ServeState, Snapshot
 from ftslab.errors import FtslabError, UsageError
+from ftslab.kernel.procfs import read_slab_aliases
 from ftslab.kernel.tracefs import Tracefs, read_text_file
 from ftslab.session.options import SessionOptions
 from ftslab.session.run import run_session, RunResult
@@ -49,6 +50,10 @@ TICK_BYTES = 8 << 20
 """...and as soon as this many page bytes wait: one decoding then holds the columns of
 at most ~8 MB of pages (a few hundred thousand events), so memory does not follow the
 event rate."""
+
+
+ALIASES_SECONDS = 60.0
+"""How often the merged caches are read again from /sys/kernel/slab."""
 
 
 @dataclasses.dataclass
@@ -152,7 +157,13 @@ def serve(tracefs: Tracefs, opts: SessionOptions, warn, interval: float, state: 
     state.sources["allocations"] = source
     state.sources["live"] = "events" if state.table is not None else "off"
 
+    aliases_read = [None]
+
     def end(events: int, lost: int, dropped: int) -> None:
+        now = time.monotonic()
+        if aliases_read[0] is None or now - aliases_read[0] >= ALIASES_SECONDS:
+            aliases_read[0] = now  # caches come and go (modules): read again now and then
+            state.aliases = read_slab_aliases()
         state.set_slabinfo(_slabinfo())
         state.end_interval(time.monotonic(), events, lost, dropped)
         publish(state.snapshot(time.time()))

@@ -45,6 +45,8 @@ def _state():
     state.update_live(np.array([0x1000, 0x2000], np.uint64), np.array([1, 2], np.uint64),
                       np.array([64, 96]), keys, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
     state.set_slabinfo([("dup", 1, 2, 64), ("dup", 10, 20, 64), ("filp", 5, 8, 192)])
+    state.aliases = {"filp": ["filp", "other_cache"], "other_cache": ["filp", "other_cache"],
+                     "never_shown": ["never_shown", "x"]}
     state.end_interval(0.0, events=10, lost=2, dropped=1)
     return state
 
@@ -64,6 +66,9 @@ def test_every_figure_arrives_and_odd_labels_survive():
     assert got[("ftslab_lost_events_total", ())] == 2
     assert got[("ftslab_dropped_events_total", ())] == 1
     assert got[("ftslab_slabinfo_active_objects", (("cache", "dup"),))] == 11  # summed
+    assert got[("ftslab_cache_merged_info", (("cache", "filp"), ("names", "filp,other_cache")))] == 1
+    assert not any(name == "ftslab_cache_merged_info" and ("cache", "never_shown") in labels
+                   for name, labels in got)
     # the escaping is the client's: the raw text carries the escapes
     assert 'comm="a\\"b\\\\c\\nd"' in text
 
