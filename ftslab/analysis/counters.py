@@ -181,7 +181,16 @@ class Names:
 
 class LiveTable:
     """Allocations seen and not yet freed: pointer, time, bytes and one label id per
-    key, at most ``live_max`` rows (see the module docstring)."""
+    key, at most ``live_max`` rows (see the module docstring).
+
+    The rows are kept sorted by pointer, so that an interval costs a sort of its own
+    events and a linear pass over the table (a search and a merge), not a sort of the
+    table: an exporter's table grows to its bound with uptime, its interval must not
+    grow with it."""
+
+    EVICT_TO = 0.9
+    """Past live_max, the oldest rows go until this fraction of it is left (the sort
+    by time that eviction takes then happens once per many intervals)."""
 
     def __init__(self, live_max: int):
         self.live_max = live_max
@@ -197,47 +206,90 @@ class LiveTable:
     def __len__(self) -> int:
         return int(self.ptr.size)
 
+    def _take(self, keep: np.ndarray) -> None:
+        self.ptr, self.ts, self.bytes = self.ptr[keep], self.ts[keep], self.bytes[keep]
+        self.keys = {k: v[keep] for k, v in self.keys.items()}
+
     def update(self, ptr: np.ndarray, ts: np.ndarray, nbytes: np.ndarray,
                keys: Mapping[str, tuple[np.ndarray, Sequence[str]]],
                free_ptr: np.ndarray, free_ts: np.ndarray) -> None:
         """One interval: its allocations (``keys``: per key, codes into labels) and its
-        frees (pointer, time)."""
+        frees (pointer, time), all later than what the table holds."""
         from ftslab.analysis.pairing import pair_frees
+        ptr = ptr.astype(np.uint64)
+        ts = ts.astype(np.uint64)
+        nbytes = nbytes.astype(np.int64)
+        free_ptr = free_ptr.astype(np.uint64)
+        free_ts = free_ts.astype(np.uint64)
+        real = free_ptr > np.uint64(16)  # kfree(NULL), ZERO_SIZE_PTR free nothing
+        free_ptr, free_ts = free_ptr[real], free_ts[real]
         new_keys = {}
         for k in KEYS:
             codes, labels = keys[k]
-            new_keys[k] = self.names[k].lut(labels)[codes] if len(codes) else \
-                np.zeros(0, np.int32)
-        p = np.concatenate([self.ptr, ptr.astype(np.uint64)])
-        t = np.concatenate([self.ts, ts.astype(np.uint64)])
-        b = np.concatenate([self.bytes, nbytes.astype(np.int64)])
-        kk = {k: np.concatenate([self.keys[k], new_keys[k]]) for k in KEYS}
-        if free_ptr.size and p.size:
-            freed, _ = pair_frees(p, t, free_ptr.astype(np.uint64), free_ts.astype(np.uint64))
-            self.freed += int(freed.sum())
-            alive = ~freed
-            p, t, b = p[alive], t[alive], b[alive]
-            kk = {k: v[alive] for k, v in kk.items()}
+            new_keys[k] = (self.names[k].lut(labels)[codes] if len(codes)
+                           else np.zeros(0, np.int32))
+        # 1. the interval's own allocations and frees, paired as the report pairs them
+        freed_new = np.zeros(ptr.size, bool)
+        if ptr.size and free_ptr.size:
+            freed_new, _ = pair_frees(ptr, ts, free_ptr, free_ts)
+            self.freed += int(freed_new.sum())
+        # 2. the table's rows: the first event of the interval on their pointer decides
+        #    (a free: freed; an allocation: freed unseen before it, one address holds
+        #    one object)
+        if self.ptr.size and (ptr.size or free_ptr.size):
+            ev_ptr = np.concatenate([ptr, free_ptr])
+            ev_ts = np.concatenate([ts, free_ts])
+            order = np.lexsort((ev_ts, ev_ptr))
+            sp = ev_ptr[order]
+            first = np.ones(sp.size, bool)
+            first[1:] = sp[1:] != sp[:-1]
+            up = sp[first]
+            up_is_free = order[first] >= ptr.size
+            # the interval's pointers looked up in the table (not the other way round:
+            # an interval has far fewer pointers than a grown table has rows)
+            at = np.searchsorted(self.ptr, up)
+            at_c = np.minimum(at, self.ptr.size - 1)
+            hit = (at < self.ptr.size) & (self.ptr[at_c] == up)
+            if hit.any():
+                self.freed += int((hit & up_is_free).sum())
+                self.unseen_frees += int((hit & ~up_is_free).sum())
+                keep = np.ones(self.ptr.size, bool)
+                keep[at[hit]] = False
+                self._take(keep)
+        # 3. the interval's allocations still live: not freed, and not followed by
+        #    another allocation on their address (then freed unseen); merged into the
+        #    table in pointer order
+        superseded = np.zeros(ptr.size, bool)
+        if ptr.size:
+            order = np.lexsort((ts, ptr))
+            ps = ptr[order]
+            later = np.zeros(ps.size, bool)
+            later[:-1] = ps[1:] == ps[:-1]
+            superseded[order[later]] = True
+        alive = ~freed_new & ~superseded
+        self.unseen_frees += int((superseded & ~freed_new).sum())
+        p, t, b = ptr[alive], ts[alive], nbytes[alive]
+        kk = {k: v[alive] for k, v in new_keys.items()}
         if p.size:
-            # one address holds one object: of rows on the same pointer, the newest is it
-            order = np.lexsort((t, p))
-            ps = p[order]
-            last = np.ones(ps.size, bool)
-            last[:-1] = ps[1:] != ps[:-1]
-            if not last.all():
-                self.unseen_frees += int((~last).sum())
-                keep = np.sort(order[last])
-                p, t, b = p[keep], t[keep], b[keep]
-                kk = {k: v[keep] for k, v in kk.items()}
-        if p.size > self.live_max:
-            cut = p.size - self.live_max
-            keep = np.sort(np.argsort(t, kind="stable")[cut:])
+            o = np.argsort(p, kind="stable")
+            p, t, b = p[o], t[o], b[o]
+            kk = {k: v[o] for k, v in kk.items()}
+            pos = np.searchsorted(self.ptr, p)
+            self.ptr = np.insert(self.ptr, pos, p)
+            self.ts = np.insert(self.ts, pos, t)
+            self.bytes = np.insert(self.bytes, pos, b)
+            self.keys = {k: np.insert(self.keys[k], pos, kk[k]) for k in KEYS}
+        if self.ptr.size > self.live_max:
+            left = int(self.live_max * self.EVICT_TO)
+            cut = self.ptr.size - left
+            oldest = np.argpartition(self.ts, cut - 1)[:cut] if cut < self.ptr.size \
+                else np.arange(self.ptr.size)
+            keep = np.ones(self.ptr.size, bool)
+            keep[oldest] = False
             self.evicted += cut
-            p, t, b = p[keep], t[keep], b[keep]
-            kk = {k: v[keep] for k, v in kk.items()}
-        self.ptr, self.ts, self.bytes, self.keys = p, t, b, kk
+            self._take(keep)
         for k in KEYS:
-            if len(self.names[k].names) > 4 * max(p.size, 1) + 4096:
+            if len(self.names[k].names) > 4 * max(self.ptr.size, 1) + 4096:
                 self.keys[k] = self.names[k].compact(self.keys[k])
 
     def by(self, key: str) -> dict[str, tuple[int, int]]:

@@ -143,11 +143,53 @@ def test_live_free_before_alloc_frees_nothing():
 
 
 def test_live_evicts_oldest_past_the_bound():
-    t = LiveTable(live_max=2)
-    t.update(_u(1 << 20, 2 << 20, 3 << 20), _u(30, 10, 20), np.array([1, 2, 3]),
-             _keys(["x", "y", "z"]), _u(), _u())
-    assert t.evicted == 1
-    assert sorted(t.by("cache")) == ["x", "z"]   # y (time 10) was the oldest
+    t = LiveTable(live_max=10)
+    times = [50, 10, 40, 20, 30, 60, 70, 80, 90, 100, 110]
+    t.update(np.array([(i + 1) << 12 for i in range(11)], np.uint64), _u(*times),
+             np.ones(11, np.int64), _keys([f"l{x}" for x in times]), _u(), _u())
+    # past 10 rows: the oldest go until 9 (EVICT_TO) are left
+    assert t.evicted == 2 and len(t) == 9
+    assert sorted(t.by("cache")) == sorted(f"l{x}" for x in times if x not in (10, 20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=25),
+                min_size=1, max_size=8))
+def test_live_table_is_the_event_by_event_truth(intervals):
+    """The table fed interval by interval holds what replaying every event in time order
+    holds: an allocation makes its address live (an older live row on it was freed
+    unseen), a free of a live address frees it."""
+    t = LiveTable(live_max=10_000)
+    model: dict[int, tuple[int, str]] = {}
+    freed = unseen = 0
+    clock = 0
+    for events in intervals:
+        ap, at, ab, al, fp, ft = [], [], [], [], [], []
+        for is_alloc, slot in events:
+            clock += 1
+            ptr = slot << 12
+            if is_alloc:
+                lab = f"c{clock % 3}"
+                ap.append(ptr); at.append(clock); ab.append(clock); al.append(lab)
+                if ptr in model:
+                    unseen += 1
+                model[ptr] = (clock, lab)
+            else:
+                fp.append(ptr); ft.append(clock)
+                if ptr in model:
+                    freed += 1
+                    del model[ptr]
+        t.update(np.array(ap, np.uint64), np.array(at, np.uint64), np.array(ab, np.int64),
+                 _keys(al) if al else {k: (np.zeros(0, np.int64), []) for k in KEYS},
+                 np.array(fp, np.uint64), np.array(ft, np.uint64))
+        assert dict(zip(t.ptr.tolist(), t.ts.tolist())) == {p: c for p, (c, _l) in model.items()}
+        want: dict[str, tuple[int, int]] = {}
+        for _p, (c, lab) in model.items():
+            n, b = want.get(lab, (0, 0))
+            want[lab] = (n + 1, b + c)
+        assert t.by("cache") == want
+        assert (t.freed, t.unseen_frees) == (freed, unseen)
+        assert np.all(t.ptr[1:] > t.ptr[:-1])   # kept in pointer order
 
 
 def test_live_forgets_unused_names():
