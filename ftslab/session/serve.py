@@ -43,13 +43,10 @@ RATE_EVENTS = ("kmem:kmalloc", "kmem:kmem_cache_alloc")
 the page allocations only."""
 
 
-DECODE_SECONDS = 1.0
-"""The events path decodes what it read at least this often, whatever --interval is."""
-
 TICK_BYTES = 8 << 20
-"""...and as soon as this many page bytes wait: one decoding then holds the columns of
-at most ~8 MB of pages (a few hundred thousand events), so memory does not follow the
-event rate."""
+"""The events path decodes what it read once per interval, or as soon as this many page
+bytes wait: one decoding then holds the columns of at most ~8 MB of pages (a few
+hundred thousand events), so memory does not follow the event rate."""
 
 
 ALIASES_SECONDS = 60.0
@@ -184,7 +181,7 @@ def serve(tracefs: Tracefs, opts: SessionOptions, warn, interval: float, state: 
     published = [time.monotonic()]
 
     def show(frame: TopFrame) -> None:
-        # decoded every DECODE_SECONDS (or TICK_BYTES); published every interval
+        # decoded every interval or TICK_BYTES; published every interval
         now = time.monotonic()
         if now - published[0] >= interval * 0.95:
             published[0] = now
@@ -192,8 +189,8 @@ def serve(tracefs: Tracefs, opts: SessionOptions, warn, interval: float, state: 
 
     events = SERVE_EVENTS if state.table is not None else RATE_EVENTS + ("kmem:mm_page_alloc",)
     eopts = dataclasses.replace(opts, events=events, kprobes="off")
-    run, r = run_live(tracefs, eopts, warn, min(interval, DECODE_SECONDS), show, None,
-                      symbolize, state=state, tick_bytes=TICK_BYTES)
+    run, r = run_live(tracefs, eopts, warn, interval, show, None, symbolize, state=state,
+                      tick_bytes=TICK_BYTES)
     if r is None:
         return ServeResult(run, source, 0, 0)
     return ServeResult(run, source, max(r.lost, sum(s.lost for s in run.stats)), r.dropped)
