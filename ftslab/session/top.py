@@ -315,7 +315,9 @@ class LiveReader:
             if pid in self.comms:
                 continue
             try:
-                self.comms[pid] = read_text_file(f"/proc/{pid}/comm").strip() or "<...>"
+                text = read_text_file(f"/proc/{pid}/comm")
+                # the kernel ends it with one newline; the name itself may hold any byte
+                self.comms[pid] = (text[:-1] if text.endswith("\n") else text) or "<...>"
                 continue
             except Exception:
                 pass
