@@ -15,7 +15,7 @@ from ftslab.kernel.tracefs import read_text_file, Tracefs
 
 __all__ = [
     "online_cpus", "read_probe_context", "read_slab_names",
-    "read_slab_aliases", "read_kallsyms"
+    "read_slab_aliases", "read_kallsyms", "read_comm"
 ]
 
 
@@ -60,6 +60,13 @@ def read_slab_names() -> set[str]:
 
 #: Where SLUB shows its caches, one entry per name (mm/slub.c, sysfs_slab_add/_alias).
 SLAB_SYSFS = "/sys/kernel/slab"
+
+
+def read_comm(pid: int) -> str:
+    """/proc/PID/comm less the newline the kernel ends it with (a task's name may end in
+    a space or hold any byte but NUL).  Raises FtslabError when the task is gone."""
+    text = read_text_file(f"/proc/{pid}/comm")
+    return text[:-1] if text.endswith("\n") else text
 
 
 def read_slab_aliases(root: str = SLAB_SYSFS) -> dict[str, list[str]]:

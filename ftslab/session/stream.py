@@ -14,7 +14,8 @@ from typing import Callable, NamedTuple
 from ftslab.trace import columns
 from ftslab.trace import pages
 from ftslab.dataset import Event
-from ftslab.kernel.tracefs import read_text_file, Tracefs
+from ftslab.kernel.procfs import read_comm
+from ftslab.kernel.tracefs import Tracefs
 from ftslab.session.options import SessionOptions
 from ftslab.session.run import run_session, RunResult
 from ftslab.session.signals import stop_requested
@@ -74,7 +75,7 @@ class _PageDecoder:
         c = self.comms.get(pid)
         if c is None:
             try:
-                c = read_text_file(f"/proc/{pid}/comm").strip() or "<...>"
+                c = read_comm(pid) or "<...>"
             except Exception:
                 try:
                     self.comms.update(parse_cmdlines(self.tracefs.read("saved_cmdlines")))

@@ -27,8 +27,8 @@ from ftslab.trace import pages as pages_mod
 from ftslab.analysis.analysed import Analysis
 from ftslab.analysis.pairing import pair_frees
 from ftslab.dataset import Dataset, Metadata
-from ftslab.kernel.procfs import read_slab_aliases
-from ftslab.kernel.tracefs import read_text_file, Tracefs
+from ftslab.kernel.procfs import read_comm, read_slab_aliases
+from ftslab.kernel.tracefs import Tracefs
 from ftslab.session.options import SessionOptions
 from ftslab.session.run import run_session, RunResult
 from ftslab.session.spooler import PIPE_BYTES, close_quietly, splice_pipe
@@ -315,9 +315,7 @@ class LiveReader:
             if pid in self.comms:
                 continue
             try:
-                text = read_text_file(f"/proc/{pid}/comm")
-                # the kernel ends it with one newline; the name itself may hold any byte
-                self.comms[pid] = (text[:-1] if text.endswith("\n") else text) or "<...>"
+                self.comms[pid] = read_comm(pid) or "<...>"
                 continue
             except Exception:
                 pass

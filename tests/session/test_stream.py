@@ -67,13 +67,11 @@ def tasks_gone(monkeypatch, module) -> None:
     """The recording's tasks have exited (their pids may be anything on this machine):
     ``module``'s /proc/PID/comm reads fail, as for a task that exited, and the reader
     falls back to saved_cmdlines."""
-    real = module.read_text_file
+    from ftslab.errors import FtslabError
 
-    def read(path, *a, **k):
-        if str(path).startswith("/proc/"):
-            raise FileNotFoundError(path)
-        return real(path, *a, **k)
-    monkeypatch.setattr(module, "read_text_file", read)
+    def read_comm(pid):
+        raise FtslabError(f"/proc/{pid}/comm: no such process")
+    monkeypatch.setattr(module, "read_comm", read_comm)
 
 
 @pytest.fixture
