@@ -37,7 +37,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["KEYS", "OTHER", "LabelFilter", "CounterFamily", "LiveTable", "LeakSignal",
-           "Snapshot", "ServeState"]
+           "Snapshot", "Interval", "interval_of", "ServeState"]
 
 
 KEYS = ("cache", "callsite", "comm")
@@ -361,6 +361,90 @@ class Snapshot:
     (the kernel names a merged cache by one of its names only)."""
 
 
+@dataclass
+class Interval:
+    """What one interval's decoded events say, per key (the input of ServeState and of
+    top's TopState)."""
+
+    events: int
+    allocs: dict[str, dict[str, list[int]]]
+    """key -> label -> [allocations, bytes] of the slab allocations that succeeded."""
+    pages: dict[int, list[int]]
+    """order -> [allocations, bytes] of the page allocations that succeeded."""
+    ptr: np.ndarray
+    ts: np.ndarray
+    nbytes: np.ndarray
+    keys: dict[str, tuple[np.ndarray, list]]
+    """The slab allocations that can be freed (pointer, time, bytes, per key codes
+    into labels); empty when live was not asked for."""
+    free_ptr: np.ndarray
+    free_ts: np.ndarray
+
+    def update(self, table: "LiveTable") -> None:
+        table.update(self.ptr, self.ts, self.nbytes, self.keys, self.free_ptr, self.free_ts)
+
+
+def interval_of(ds, live: bool = True) -> Interval:
+    """One interval's Dataset, counted per key (analysed.Analysis names the labels: the
+    cache by its event field or its kmalloc size class, merged caches by all their names
+    when the Dataset carries them, call sites symbolized, comms from its cmdlines)."""
+    from ftslab.analysis.analysed import Analysis
+    an = Analysis(ds, pair=False)
+    inc: dict[str, dict[str, list[int]]] = {k: {} for k in KEYS}
+    pages: dict[int, list[int]] = {}
+    ptrs, tss, nbytes = [], [], []
+    codes: dict[str, list] = {k: [] for k in KEYS}
+    for fr in an.frames:
+        if not fr.n:
+            continue
+        if fr.src.layer == "page" and fr.src.order and fr.src.order in fr.cols.fields:
+            order = np.asarray(fr.cols.fields[fr.src.order]).astype(np.int64)[fr.ok]
+            if order.size:
+                cnt = np.bincount(order)
+                byt = np.bincount(order, fr.bytes_alloc[fr.ok].astype(np.float64))
+                for o in np.flatnonzero(cnt).tolist():
+                    s = pages.setdefault(o, [0, 0])
+                    s[0] += int(cnt[o])
+                    s[1] += int(round(byt[o]))
+            continue
+        if fr.src.layer != "slab":
+            continue
+        ok = fr.ok
+        held = fr.matchable & ok if (fr.ptr is not None and live) else None
+        b = fr.bytes_alloc[ok].astype(np.float64)
+        for k in KEYS:
+            c, labels = an.local_key(fr, k)
+            cnt = np.bincount(c[ok], minlength=len(labels))
+            byt = np.bincount(c[ok], b, len(labels))
+            for i in np.flatnonzero(cnt).tolist():
+                s = inc[k].setdefault(labels[i], [0, 0])
+                s[0] += int(cnt[i])
+                s[1] += int(round(byt[i]))
+            if held is not None:
+                codes[k].append((c[held], labels))
+        if held is not None:
+            ptrs.append(fr.ptr[held])
+            tss.append(fr.ts[held])
+            nbytes.append(fr.bytes_alloc[held])
+    keys = {}
+    for k in KEYS:
+        # one label space per interval: the frames' codes, offset and concatenated
+        labels: list[str] = []
+        parts = []
+        for c, labs in codes[k]:
+            parts.append(c + len(labels))
+            labels.extend(labs)
+        keys[k] = (np.concatenate(parts) if parts else np.zeros(0, np.int64), labels)
+    frees = an.frees.get("slab", []) if live else []
+
+    def cat(xs, dt):
+        return np.concatenate(xs) if xs else np.zeros(0, dt)
+    return Interval(ds.events, inc, pages, cat(ptrs, np.uint64), cat(tss, np.uint64),
+                    cat(nbytes, np.int64), keys,
+                    cat([k for _t, k, _s in frees], np.uint64),
+                    cat([t for t, _k, _s in frees], np.uint64))
+
+
 class ServeState:
     """The exporter's aggregation (pure).  Feed it intervals with ``add_allocs`` /
     ``add_pages`` / ``update_live``, close each with ``end_interval``, read ``snapshot``."""
@@ -391,64 +475,13 @@ class ServeState:
         counted per key, the page allocations per order, and, with live on, the
         allocations and frees paired with what is still outstanding.  Returns {} (the
         signature of LiveReader's state)."""
-        from ftslab.analysis.analysed import Analysis
-        self.events += ds.events
-        an = Analysis(ds, pair=False)
-        inc: dict[str, dict[str, list[int]]] = {k: {} for k in KEYS}
-        pages: dict[int, list[int]] = {}
-        ptrs, tss, nbytes = [], [], []
-        codes: dict[str, list] = {k: [] for k in KEYS}
-        for fr in an.frames:
-            if not fr.n:
-                continue
-            if fr.src.layer == "page" and fr.src.order and fr.src.order in fr.cols.fields:
-                order = np.asarray(fr.cols.fields[fr.src.order]).astype(np.int64)[fr.ok]
-                if order.size:
-                    cnt = np.bincount(order)
-                    byt = np.bincount(order, fr.bytes_alloc[fr.ok].astype(np.float64))
-                    for o in np.flatnonzero(cnt).tolist():
-                        s = pages.setdefault(o, [0, 0])
-                        s[0] += int(cnt[o])
-                        s[1] += int(round(byt[o]))
-                continue
-            if fr.src.layer != "slab":
-                continue
-            ok = fr.ok
-            held = fr.matchable & ok if fr.ptr is not None else None
-            b = fr.bytes_alloc[ok].astype(np.float64)
-            for k in KEYS:
-                c, labels = an.local_key(fr, k)
-                cnt = np.bincount(c[ok], minlength=len(labels))
-                byt = np.bincount(c[ok], b, len(labels))
-                for i in np.flatnonzero(cnt).tolist():
-                    s = inc[k].setdefault(labels[i], [0, 0])
-                    s[0] += int(cnt[i])
-                    s[1] += int(round(byt[i]))
-                if held is not None and self.table is not None:
-                    codes[k].append((c[held], labels))
-            if held is not None and self.table is not None:
-                ptrs.append(fr.ptr[held])
-                tss.append(fr.ts[held])
-                nbytes.append(fr.bytes_alloc[held])
+        iv = interval_of(ds, live=self.table is not None)
+        self.events += iv.events
         for k in KEYS:
-            self.add_allocs(k, {lab: (n, b) for lab, (n, b) in inc[k].items()}, seconds)
-        self.add_pages({o: (n, b) for o, (n, b) in pages.items()})
+            self.add_allocs(k, {lab: (n, b) for lab, (n, b) in iv.allocs[k].items()}, seconds)
+        self.add_pages({o: (n, b) for o, (n, b) in iv.pages.items()})
         if self.table is not None:
-            keys = {}
-            for k in KEYS:
-                # one label space per interval: concatenate the frames' codes
-                labels: list[str] = []
-                parts = []
-                for c, labs in codes[k]:
-                    parts.append(c + len(labels))
-                    labels.extend(labs)
-                keys[k] = (np.concatenate(parts) if parts else np.zeros(0, np.int64), labels)
-            frees = an.frees.get("slab", [])
-            fp = np.concatenate([k for _t, k, _s in frees]) if frees else np.zeros(0, np.uint64)
-            ft = np.concatenate([t for t, _k, _s in frees]) if frees else np.zeros(0, np.uint64)
-            cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
-            self.table.update(cat(ptrs, np.uint64), cat(tss, np.uint64),
-                              cat(nbytes, np.int64), keys, fp, ft)
+            iv.update(self.table)
         return {}
 
     def add_allocs(self, key: str, increments: Mapping[str, tuple[int, int]],

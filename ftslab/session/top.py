@@ -24,8 +24,7 @@ import numpy as np
 
 from ftslab.trace import columns as columns_mod
 from ftslab.trace import pages as pages_mod
-from ftslab.analysis.analysed import Analysis
-from ftslab.analysis.pairing import pair_frees
+from ftslab.analysis.counters import LiveTable, interval_of
 from ftslab.dataset import Dataset, Metadata
 from ftslab.kernel.procfs import read_comm, read_slab_aliases
 from ftslab.kernel.tracefs import Tracefs
@@ -75,92 +74,49 @@ class TopFrame:
 
 
 class TopState:
-    """The aggregation, fed one interval's Dataset at a time (pure: no I/O)."""
+    """The aggregation, fed one interval's Dataset at a time (pure: no I/O): rates from
+    the interval's allocations, live from analysis/counters.LiveTable (what is still
+    outstanding, paired with each interval's frees by pointer; one address holds one
+    object)."""
 
     def __init__(self):
-        self.labels: dict[str, dict] = {k: {} for k in TOP_KEYS}
-        self.names: dict[str, list] = {k: [] for k in TOP_KEYS}
-        # outstanding allocations: pointer, alloc ts, bytes, one label id per key
-        self.ptr = np.zeros(0, np.uint64)
-        self.ts = np.zeros(0, np.uint64)
-        self.bytes = np.zeros(0, np.int64)
-        self.keys = {k: np.zeros(0, np.int64) for k in TOP_KEYS}
+        self.table = LiveTable(live_max=1 << 62)  # top's live set: since it started
+        self.seen: dict[str, dict[str, None]] = {k: {} for k in TOP_KEYS}
+        """Labels in the order first seen (the tie-break of the rows)."""
         self.events = 0
-
-    def _global(self, key: str, codes: np.ndarray, labels: list) -> np.ndarray:
-        space, names = self.labels[key], self.names[key]
-        lut = np.empty(max(len(labels), 1), np.int64)
-        for i, lab in enumerate(labels):
-            g = space.get(lab)
-            if g is None:
-                g = space[lab] = len(names)
-                names.append(lab)
-            lut[i] = g
-        return lut[codes]
 
     def live_totals(self) -> tuple[int, int]:
         """(live objects, live bytes)."""
-        return int(self.ptr.size), int(self.bytes.sum())
+        return len(self.table), int(self.table.bytes.sum())
 
     def feed(self, ds: Dataset, seconds: float, top: int | None = 20) -> dict[str, list[dict]]:
         """Aggregate one interval: rates from its allocations; live from the pairing of
         its frees with everything still outstanding."""
-        self.events += ds.events
-        an = Analysis(ds, pair=False)  # paired below, with what is still outstanding
-        frames = [fr for fr in an.frames if fr.src.layer == "slab" and fr.n]
-        new = {k: [] for k in TOP_KEYS}
-        rate = {k: [] for k in TOP_KEYS}  # group ids of this interval's allocations
-        rate_bytes = []
-        add_ptr, add_ts, add_bytes = [], [], []
-        for fr in frames:
-            ok = fr.ok
-            held = fr.matchable & ok if fr.ptr is not None else None
-            rate_bytes.append(fr.bytes_alloc[ok])
-            for k in TOP_KEYS:
-                codes, labels = an.local_key(fr, k)
-                g = self._global(k, codes, labels)
-                rate[k].append(g[ok])
-                if held is not None:
-                    new[k].append(g[held])
-            if held is not None:
-                add_ptr.append(fr.ptr[held])
-                add_ts.append(fr.ts[held])
-                add_bytes.append(fr.bytes_alloc[held])
-        frees = an.frees.get("slab", [])  # (ts, pointer keys, seq) per free event type
-        ptr = np.concatenate([self.ptr] + add_ptr)
-        ts = np.concatenate([self.ts] + add_ts)
-        nbytes = np.concatenate([self.bytes] + add_bytes)
-        keys = {k: np.concatenate([self.keys[k]] + new[k]) for k in TOP_KEYS}
-        if frees and ptr.size:
-            freed, _fidx = pair_frees(ptr, ts, np.concatenate([k for _t, k, _s in frees]),
-                                      np.concatenate([t for t, _k, _s in frees]))
-            alive = ~freed
-            ptr, ts, nbytes = ptr[alive], ts[alive], nbytes[alive]
-            keys = {k: v[alive] for k, v in keys.items()}
-        self.ptr, self.ts, self.bytes, self.keys = ptr, ts, nbytes, keys
+        iv = interval_of(ds)
+        self.events += iv.events
+        iv.update(self.table)
         out = {}
         secs = max(seconds, 1e-6)
-        b = (np.concatenate(rate_bytes).astype(np.float64) if rate_bytes
-             else np.zeros(0))
         for k in TOP_KEYS:
-            n = len(self.names[k])
-            if rate[k]:
-                g = np.concatenate(rate[k])
-                cnt = np.bincount(g, minlength=n)
-                byt = np.bincount(g, b, n)
-            else:
-                cnt = np.zeros(n, np.int64)
-                byt = np.zeros(n)
-            live = np.bincount(self.keys[k], minlength=n)
-            lbytes = np.bincount(self.keys[k], self.bytes.astype(np.float64), n)
-            order = np.lexsort((-live, -lbytes, -byt))
-            order = order[(byt[order] > 0) | (live[order] > 0)]
+            rate = iv.allocs[k]
+            live = self.table.by(k)
+            seen = self.seen[k]
+            for lab in list(rate) + list(live):
+                seen.setdefault(lab, None)
+            rank = {lab: i for i, lab in enumerate(seen)}
+            labels = sorted(set(rate) | set(live), key=lambda lab: (
+                -rate.get(lab, (0, 0))[1], -live.get(lab, (0, 0))[1],
+                -live.get(lab, (0, 0))[0], rank[lab]))
             rows = []
-            for g in order[:top].tolist():
-                rows.append({k: self.names[k][g], "allocs_per_s": round(cnt[g] / secs, 1),
-                             "bytes_per_s": int(round(byt[g] / secs)),
-                             "live": int(live[g]), "live_bytes": int(round(lbytes[g]))})
+            for lab in labels[:top]:
+                n, b = rate.get(lab, (0, 0))
+                ln, lb = live.get(lab, (0, 0))
+                rows.append({k: lab, "allocs_per_s": round(n / secs, 1),
+                             "bytes_per_s": int(round(b / secs)), "live": int(ln),
+                             "live_bytes": int(lb)})
             out[k] = rows
+            if len(seen) > 4 * (len(rate) + len(live)) + 4096:
+                self.seen[k] = {lab: None for lab in seen if lab in rate or lab in live}
         return out
 
 

@@ -650,8 +650,8 @@ def test_top_batch_frames_on_real_pages(capsys, monkeypatch, tmp_path, fake):
     # top names merged caches as the running kernel merged them (read when it starts)
     ds.meta.extra["slab_aliases"] = read_slab_aliases()
     rows = whole.feed(ds, 1.0, 20)["cache"]
-    held = re.escape(human_bytes(int(whole.bytes.sum())))
-    assert re.search(rf" live {whole.ptr.size:,} objects {held}  lost 0$", frame[0]), frame[0]
+    held = re.escape(human_bytes(whole.live_totals()[1]))
+    assert re.search(rf" live {whole.live_totals()[0]:,} objects {held}  lost 0$", frame[0]), frame[0]
     # the label, then ALLOCS/S, BYTES/S (n unit), LIVE, LIVE BYTES (n unit); a merged
     # cache's label is never cut (it may be longer than its 40 columns)
     cells = [re.fullmatch(r"(.+?) +([\d,]+ +\S+ \S+ +[\d,]+ +\S+ \S+)", ln)
