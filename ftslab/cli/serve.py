@@ -225,7 +225,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS", help="Stop after SECONDS (default: until SIGTERM/Ctrl-C).")
 @click.option("-p", "--pid", "pids", multiple=True, type=click.IntRange(min=1),
-              metavar="PID", help="Only this process (and children it forks); repeatable.")
+              metavar="PID", help="Only this process (and children it forks); repeatable. "
+                                  "serve ends when they have all exited.")
 @click.option("--comm", metavar="NAME", help="Only tasks whose comm is NAME.")
 @click.option("-b", "--buffer-kb", type=click.IntRange(min=4, max=1 << 22), metavar="KB",
               default=8192, show_default=True, help="Ring buffer per CPU, KiB.")
