@@ -161,3 +161,12 @@ def test_reset_removes_what_a_killed_process_left():
     assert tfs.read("events/kmem/kmalloc/trigger") == top_before
     # nothing holds the kmalloc tracepoint any more
     assert tfs.read("events/kmem/kmalloc/enable").strip() == "0"
+
+
+def test_doctor_says_serve_gets_hist_triggers():
+    r = ftslab_run("doctor")
+    line = next((l for l in r.stdout.splitlines() if l.startswith("serve ")), None)
+    assert line is not None, r.stdout
+    assert "hist triggers with --no-live (the kernel has hist triggers" in line, line
+    fmt = Tracefs.locate().event_format("kmem", "kmem_cache_alloc")
+    assert ("no name field" in line) == (" name;" not in fmt), line
