@@ -101,6 +101,10 @@ def test_a_table_cleared_by_someone_counts_from_zero_and_dropped_never_goes_back
         "{ call_site: [ffffffff81000010] f+0x2/0x10 } hitcount: 10  bytes_alloc: 640"], dropped=7)
     assert src.read().dropped == 7
     inst.hist["kmalloc"] = _table(CALLSITE, [
+        "{ call_site: [ffffffff81000010] f+0x2/0x10 } hitcount: 12  bytes_alloc: 768"], dropped=9)
+    d = src.read()
+    assert d.by["callsite"] == {"f+0x2": (2, 128)} and d.dropped == 2
+    inst.hist["kmalloc"] = _table(CALLSITE, [
         "{ call_site: [ffffffff81000010] f+0x2/0x10 } hitcount: 4  bytes_alloc: 256"], dropped=2)
     d = src.read()
     assert d.by["callsite"] == {"f+0x2": (4, 256)}

@@ -104,10 +104,12 @@ def test_unreadable_lines_are_kept_not_guessed():
 def test_an_unknown_pid_and_a_comm_with_blanks():
     text = ("# trigger info: hist:keys=common_pid.execname,order:vals=hitcount:size=128 [active]\n"
             "{ common_pid: <...>           [      4242], order:          0 } hitcount:          2\n"
-            "{ common_pid: Web Content     [        77], order:          3 } hitcount:          1\n")
+            "{ common_pid: Web Content     [        77], order:          3 } hitcount:          1\n"
+            "{ common_pid: a, b            [        78], order:          1 } hitcount:          1\n")
     (t,) = parse_hist(text, strict=True)
     assert t.entries == [({"common_pid": Comm("<...>", 4242), "order": 0}, {"hitcount": 2}),
-                         ({"common_pid": Comm("Web Content", 77), "order": 3}, {"hitcount": 1})]
+                         ({"common_pid": Comm("Web Content", 77), "order": 3}, {"hitcount": 1}),
+                         ({"common_pid": Comm("a, b", 78), "order": 1}, {"hitcount": 1})]
 
 
 def test_trigger_keys():
