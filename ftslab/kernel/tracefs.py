@@ -4,7 +4,8 @@ Also here: ``read_text_file``, the reader of whole (pseudo) files that the other
 readers (procfs.py, slabsample.py) and the sessions use for /proc and /sys, so that a
 refusal is explained by lockdown in one place, and ``read_lockdown`` (``LOCKDOWN_PATH``).
 What the files hold is mostly parsed elsewhere (trace/formats.py, trace/cpustats.py,
-kprobes.py, lockdown.py); only kprobe_events lines and error_log entries are read here.
+kprobes.py, lockdown.py, trace/histtext.py for hist files); only kprobe_events lines,
+trigger lines and error_log entries are read here.
 
 Objects are named for what they are, verbs say the effect on the kernel (after
 libtracefs): ``Tracefs.instance_create`` writes, ``Instance.destroy`` removes,
