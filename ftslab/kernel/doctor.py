@@ -12,7 +12,7 @@ import os
 from ftslab.errors import FtslabError
 
 
-__all__ = ["diagnose", "render_text", "KMEM_TRACEPOINTS"]
+__all__ = ["diagnose", "render_text", "serve_path", "KMEM_TRACEPOINTS"]
 
 
 KMEM_TRACEPOINTS = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc", "kfree",
@@ -31,7 +31,8 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
                "kprobes": False, "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
                "arg_style": None, "btf_args": False, "offsets": None, "probes": [],
                "skipped": [], "notes": [], "tracepoints": {}, "problems": [],
-               "enabled_elsewhere": [], "enabled_elsewhere_message": None, "ok": False}
+               "enabled_elsewhere": [], "enabled_elsewhere_message": None,
+               "hist_triggers": False, "serve": None, "ok": False}
     d.update(slab_counters())
     problems = d["problems"]
     if not d["root"]:
@@ -64,6 +65,7 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
         problems.append("no kmem tracepoints in this kernel's tracefs")
     if not tfs.exists("instances"):
         problems.append("tracefs has no instances directory (kernel too old)")
+    d["hist_triggers"], d["serve"] = serve_path(tfs)
     d["kprobes"] = tfs.has_kprobes()
     readme = tfs.readme()
     d["btf_args"] = btf_args_supported(readme)
@@ -105,6 +107,20 @@ def diagnose(tracefs_path: str | None = None, kprobes: str = "auto",
     return d
 
 
+def serve_path(tfs) -> tuple[bool, str]:
+    """(whether the kernel has hist triggers, which path ``serve`` takes and why)."""
+    from ftslab.kernel.hist import hist_support, read_serve_formats
+    have, why = hist_support(tfs)
+    if not have:
+        return False, f"raw events into a ring buffer ({why})"
+    text = (f"hist triggers with --no-live ({why}): the kernel counts, no event is copied; "
+            "raw events with live objects (they need each event)")
+    kca = read_serve_formats(tfs).get(("kmem", "kmem_cache_alloc"))
+    if kca is not None and kca.field("name") is None:
+        text += "; kmem_cache_alloc has no name field: on hist, caches of kmalloc only"
+    return True, text
+
+
 def slab_counters(proc: str = "/proc") -> dict:
     """The kernel's own counters a recording stores to check LIVE against
     (reconcile.py): ``slabinfo`` (/proc/slabinfo readable) and ``allocinfo``
@@ -129,6 +145,8 @@ def render_text(d: dict) -> list[str]:
     for name, fields in d["tracepoints"].items():
         out.append(f"tracepoint    {name:<22} "
                    + (", ".join(fields) if fields else "ABSENT"))
+    if d.get("serve"):
+        out.append(f"serve         {d['serve']}")
     if d["tracefs"]:
         out.append("elsewhere     " + (d["enabled_elsewhere_message"] or
                                        "no other buffer has the kmem events enabled"))

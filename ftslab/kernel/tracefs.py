@@ -4,7 +4,8 @@ Also here: ``read_text_file``, the reader of whole (pseudo) files that the other
 readers (procfs.py, slabsample.py) and the sessions use for /proc and /sys, so that a
 refusal is explained by lockdown in one place, and ``read_lockdown`` (``LOCKDOWN_PATH``).
 What the files hold is mostly parsed elsewhere (trace/formats.py, trace/cpustats.py,
-kprobes.py, lockdown.py); only kprobe_events lines and error_log entries are read here.
+kprobes.py, lockdown.py, trace/histtext.py for hist files); only kprobe_events lines,
+trigger lines and error_log entries are read here.
 
 Objects are named for what they are, verbs say the effect on the kernel (after
 libtracefs): ``Tracefs.instance_create`` writes, ``Instance.destroy`` removes,
@@ -487,6 +488,35 @@ class Instance:
 
     def trace_clear(self) -> None:
         self.write("trace", "")
+
+    # -- event triggers (hist triggers among them) ------------------------------------
+    def event_trigger_add(self, system: str, name: str, text: str) -> None:
+        """Append one trigger to the event's ``trigger`` file.  Always O_APPEND: a
+        truncating write removes every trigger of the event first (seen on 6.1, 6.12)."""
+        self.write(f"events/{system}/{name}/trigger", text, append=True,
+                   hint="the kernel's reason is above; the event's fields are in its "
+                        "format file")
+
+    def event_trigger_remove(self, system: str, name: str, text: str) -> None:
+        """Remove one trigger: append ``!`` + its text (the kernel accepts, silently, the
+        removal of a trigger it does not have)."""
+        self.write(f"events/{system}/{name}/trigger", "!" + text, append=True,
+                   hint="the trigger text must match the one that was written")
+
+    def event_triggers(self, system: str, name: str) -> list[str]:
+        """The triggers on the event, as the kernel lists them (comments left out)."""
+        return [line for line in self.read(f"events/{system}/{name}/trigger").splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def event_hist_read(self, system: str, name: str) -> str:
+        """The event's ``hist`` file: one table per hist trigger on it
+        (trace/histtext.py parses it)."""
+        rel = f"events/{system}/{name}/hist"
+        if not self.tracefs.exists(f"{self.rel}/{rel}"):
+            raise TracefsUnavailable(f"{self.path / rel} does not exist",
+                                     hint="this kernel has no hist triggers "
+                                          "(CONFIG_HIST_TRIGGERS unset), or no such event")
+        return self.read(rel)
 
     def cpu_stats(self, cpu: int) -> CpuStats:
         return parse_cpu_stats(cpu, self.read(f"per_cpu/cpu{cpu}/stats"))

@@ -140,3 +140,15 @@ def doctor_minimal() -> dict:
             "tracepoints": {}, "kprobes": False, "btf": False, "btf_args": False,
             "arg_style": None, "offsets": None, "probes": [], "skipped": [], "notes": [],
             "problems": [], "ok": True}
+
+
+def test_serve_path_without_and_with_hist_triggers(tree):
+    d = doctor.diagnose(str(tree), kprobes="off")
+    assert d["hist_triggers"] is False
+    assert d["serve"] == ("raw events into a ring buffer (no hist file under events/kmem/kmalloc: "
+                          "CONFIG_HIST_TRIGGERS is not set on this kernel)")
+    assert f"serve         {d['serve']}" in doctor.render_text(d)
+    (tree / "events/kmem/kmalloc/hist").write_text("")
+    d = doctor.diagnose(str(tree), kprobes="off")
+    assert d["hist_triggers"] is True and d["serve"].startswith("hist triggers with --no-live")
+    assert "no name field" not in d["serve"]  # 6.18's kmem_cache_alloc has one
