@@ -23,6 +23,7 @@ from typing import Callable
 
 from ftslab.analysis.counters import ServeState, Snapshot
 from ftslab.errors import FtslabError, UsageError
+from ftslab.kernel.hist import hist_support, serve_specs
 from ftslab.kernel.procfs import read_slab_aliases
 from ftslab.kernel.tracefs import Tracefs, read_text_file
 from ftslab.session.options import SessionOptions
@@ -64,7 +65,7 @@ class ServeResult:
 def choose_source(tracefs: Tracefs, requested: str, live: bool) -> tuple[str, str]:
     """(``events`` or ``hist``, why).  ``auto``: hist triggers where the kernel has
     them and live objects are off (they need the events); the events otherwise."""
-    have, why = _hist_support(tracefs)
+    have, why = hist_support(tracefs)
     if requested == "hist":
         if not have:
             raise UsageError(f"--source hist: {why}", hint="use --source events (or auto)",
@@ -83,13 +84,6 @@ def choose_source(tracefs: Tracefs, requested: str, live: bool) -> tuple[str, st
     return "events", why
 
 
-def _hist_support(tracefs: Tracefs) -> tuple[bool, str]:
-    if tracefs.exists("events/kmem/kmalloc/hist"):
-        return True, "the kernel has hist triggers (events/kmem/kmalloc/hist)"
-    return False, ("no events/kmem/kmalloc/hist: this kernel is built without "
-                   "CONFIG_HIST_TRIGGERS")
-
-
 def _slabinfo() -> list[tuple[str, int, int, int]]:
     try:
         rows, _bad = slabinfo_rows(read_text_file("/proc/slabinfo"))
@@ -103,7 +97,6 @@ class _HistReader:
     triggers' tables are read and their increments counted."""
 
     def __init__(self, session, state: ServeState, interval: float, end: Callable):
-        from ftslab.kernel.hist import serve_specs
         from ftslab.session.histsource import HistSource
         self.state = state
         self.interval = interval
@@ -111,6 +104,10 @@ class _HistReader:
         self.cpus = session.cpus
         self.bytes: dict = {}
         specs = serve_specs(session.tracefs)
+        if not specs:
+            raise UsageError("--source hist: none of the kmem events has the fields serve "
+                             "counts by on this kernel", hint="use --source events",
+                             params=("source",))
         self.source = HistSource(session.instance, specs)
         self.source.install(session.undo)
         self.last = time.monotonic()
