@@ -16,7 +16,8 @@ Nothing here reads tracefs or starts ftslab: the tests do that.
 from __future__ import annotations
 
 import json
-import os
+import math
+import re
 import signal
 import socket
 import subprocess
@@ -32,7 +33,8 @@ import pytest
 from conftest import need_tool
 
 __all__ = ["PromServer", "PromtoolResult", "Sample", "need_prometheus", "prometheus_server",
-           "promtool_check_metrics", "free_port"]
+           "promtool_check_metrics", "free_port", "promql_regex",
+           "promql_string"]
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,10 @@ class PromServer:
 
     def query_range(self, expr: str, start: float, end: float,
                     step: float = 1.0) -> list[tuple[dict, list[tuple[float, float]]]]:
-        """A range query: per series, (labels, [(t, value), ...]) in time order."""
+        """A range query: per series, (labels, [(t, value), ...]) in time order.  The
+        steps are counted back from END (Prometheus counts them on from START), so
+        that the last point is the value at END, as an instant query there gives it."""
+        start = end - step * math.ceil((end - start) / step - 1e-9)
         data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
                         step=f"{step}")
         return [(s["metric"], [(float(t), float(v)) for t, v in s["values"]])
@@ -268,6 +273,17 @@ def prometheus_server(tmp_path):
     yield start
     for srv in started:
         srv.stop()
+
+
+def promql_string(text: str) -> str:
+    """TEXT as a double-quoted PromQL string literal (Go's escapes)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def promql_regex(literal: str, then: str = "") -> str:
+    """A PromQL string literal holding a regular expression (RE2): LITERAL matched as
+    it is (its metacharacters backslashed), followed by the regex THEN (e.g. ``.*``)."""
+    return promql_string(re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", literal) + then)
 
 
 def promtool_check_metrics(text: str | bytes) -> PromtoolResult:

@@ -9,7 +9,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from promserver import prometheus_server, promtool_check_metrics  # noqa: F401  (fixture)
+from promserver import (prometheus_server, promql_regex, promql_string,  # noqa: F401
+                        promtool_check_metrics)
 
 
 @pytest.fixture
@@ -48,15 +49,20 @@ def test_prometheus_reads_what_the_exporter_serves(prometheus_server, exporter):
     c.labels(who='a"b\\c').inc(5)
     got = prom.wait_until("harness_ticks_total", lambda r: r and r[0].value == 12,
                           "second value")
-    # steps counted back from the time that answer was for, so that the last one is it
-    end = got[0].t
-    series = prom.query_range("harness_ticks_total", end - 0.5 * int((end - t0) / 0.5 + 1),
-                              end, 0.5)
+    # its last point is the value at the time that answer was for
+    series = prom.query_range("harness_ticks_total", t0, got[0].t, 0.5)
     assert len(series) == 1
     values = [v for _, v in series[0][1]]
     assert values[0] == 7 and values[-1] == 12 and values == sorted(values), values
     assert prom.value("resets(harness_ticks_total[1m])") == 0
 
+    # a label matched literally, whatever regex characters it holds
+    odd = 'a"b\\c'
+    assert [x.value for x in prom.query(f"harness_ticks_total{{who={promql_string(odd)}}}")] \
+        == [12]
+    assert [x.value for x in prom.query(f"harness_ticks_total{{who=~{promql_regex(odd)}}}")] \
+        == [12]
+    assert not prom.query(f"harness_ticks_total{{who=~{promql_regex('a.b')}}}")
     with pytest.raises(AssertionError, match="bad_data"):
         prom.query("sum(")
     assert prom.stop() == 0
