@@ -13,7 +13,8 @@ Bounds (an exporter runs for months):
   a label that has its own series keeps it while it stays among the busiest (bytes over
   the last minutes); when a label twice as busy takes its place, what it had counted
   moves into ``OTHER`` (which only grows), and the newcomer's series starts from zero
-  (Prometheus sees a new series).  The
+  (a label that comes back starts from zero again: to Prometheus a counter reset, which
+  rate() and increase() allow for).  The
   sum over a family's series is always every allocation counted.  Labels that
   ``--include``/``--exclude`` leave out never get a series of their own: they count in
   ``OTHER``.
