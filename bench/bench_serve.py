@@ -10,7 +10,8 @@ reads /metrics every second meanwhile, as Prometheus would.  Its CPU (user+sys) 
 RSS are wait4's for its process (threads and any child included); the workload's
 slowdown is the baseline's iterations over its own.  Then one longer serve
 (--long-seconds) beside the same workload restarted back to back, its RSS read every
---every seconds with the live objects it holds: memory against uptime.
+--every seconds with the live objects it holds: memory against uptime.  And each of
+the three beside no workload for --idle-seconds: what it costs on a quiet machine.
 
 Usage: sudo python3 bench/bench_serve.py [--seconds 10] [--interval 5]
            [--long-seconds 120] [--every 15] [--json]
@@ -135,6 +136,8 @@ def main() -> int:
     ap.add_argument("--buffer-kb", type=int, default=8192)
     ap.add_argument("--long-seconds", type=float, default=120.0)
     ap.add_argument("--every", type=float, default=15.0)
+    ap.add_argument("--idle-seconds", type=float, default=30.0,
+                    help="serve and record beside no workload (the machine's own events)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -163,6 +166,22 @@ def main() -> int:
                  lost=lost_of(r.pop("stderr")), scrapes=t.scrapes)
         results[name] = r
         (tmp / "r.dat").unlink(missing_ok=True)
+
+    # beside no workload: what an exporter costs on a machine going about its business
+    idle = {}
+    for name, (argv, ready) in variants.items():
+        t = Traced(ftslab_cmd(*argv), env)
+        getattr(t, ready)()
+        time.sleep(args.idle_seconds)
+        events = metric(t.scrape(), "ftslab_events_total") if ready == "wait_serving" else None
+        r = t.stop()
+        if events is None:
+            m = re.search(r"([\d,]+) events", r["stderr"])
+            events = float(m.group(1).replace(",", "")) if m else None
+        r.pop("stderr")
+        idle[name] = dict(r, events=events)
+        (tmp / "r.dat").unlink(missing_ok=True)
+    results["idle"] = idle
 
     # the long run: RSS and live objects against uptime, the workload restarted back to back
     t = Traced(ftslab_cmd(*serve), env)
@@ -202,6 +221,13 @@ def main() -> int:
         print(f"{name:18}{r['iterations']:>12,}{r['slowdown']:>9.2f}x{r['cpu_s']:>8.2f}"
               f"{r['user_s']:>7.2f}{r['sys_s']:>7.2f}{r['cpu_s'] / secs:>10.2f}"
               f"{r['peak_rss_mb']:>13.1f}{r['lost']:>12,}")
+    print(f"no workload, {args.idle_seconds:g} s (the machine's own events; CPU includes "
+          "start-up):")
+    for name, r in idle.items():
+        ev = r["events"] or 0
+        print(f"  {name:18} CPU {r['cpu_s']:.2f} s ({r['cpu_s'] / args.idle_seconds:.1%} of a "
+              f"core), {ev:,.0f} events ({ev / args.idle_seconds:,.0f}/s), peak RSS "
+              f"{r['peak_rss_mb']:.1f} MB")
     print(f"long serve ({args.long_seconds:g} s, workload back to back): CPU "
           f"{long['cpu_s']:.1f} s, peak RSS {long['peak_rss_mb']:.1f} MB, lost {long['lost']:,}")
     print(f"{'uptime s':>10}{'RSS MB':>9}{'live objects':>14}{'evicted':>10}{'events':>14}")
