@@ -92,7 +92,9 @@ def main(out: Path) -> None:
             t1 = time.time()
             series = {}
             for name, expr in (
-                    ("call site", 'ftslab_callsite_live_objects{call_site=~"do_eventfd.*"}'),
+                    # a label with nothing live has no series: 0 then
+                    ("call site", 'max(ftslab_callsite_live_objects'
+                                  '{call_site=~"do_eventfd.*"}) or on() vector(0)'),
                     ("comm leaky", 'ftslab_comm_live_objects{comm="leaky"}'),
                     ("leak signal", 'ftslab_comm_live_growth_intervals{comm="leaky"}'),
                     ("rates", 'rate(ftslab_cache_allocations_total{cache!="<other>"}[5s])')):
@@ -104,7 +106,8 @@ def main(out: Path) -> None:
     ax = axes[0]
     for name in ("call site", "comm leaky"):
         for labels, values in series[name]:
-            lab = labels.get("call_site") or f"comm={labels.get('comm')}"
+            lab = (labels.get("call_site") or "call site do_eventfd" if name == "call site"
+                   else f"comm={labels.get('comm')}")
             ax.plot([t - t0 for t, _v in values], [v for _t, v in values], label=lab)
     ax.step([t - t0 for t, _n in truth], [n for _t, n in truth], "k--", where="post",
             label="eventfds the program holds (its own count)")
