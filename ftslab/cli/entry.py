@@ -58,7 +58,7 @@ def _standard_fds() -> None:
 FLAG_OF = {"by": "--by", "top": "--top", "interval": "--interval", "interval_ns": "--interval",
            "live": "--live", "comm": "--comm", "cache": "--cache", "kprobes": "--kprobes",
            "stacks": "--stacks", "plot": "--plot", "cache_name_offset": "--cache-name-offset",
-           "buffer_kb": "-b", "system_frees=False": "--frees traced"}
+           "buffer_kb": "-b", "system_frees=False": "--frees traced", "source": "--source"}
 
 
 def in_flag_terms(exc: FtslabError) -> str:

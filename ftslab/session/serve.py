@@ -68,12 +68,12 @@ def choose_source(tracefs: Tracefs, requested: str, live: bool) -> tuple[str, st
     have, why = hist_support(tracefs)
     if requested == "hist":
         if not have:
-            raise UsageError(f"--source hist: {why}", hint="use --source events (or auto)",
+            raise UsageError(f"`source` hist: {why}", hint="count from the events instead",
                              params=("source",))
         if live:
-            raise UsageError("--source hist counts allocations in the kernel: live objects "
-                             "need the events themselves", hint="add --no-live, or use "
-                             "--source events", params=("source", "live"))
+            raise UsageError("`source` hist counts allocations in the kernel: live objects "
+                             "need the events themselves", hint="turn `live` off, or count "
+                             "from the events", params=("source", "live"))
         return "hist", why
     if requested == "events":
         return "events", "asked for (--source events)"
@@ -105,8 +105,8 @@ class _HistReader:
         self.bytes: dict = {}
         specs = serve_specs(session.tracefs)
         if not specs:
-            raise UsageError("--source hist: none of the kmem events has the fields serve "
-                             "counts by on this kernel", hint="use --source events",
+            raise UsageError("`source` hist: none of the kmem events has the fields serve "
+                             "counts by on this kernel", hint="count from the events",
                              params=("source",))
         self.source = HistSource(session.instance, specs)
         self.source.install(session.undo)
