@@ -156,26 +156,10 @@ def guest_round(seconds: float, workload: str, tmp: Path, settle: float = 120.0)
 
 
 def host(kernels: list[str], seconds: float, as_json: bool) -> int:
-    sys.path.insert(0, str(ROOT / "tests" / "vm"))
-    import shutil
-    import vmrun
-    tmp = Path(tempfile.mkdtemp(prefix="ftslab-bench-"))
-    exe = tmp / "workload"
-    subprocess.run(["gcc", "-O2", "-static", "-o", str(exe), str(HERE / "workload.c")],
-                   check=True)
-    results = {}
-    for k in kernels:
-        rdir = tmp / f"results-{k}"
-        rdir.mkdir()
-        shutil.copy(exe, rdir / "workload")
-        res = vmrun.run(k, f"{sys.executable} {Path(__file__).resolve()} --guest --seconds "
-                           f"{seconds} --workload \"$FTSLAB_VM_RESULTS/workload\"",
-                        timeout=900, results_dir=rdir)
-        out = rdir / "bench.json"
-        if not res.ok or not out.exists():
-            print(f"{k}: {res.describe()}\n{res.output[-3000:]}", file=sys.stderr)
-            return 1
-        results[k] = {"package": res.package, "rows": json.loads(out.read_text())}
+    from bench_kprobes_vm import guest_runs
+    results = guest_runs(kernels, Path(__file__).resolve(), seconds)
+    if results is None:
+        return 1
     if as_json:
         print(json.dumps(results, indent=1))
         return 0

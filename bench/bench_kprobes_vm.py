@@ -130,8 +130,12 @@ def guest(seconds: float, workload: str, out_dir: Path, settle: float = 120.0) -
     return rows
 
 
-def host(kernels: list[str], seconds: float, as_json: bool) -> int:
+def guest_runs(kernels: list[str], script: Path, seconds: float) -> dict | None:
+    """Boot each kernel (tests/vm/vmrun.py) and run ``script --guest`` in it beside a
+    static build of workload.c; returns kernel -> {package, rows: the script's
+    bench.json}, or None (and says why) when a guest failed."""
     sys.path.insert(0, str(ROOT / "tests" / "vm"))
+    import shutil
     import vmrun
     tmp = Path(tempfile.mkdtemp(prefix="ftslab-bench-"))
     exe = tmp / "workload"
@@ -142,16 +146,22 @@ def host(kernels: list[str], seconds: float, as_json: bool) -> int:
         # the results share is the one host directory the guest sees at a known path
         rdir = tmp / f"results-{k}"
         rdir.mkdir()
-        import shutil
         shutil.copy(exe, rdir / "workload")
-        res = vmrun.run(k, f"python3 {HERE / 'bench_kprobes_vm.py'} --guest --seconds "
+        res = vmrun.run(k, f"{sys.executable} {script} --guest --seconds "
                            f"{seconds} --workload \"$FTSLAB_VM_RESULTS/workload\"",
                         timeout=900, results_dir=rdir)
-        out = res.results_dir / "bench.json"
+        out = rdir / "bench.json"
         if not res.ok or not out.exists():
             print(f"{k}: {res.describe()}\n{res.output[-3000:]}", file=sys.stderr)
-            return 1
+            return None
         results[k] = {"package": res.package, "rows": json.loads(out.read_text())}
+    return results
+
+
+def host(kernels: list[str], seconds: float, as_json: bool) -> int:
+    results = guest_runs(kernels, HERE / "bench_kprobes_vm.py", seconds)
+    if results is None:
+        return 1
     if as_json:
         print(json.dumps(results, indent=1))
         return 0

@@ -79,17 +79,7 @@ class SnapshotCollector:
         g.add_metric([], s.time)
         yield g
         for k, rows in s.allocs.items():
-            lab = LABEL[k]
-            c = CounterMetricFamily(f"ftslab_{k}_allocations", METRICS[
-                "ftslab_{k}_allocations"][2].format(what=WHAT[k]), labels=[lab])
-            cb = CounterMetricFamily(f"ftslab_{k}_allocated_bytes", METRICS[
-                "ftslab_{k}_allocated_bytes"][2].format(what=WHAT[k]), labels=[lab],
-                unit="bytes")
-            for label, n, b in rows:
-                c.add_metric([label], n)
-                cb.add_metric([label], b)
-            yield c
-            yield cb
+            yield from _by_key("ftslab_{k}_allocations", "ftslab_{k}_allocated_bytes", k, rows)
         g = GaugeMetricFamily("ftslab_other_labels", "Distinct label values summed in <other> "
                               "in the last interval (raise --top to see them)", labels=["key"])
         for k, n in s.other_labels.items():
@@ -97,19 +87,8 @@ class SnapshotCollector:
         yield g
         if s.live is not None:
             for k, rows in s.live.items():
-                lab = LABEL[k]
-                go = GaugeMetricFamily(f"ftslab_{k}_live_objects", METRICS[
-                    "ftslab_{k}_live_objects"][2].format(what=WHAT[k]), labels=[lab])
-                gb = GaugeMetricFamily(f"ftslab_{k}_live_bytes", METRICS[
-                    "ftslab_{k}_live_bytes"][2].format(what=WHAT[k]), labels=[lab],
-                    unit="bytes")
-                for label, n, b in rows:
-                    go.add_metric([label], n)
-                    gb.add_metric([label], b)
-                yield go
-                yield gb
-                gg = GaugeMetricFamily(f"ftslab_{k}_live_growth_intervals", METRICS[
-                    "ftslab_{k}_live_growth_intervals"][2].format(what=WHAT[k]), labels=[lab])
+                yield from _by_key("ftslab_{k}_live_objects", "ftslab_{k}_live_bytes", k, rows)
+                gg = _keyed("ftslab_{k}_live_growth_intervals", k)
                 for label, n in s.growth.get(k, []):
                     gg.add_metric([label], n)
                 yield gg
@@ -173,6 +152,25 @@ class SnapshotCollector:
                 gt.add_metric([name], total)
             yield ga
             yield gt
+
+
+def _keyed(template: str, key: str):
+    """The family METRICS describes by ``template``, for one key (cache, call site,
+    comm), empty."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    kind, unit, help_ = METRICS[template]
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return cls(template.format(k=key), help_.format(what=WHAT[key]), labels=[LABEL[key]],
+               unit=unit)
+
+
+def _by_key(count_template: str, bytes_template: str, key: str, rows):
+    """Two families (a count, its bytes) from (label, count, bytes) rows."""
+    fn, fb = _keyed(count_template, key), _keyed(bytes_template, key)
+    for label, n, b in rows:
+        fn.add_metric([label], n)
+        fb.add_metric([label], b)
+    return fn, fb
 
 
 def parse_listen(text: str) -> tuple[str, int]:

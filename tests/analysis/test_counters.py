@@ -14,7 +14,8 @@ import ftslab
 from ftslab.analysis.counters import (KEYS, OTHER, CounterFamily, LabelFilter, LeakSignal,
                                       LiveTable, ServeState)
 from ftslab.analysis.live import live_allocations
-from ftslab.dataset import Dataset, EventColumns
+
+from test_top import time_slice
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "6.18"
 
@@ -91,6 +92,7 @@ def test_family_series_never_go_backwards(intervals, limit):
     exists, and the sum over the family is every allocation counted."""
     fam = CounterFamily(limit)
     seen: dict[str, tuple[int, int]] = {}
+    prev: dict[str, tuple[int, int]] = {}
     total = [0, 0]
     for inc in intervals:
         fam.add(inc)
@@ -230,15 +232,6 @@ def test_state_leak_windows():
 
 
 # ------------------------------------------------------------------ a real recording, in slices
-def _slice(ds: Dataset, lo: int, hi: int) -> Dataset:
-    cols = {}
-    for key, c in ds.columns.items():
-        m = (c.ts >= lo) & (c.ts < hi)
-        cols[key] = EventColumns(c.system, c.name, ts=c.ts[m], cpu=c.cpu[m], pid=c.pid[m],
-                                 fields={k: np.asarray(v)[m] for k, v in c.fields.items()})
-    return Dataset(ds.meta, cols, formats=ds.formats, symbolize=ds.symbolize)
-
-
 @pytest.mark.parametrize("name", ["ftslab-open200.dat", "ftslab-eventfd300-samples.dat"])
 def test_state_fed_in_slices_agrees_with_the_whole_recording(name):
     ds = ftslab.load(FIX / name)
@@ -246,7 +239,7 @@ def test_state_fed_in_slices_agrees_with_the_whole_recording(name):
     cuts = np.linspace(int(ts.min()), int(ts.max()) + 1, 6).astype(np.uint64)
     state = ServeState(limit=1000)
     for lo, hi in zip(cuts[:-1], cuts[1:]):
-        state.feed(_slice(ds, int(lo), int(hi)))
+        state.feed(time_slice(ds, int(lo), int(hi)))
     snap = state.snapshot(0.0)
     assert state.events == ds.events
     # allocations per cache: every slab allocation event of the recording, once; the

@@ -20,7 +20,8 @@ from test_build import synthetic
 from test_stream import replay_session, tasks_gone
 
 
-def _cut(ds: Dataset, lo: int, hi: int) -> Dataset:
+def time_slice(ds: Dataset, lo: int, hi: int) -> Dataset:
+    """The events of ``ds`` with lo <= ts < hi (one interval of a live session)."""
     cols = {}
     for key, c in ds.columns.items():
         m = (c.ts >= lo) & (c.ts < hi)
@@ -34,12 +35,12 @@ def test_live_carries_across_intervals():
     st = TopState()
     # interval 1 (2 s): ts < 250: kmalloc #1 (P1), #2 (P2), kmem_cache_alloc #7 (Q1);
     # kfree P1 at 210 frees #1, kfree P2 at 50 came before #2: it frees nothing
-    rows = st.feed(_cut(ds, 0, 250), seconds=2.0)
+    rows = st.feed(time_slice(ds, 0, 250), seconds=2.0)
     assert rows["cache"] == [
         dict(cache="filp", allocs_per_s=0.5, bytes_per_s=96, live=1, live_bytes=192),
         dict(cache="kmalloc-64", allocs_per_s=1.0, bytes_per_s=64, live=1, live_bytes=64)]
     # interval 2 (1 s): the rest; kmem_cache_free Q1 at 260 frees #7 of interval 1
-    rows = st.feed(_cut(ds, 250, 10_000), seconds=1.0)
+    rows = st.feed(time_slice(ds, 250, 10_000), seconds=1.0)
     by_cache = {r["cache"]: r for r in rows["cache"]}
     assert by_cache["filp"] == dict(cache="filp", allocs_per_s=1.0, bytes_per_s=192, live=1,
                                     live_bytes=192)          # #7 freed, #8 (Q2) live
