@@ -87,6 +87,8 @@ def test_own_threads_are_not_counted_other_processes_are(kernel, tmp_path):
         release.set()
         ctl.kill()
         ctl.wait()
+        # the stop this test asked for is process-wide: the next session must not see it
+        signals.stop_requested.clear()
     assert res.lost == 0 and res.dropped == 0
     comms = {lab: n for lab, n, _b in state.families["comm"].rows()}
     # the control: each pipe() is at least one slab allocation in that process
