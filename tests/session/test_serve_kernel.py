@@ -293,8 +293,8 @@ def test_series_stay_bounded_monotonic_and_escaped(kernel, serve_run, prometheus
         assert len(res) <= TOP + 1, (fam, [s.labels for s in res])
     comms = {s.labels["comm"] for s in prom.query(f"ftslab_comm_allocations_total{{{tgt}}}")}
     assert "<other>" in comms and len(comms) == TOP + 1, comms
-    assert "<other>" in {s.labels["comm"] for s in
-                         prom.query(f"ftslab_comm_live_objects{{{tgt}}}")}
+    # (live objects: bounded above too; <other> there only while more than TOP commands
+    # hold something, which the exited workload no longer does)
     # counters: <other> and the unlabelled ones never reset in Prometheus; no series goes
     # back between successive scrapes.  (A label that loses its series to a busier one
     # and wins it back later starts from zero again: a reset Prometheus sees, by design,
