@@ -24,7 +24,7 @@ import numpy as np
 
 from ftslab.trace import columns as columns_mod
 from ftslab.trace import pages as pages_mod
-from ftslab.analysis.counters import LiveTable, interval_of
+from ftslab.analysis.counters import KEYS, LiveTable, interval_of
 from ftslab.dataset import Dataset, Metadata
 from ftslab.kernel.procfs import read_comm, read_slab_aliases
 from ftslab.kernel.tracefs import Tracefs
@@ -38,7 +38,8 @@ from ftslab.trace.loader import parse_cmdlines
 __all__ = ["TOP_KEYS", "TOP_EVENTS", "TopFrame", "TopState", "LiveReader", "run_live", "top"]
 
 
-TOP_KEYS = ("cache", "callsite", "comm")
+TOP_KEYS = KEYS
+"""cache, call site, command: the keys serve counts by too (analysis/counters.py)."""
 
 
 BACKLOG_BYTES = 256 << 20
@@ -309,11 +310,12 @@ class LiveReader:
             except Exception:
                 stats_lost = 0
             self.lost = max(self.lost, stats_lost)
+            live_objects, live_bytes = self.state.live_totals()
             self.show(TopFrame(elapsed=now - self.start, interval=seconds,
                                events=self.state.events, rate=ds.events / max(seconds, 1e-6),
                                lost=self.lost, dropped=self.dropped,
-                               live_objects=self.state.live_totals()[0],
-                               live_bytes=self.state.live_totals()[1], rows=rows))
+                               live_objects=live_objects, live_bytes=live_bytes,
+                               rows=rows))
         except BaseException as exc:  # raised again in the session loop
             self.error = exc
 
