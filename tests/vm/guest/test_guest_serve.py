@@ -1,7 +1,8 @@
 """`ftslab serve` on a kernel with hist triggers (run inside the guest).
 
 Both paths, each against a workload whose count is known: N eventfd(2) calls, each one
-kmalloc of a struct eventfd_ctx from the call site do_eventfd+off (one per call, nothing
+kmalloc of a struct eventfd_ctx from one call site (in do_eventfd, or the syscall it is
+inlined into on a build that inlines it: read from /proc/kallsyms; one per call, nothing
 else in the workload calls it; the guest runs nothing else that makes eventfds).
 
 * ``--no-live``: the allocations are counted by the kernel's hist triggers (no event
@@ -62,9 +63,19 @@ def _scrape(port: int) -> dict:
     return out
 
 
+def _eventfd_caller() -> str:
+    """The function the eventfd_ctx kmalloc's call site is in, on this kernel:
+    do_eventfd, or the syscall it was inlined into (read from /proc/kallsyms)."""
+    with open("/proc/kallsyms") as f:
+        text = {ln.split()[2] for ln in f if ln.split()[1] in "tT"}
+    return next(fn for fn in ("do_eventfd", "__do_sys_eventfd2", "__se_sys_eventfd2",
+                              "__x64_sys_eventfd2") if fn in text)
+
+
 def _eventfd(samples: dict, name: str) -> float:
+    caller = _eventfd_caller() + "+"
     got = [v for (n, labels), v in samples.items() if n == name and
-           any(k == "call_site" and v_.startswith("do_eventfd+") for k, v_ in labels)]
+           any(k == "call_site" and v_.startswith(caller) for k, v_ in labels)]
     assert len(got) <= 1, got
     return got[0] if got else 0.0
 
