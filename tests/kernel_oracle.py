@@ -20,7 +20,8 @@ import subprocess
 from pathlib import Path
 
 __all__ = ["VMLINUX", "KERNEL_TESTS", "tool", "need_tool", "unavailable", "BtfRaw",
-           "pahole_members", "kallsyms_text_counts", "kernel_config", "family_symbols",
+           "pahole_members", "kallsyms_text_counts", "kept_function", "eventfd_caller",
+           "kernel_config", "family_symbols",
            "kprobe_blacklist", "expected_fetch_args"]
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -180,6 +181,33 @@ def kallsyms_text_counts() -> dict[str, int]:
             if len(parts) >= 3 and parts[1] in ("t", "T"):
                 out[parts[2]] = out.get(parts[2], 0) + 1
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _text_symbols() -> frozenset[str]:
+    return frozenset(kallsyms_text_counts())
+
+
+def kept_function(candidates: tuple[str, ...]) -> str:
+    """The first of CANDIDATES (a function, then the callers it may be inlined into, or
+    a function's names across kernel versions) that the running kernel has as a
+    function of its own: one absent from /proc/kallsyms was inlined (or renamed).  A
+    compiler clone (``do_eventfd.isra.0``) is that function, under that name."""
+    syms = _text_symbols()
+    for c in candidates:
+        hits = sorted(s for s in syms if s == c or s.startswith(c + "."))
+        if hits:
+            assert len(hits) == 1, hits
+            return hits[0]
+    raise AssertionError(f"none of {candidates} in /proc/kallsyms")
+
+
+def eventfd_caller() -> str:
+    """The function holding the call site of eventfd(2)'s kmalloc of its struct
+    eventfd_ctx, as this kernel was built: do_eventfd, or the syscall it was inlined
+    into (the function part of the kmalloc event's call_site)."""
+    return kept_function(("do_eventfd", "__do_sys_eventfd2", "__se_sys_eventfd2",
+                          "__x64_sys_eventfd2"))
 
 
 def kernel_config() -> dict[str, str] | None:

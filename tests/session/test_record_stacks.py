@@ -6,7 +6,6 @@ Which functions show in a stack is the build's choice (inlining, names across
 versions): eventfd_frames() reads them from the running kernel's /proc/kallsyms."""
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
@@ -16,30 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import KERNEL_TESTS, need_tool, run_ftslab
+from kernel_oracle import eventfd_caller, kept_function
 
 N = 300
 EVENTFDS = [sys.executable, "-c", f"import os\nfds = [os.eventfd(0) for _ in range({N})]"]
 FLAMEGRAPH = Path("/usr/share/perl5/Devel/NYTProf/flamegraph.pl")
-
-
-@functools.lru_cache(maxsize=1)
-def _text_symbols() -> frozenset[str]:
-    with open("/proc/kallsyms") as f:
-        return frozenset(p[2] for p in map(str.split, f) if len(p) >= 3 and p[1] in "tT")
-
-
-def kept_function(candidates: tuple[str, ...]) -> str:
-    """The first of CANDIDATES (a function, then the callers it may be inlined into, or
-    a function's names across kernel versions) that the running kernel has as a
-    function of its own: one absent from /proc/kallsyms was inlined (or renamed).  A
-    compiler clone (``do_eventfd.isra.0``) is that function, under that name."""
-    syms = _text_symbols()
-    for c in candidates:
-        hits = sorted(s for s in syms if s == c or s.startswith(c + "."))
-        if hits:
-            assert len(hits) == 1, hits
-            return hits[0]
-    raise AssertionError(f"none of {candidates} in /proc/kallsyms")
 
 
 def eventfd_frames() -> tuple[str, str]:
@@ -50,9 +30,7 @@ def eventfd_frames() -> tuple[str, str]:
     syscall.  The caller is also the function of the kmalloc event's call_site."""
     from ftslab.events import FAMILY
     cache_entry = next(m for m in FAMILY if m.family == "kmalloc_cache").candidates
-    return (kept_function(cache_entry),
-            kept_function(("do_eventfd", "__do_sys_eventfd2", "__se_sys_eventfd2",
-                           "__x64_sys_eventfd2")))
+    return kept_function(cache_entry), eventfd_caller()
 
 
 def _flamegraph() -> Path:

@@ -26,7 +26,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .vmfacts import TRACEFS
+from .vmfacts import TRACEFS, eventfd_caller
 
 N = 400
 HOLD = r"""
@@ -63,17 +63,8 @@ def _scrape(port: int) -> dict:
     return out
 
 
-def _eventfd_caller() -> str:
-    """The function the eventfd_ctx kmalloc's call site is in, on this kernel:
-    do_eventfd, or the syscall it was inlined into (read from /proc/kallsyms)."""
-    with open("/proc/kallsyms") as f:
-        text = {ln.split()[2] for ln in f if ln.split()[1] in "tT"}
-    return next(fn for fn in ("do_eventfd", "__do_sys_eventfd2", "__se_sys_eventfd2",
-                              "__x64_sys_eventfd2") if fn in text)
-
-
 def _eventfd(samples: dict, name: str) -> float:
-    caller = _eventfd_caller() + "+"
+    caller = eventfd_caller() + "+"
     got = [v for (n, labels), v in samples.items() if n == name and
            any(k == "call_site" and v_.startswith(caller) for k, v_ in labels)]
     assert len(got) <= 1, got

@@ -25,12 +25,13 @@ try:
 except ImportError:  # run as a script (capture_fixtures.py): tests/ is not on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import kernel_oracle
-from kernel_oracle import (BtfRaw, expected_fetch_args, kallsyms_text_counts,  # noqa: E402
-                           kernel_config, need_tool, pahole_members, tool)
+from kernel_oracle import (BtfRaw, eventfd_caller, expected_fetch_args,  # noqa: E402
+                           kallsyms_text_counts, kernel_config, need_tool, pahole_members,
+                           tool)
 
 __all__ = ["KERNEL", "TRACEFS", "Facts", "read_facts", "kallsyms_text_counts",
            "filter_functions", "pahole_members", "BtfRaw", "ftslab_leftovers", "tool",
-           "need_tool", "expected_fetch_args", "kernel_config"]
+           "need_tool", "expected_fetch_args", "kernel_config", "eventfd_caller"]
 
 #: Short name of the guest kernel ("6.1", "6.12"); None on the host.
 KERNEL = os.environ.get("FTSLAB_GUEST_KERNEL")
